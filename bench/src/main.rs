@@ -1,0 +1,2 @@
+//! load generator
+fn main() {}

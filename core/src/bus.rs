@@ -1,0 +1,225 @@
+//! The event bus (DESIGN.md §1): publish with confirm, consume with ack/nack, as a trait with
+//! a RabbitMQ implementation ([`crate::rabbit::RabbitBus`]).
+//!
+//! Delayed retry and dead-lettering are expressed with plain queues of the topology
+//! ([`crate::topology`]): publishing to `""` with a queue name as routing key puts a message
+//! straight into that queue.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A header value. AMQP tables carry more types; wxgate only writes these two.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValue {
+    /// A UTF-8 string.
+    Str(String),
+    /// A signed integer.
+    Int(i64),
+}
+
+/// The AMQP properties wxgate sets and reads (DESIGN.md §1.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// `message_id`: the event id.
+    pub message_id: Option<String>,
+    /// `timestamp`, Unix seconds.
+    pub timestamp_s: Option<u64>,
+    /// `content_type`.
+    pub content_type: Option<String>,
+    /// `type`.
+    pub kind: Option<String>,
+    /// Application headers, in order.
+    pub headers: Vec<(String, HeaderValue)>,
+}
+
+impl Properties {
+    /// The header `name`, if present.
+    pub fn header(&self, name: &str) -> Option<&HeaderValue> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// The header `name` as an integer, if present and numeric.
+    pub fn header_int(&self, name: &str) -> Option<i64> {
+        match self.header(name)? {
+            HeaderValue::Int(i) => Some(*i),
+            HeaderValue::Str(s) => s.parse().ok(),
+        }
+    }
+
+    /// Sets (replaces) header `name`.
+    pub fn set_header(&mut self, name: &str, value: HeaderValue) {
+        self.headers.retain(|(k, _)| k != name);
+        self.headers.push((name.to_owned(), value));
+    }
+}
+
+/// A message to publish or a delivered one. Published messages are always persistent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The body (a protobuf `wxgate.v1.Event` for events).
+    pub body: Bytes,
+    /// Its properties.
+    pub properties: Properties,
+}
+
+/// Why a publish did not end in a broker confirm.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No connection to the broker right now.
+    #[error("broker is not connected")]
+    Unavailable,
+    /// The broker refused the message (nack).
+    #[error("broker did not confirm the message")]
+    NotConfirmed,
+    /// No queue is bound for the routing key (mandatory publish came back).
+    #[error("message is unroutable")]
+    Unroutable,
+    /// The connection or channel failed during the publish.
+    #[error("publish failed: {0}")]
+    Failed(String),
+}
+
+/// A failure to set up a consumer or declare something.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// No connection to the broker right now.
+    #[error("broker is not connected")]
+    Unavailable,
+    /// The broker refused the operation.
+    #[error("broker operation failed: {0}")]
+    Failed(String),
+}
+
+/// Settles one delivery. Implemented per bus.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// Acknowledges: the broker forgets the message.
+    async fn ack(&self) -> Result<(), BusError>;
+    /// Negative-acknowledges; `requeue` puts it back in its queue.
+    async fn nack(&self, requeue: bool) -> Result<(), BusError>;
+}
+
+/// One message handed to a consumer. Dropping it unsettled leaves it with the broker, which
+/// redelivers it when the consumer's channel closes.
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Whether the broker delivered it before (the previous consumer did not settle it).
+    pub redelivered: bool,
+    acker: Box<dyn Acker>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("routing_key", &self.routing_key)
+            .field("redelivered", &self.redelivered)
+            .field("message_id", &self.message.properties.message_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// Builds a delivery; for bus implementations.
+    pub fn new(
+        message: Message,
+        routing_key: String,
+        redelivered: bool,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Self {
+            message,
+            routing_key,
+            redelivered,
+            acker,
+        }
+    }
+
+    /// Acknowledges the delivery.
+    pub async fn ack(self) -> Result<(), BusError> {
+        self.acker.ack().await
+    }
+
+    /// Rejects the delivery; `requeue` puts it back in its queue.
+    pub async fn nack(self, requeue: bool) -> Result<(), BusError> {
+        self.acker.nack(requeue).await
+    }
+}
+
+/// A stream of deliveries from one queue that survives broker reconnects.
+///
+/// `recv` is cancel safe. After [`DeliveryStream::stop`], no new deliveries are taken from
+/// the broker; those already buffered are still returned by `recv` (settle or drop them).
+pub struct DeliveryStream {
+    receiver: mpsc::Receiver<Delivery>,
+    stop: CancellationToken,
+}
+
+impl DeliveryStream {
+    /// Builds a stream; for bus implementations. `stop` is cancelled by [`Self::stop`].
+    pub fn new(receiver: mpsc::Receiver<Delivery>, stop: CancellationToken) -> Self {
+        Self { receiver, stop }
+    }
+
+    /// The next delivery; `None` once stopped and drained.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        self.receiver.recv().await
+    }
+
+    /// A buffered delivery, without waiting.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.receiver.try_recv().ok()
+    }
+
+    /// Stops consuming (AMQP `basic.cancel`); buffered deliveries remain readable.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for DeliveryStream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The bus operations.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes `message` to `exchange` with `routing_key` (mandatory, persistent) and waits
+    /// for the broker's confirm. Not bounded in time: wrap it in a timeout. Cancel safe in
+    /// the sense that dropping it leaves the broker's outcome unknown, never half a message.
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) -> Result<(), PublishError>;
+
+    /// Starts consuming `queue` with `prefetch` unacknowledged deliveries at most; keeps
+    /// consuming across reconnects until the stream is stopped or dropped.
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BusError>;
+
+    /// Whether the bus is connected and the topology is declared.
+    fn is_ready(&self) -> bool;
+
+    /// Waits up to `deadline` for [`Bus::is_ready`]; true when ready.
+    async fn wait_ready(&self, deadline: Duration) -> bool {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            if self.is_ready() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

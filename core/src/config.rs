@@ -1,0 +1,952 @@
+//! The one configuration of every binary (DESIGN.md §2): a TOML file overridden by
+//! `WXGATE__SECTION__KEY` environment variables, validated before anything listens.
+//!
+//! Loading goes raw → typed: the file is deserialized into `Raw*` structs that refuse unknown
+//! keys, then converted into [`Config`], attaching the key path to every error.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wechat::crypto::AesKey;
+use wechat::rules::{RulePath, RuleSpec, Rules};
+
+/// A configuration error. `key` names the offending key (`gateway.listen`, `accounts[2].id`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not have the expected shape (unknown key, wrong type).
+    #[error("invalid config: {0}")]
+    Syntax(String),
+    /// A value is present but not acceptable.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The key path.
+        key: String,
+        /// What is wrong, without the value when the key is a secret.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A secret string (AppSecret, callback token). `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// An account id: `[A-Za-z0-9_-]{1,64}` (no dots: it is part of routing keys).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(String);
+
+impl AccountId {
+    /// Checks the syntax of an account id.
+    pub fn parse(id: &str) -> Result<Self, String> {
+        if id.is_empty() || id.len() > 64 {
+            return Err("must be 1 to 64 characters".into());
+        }
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err("must match [A-Za-z0-9_-]".into());
+        }
+        Ok(Self(id.to_owned()))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How an account's callbacks are encrypted (protocol §1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// 明文: plain XML only.
+    Plain,
+    /// 兼容: plain and encrypted both accepted.
+    Compat,
+    /// 安全: encrypted only.
+    Safe,
+}
+
+/// RabbitMQ queue type of `{ns}.worker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated quorum queue (default).
+    Quorum,
+    /// Classic queue.
+    Classic,
+}
+
+impl QueueType {
+    /// The `x-queue-type` argument value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
+}
+
+/// Which WeChat token endpoint refreshes access tokens (DESIGN.md §1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenMode {
+    /// `POST /cgi-bin/stable_token` (default).
+    Stable,
+    /// `GET /cgi-bin/token`.
+    Classic,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Prefix of every RabbitMQ name (`{ns}.…`) and Redis key (`{ns}:…`).
+    pub namespace: String,
+    /// `[redis]`.
+    pub redis: RedisConfig,
+    /// `[rabbitmq]`.
+    pub rabbitmq: RabbitConfig,
+    /// `[gateway]`.
+    pub gateway: GatewayConfig,
+    /// `[worker]`.
+    pub worker: WorkerConfig,
+    /// `[wechat]`.
+    pub wechat: WechatConfig,
+    /// `[[accounts]]`, ids unique.
+    pub accounts: Vec<Account>,
+    /// `[[api_keys]]`.
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// `[redis]`.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+}
+
+/// `[rabbitmq]`.
+#[derive(Debug, Clone)]
+pub struct RabbitConfig {
+    /// `amqp://user:pass@host:port/vhost`. Contains a password: never log it.
+    pub url: String,
+    /// Queue type of `{ns}.worker`.
+    pub queue_type: QueueType,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Address of the callback listener.
+    pub listen: SocketAddr,
+    /// Route prefix, `/wx` by default; starts with `/`, no trailing `/`.
+    pub path_prefix: String,
+    /// Time budget of one callback (< 5 s).
+    pub request_budget: Duration,
+    /// Time allowed for a publisher confirm.
+    pub publish_timeout: Duration,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Allowed clock skew of `timestamp`; `None` turns the check off.
+    pub timestamp_window: Option<Duration>,
+    /// How long a stored answer is kept for WeChat's retries.
+    pub dedup_ttl: Duration,
+    /// Whether metrics carry an `account` label.
+    pub metrics_per_account: bool,
+}
+
+/// `[worker]`.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Address of the worker's `/healthz`, `/readyz`, `/metrics` listener.
+    pub http_listen: SocketAddr,
+    /// Address of the gRPC API.
+    pub grpc_listen: SocketAddr,
+    /// AMQP prefetch of the `{ns}.worker` consumer.
+    pub prefetch: u16,
+    /// Events in progress at most.
+    pub concurrency: usize,
+    /// Delay of each retry queue `{ns}.worker.retry.{i}`; never empty.
+    pub retry_delays: Vec<Duration>,
+    /// Attempts before an event is dead-lettered (>= 1).
+    pub max_attempts: u32,
+    /// Lifetime of `{ns}:sent:{event_id}` markers.
+    pub sent_ttl: Duration,
+}
+
+/// `[wechat]`.
+#[derive(Debug, Clone)]
+pub struct WechatConfig {
+    /// Base URL of WeChat's API (the simulator in tests), without a trailing `/`.
+    pub api_base: String,
+    /// Token endpoint used for refreshes.
+    pub token_mode: TokenMode,
+    /// A token with less than this left is refreshed ahead of time.
+    pub refresh_ahead: Duration,
+    /// Timeout of every WeChat API call.
+    pub http_timeout: Duration,
+}
+
+/// One Official Account.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The id in `/wx/{id}` and in routing keys.
+    pub id: AccountId,
+    /// WeChat AppID.
+    pub appid: String,
+    /// AppSecret.
+    pub secret: Secret,
+    /// The callback Token.
+    pub token: Secret,
+    /// The AES key (required for compat and safe).
+    pub aes_key: Option<AesKey>,
+    /// Encryption mode.
+    pub mode: Mode,
+    /// Token accepted on inbound callbacks during rotation.
+    pub previous_token: Option<Secret>,
+    /// AES key accepted on inbound callbacks during rotation.
+    pub previous_aes_key: Option<AesKey>,
+    /// Rules answered in the HTTP response.
+    pub passive: Rules,
+    /// Rules answered later by the worker.
+    pub custom: Rules,
+}
+
+/// One gRPC API key.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// Name, for logs.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the bearer key.
+    pub sha256: String,
+    /// Accounts the key may act for; `["*"]` means all and Accounts admin.
+    pub accounts: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    namespace: Option<String>,
+    #[serde(default)]
+    redis: RawRedis,
+    #[serde(default)]
+    rabbitmq: RawRabbit,
+    #[serde(default)]
+    gateway: RawGateway,
+    #[serde(default)]
+    worker: RawWorker,
+    #[serde(default)]
+    wechat: RawWechat,
+    #[serde(default)]
+    accounts: Vec<RawAccount>,
+    #[serde(default)]
+    api_keys: Vec<RawApiKey>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRabbit {
+    url: Option<String>,
+    queue_type: Option<QueueType>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    listen: Option<String>,
+    path_prefix: Option<String>,
+    request_budget_ms: Option<u64>,
+    publish_timeout_ms: Option<u64>,
+    max_body_bytes: Option<u64>,
+    timestamp_window_s: Option<u64>,
+    dedup_ttl_s: Option<u64>,
+    metrics_per_account: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    http_listen: Option<String>,
+    grpc_listen: Option<String>,
+    prefetch: Option<u64>,
+    concurrency: Option<u64>,
+    retry_delays_ms: Option<Vec<u64>>,
+    max_attempts: Option<u64>,
+    sent_ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWechat {
+    api_base: Option<String>,
+    token_mode: Option<TokenMode>,
+    refresh_ahead_s: Option<u64>,
+    http_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    id: String,
+    appid: String,
+    #[serde(default)]
+    secret: String,
+    token: String,
+    encoding_aes_key: Option<String>,
+    mode: Option<Mode>,
+    previous_token: Option<String>,
+    previous_encoding_aes_key: Option<String>,
+    #[serde(default)]
+    passive: Vec<RuleSpec>,
+    #[serde(default)]
+    custom: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    name: String,
+    sha256: String,
+    #[serde(default)]
+    accounts: Vec<String>,
+}
+
+/// How an environment override is typed.
+#[derive(Clone, Copy)]
+enum EnvKind {
+    Str,
+    Int,
+    Bool,
+    IntList,
+}
+
+/// Every key that `WXGATE__SECTION__KEY` can override. Accounts and API keys come from the
+/// file only (they are tables in arrays).
+const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
+    ("", "namespace", EnvKind::Str),
+    ("redis", "url", EnvKind::Str),
+    ("rabbitmq", "url", EnvKind::Str),
+    ("rabbitmq", "queue_type", EnvKind::Str),
+    ("gateway", "listen", EnvKind::Str),
+    ("gateway", "path_prefix", EnvKind::Str),
+    ("gateway", "request_budget_ms", EnvKind::Int),
+    ("gateway", "publish_timeout_ms", EnvKind::Int),
+    ("gateway", "max_body_bytes", EnvKind::Int),
+    ("gateway", "timestamp_window_s", EnvKind::Int),
+    ("gateway", "dedup_ttl_s", EnvKind::Int),
+    ("gateway", "metrics_per_account", EnvKind::Bool),
+    ("worker", "http_listen", EnvKind::Str),
+    ("worker", "grpc_listen", EnvKind::Str),
+    ("worker", "prefetch", EnvKind::Int),
+    ("worker", "concurrency", EnvKind::Int),
+    ("worker", "retry_delays_ms", EnvKind::IntList),
+    ("worker", "max_attempts", EnvKind::Int),
+    ("worker", "sent_ttl_s", EnvKind::Int),
+    ("wechat", "api_base", EnvKind::Str),
+    ("wechat", "token_mode", EnvKind::Str),
+    ("wechat", "refresh_ahead_s", EnvKind::Int),
+    ("wechat", "http_timeout_ms", EnvKind::Int),
+];
+
+impl Config {
+    /// Reads `path`, applies the environment overrides found through `env`
+    /// (pass `|k| std::env::var(k).ok()` in binaries, a map in tests) and validates.
+    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, env)
+    }
+
+    /// Like [`Config::load`], from the TOML text itself.
+    pub fn from_toml(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.message().to_owned()))?;
+        apply_env(&mut table, &env)?;
+        let raw: RawConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.message().to_owned()))?;
+        Self::try_from(raw)
+    }
+
+    /// The account with this id, if configured.
+    pub fn account(&self, id: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.id.as_str() == id)
+    }
+}
+
+fn apply_env(
+    table: &mut toml::Table,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for &(section, key, kind) in ENV_KEYS {
+        let var = if section.is_empty() {
+            format!("WXGATE__{}", key.to_ascii_uppercase())
+        } else {
+            format!(
+                "WXGATE__{}__{}",
+                section.to_ascii_uppercase(),
+                key.to_ascii_uppercase()
+            )
+        };
+        let Some(text) = env(&var) else { continue };
+        let key_path = if section.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{section}.{key}")
+        };
+        let value = match kind {
+            EnvKind::Str => toml::Value::String(text),
+            EnvKind::Int => toml::Value::Integer(text.trim().parse().map_err(|_| {
+                ConfigError::invalid(&key_path, format!("{var} must be an integer"))
+            })?),
+            EnvKind::Bool => toml::Value::Boolean(text.trim().parse().map_err(|_| {
+                ConfigError::invalid(&key_path, format!("{var} must be true or false"))
+            })?),
+            EnvKind::IntList => {
+                let items = text
+                    .trim()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse::<i64>().map(toml::Value::Integer))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| {
+                        ConfigError::invalid(
+                            &key_path,
+                            format!("{var} must be a comma-separated list of integers"),
+                        )
+                    })?;
+                toml::Value::Array(items)
+            }
+        };
+        let target = if section.is_empty() {
+            &mut *table
+        } else {
+            let entry = table
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => t,
+                _ => return Err(ConfigError::invalid(section, "must be a table")),
+            }
+        };
+        target.insert(key.to_owned(), value);
+    }
+    Ok(())
+}
+
+fn ms(key: &str, value: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(Duration::from_millis(value))
+}
+
+fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, "must be an address like 0.0.0.0:8080"))
+}
+
+fn aes_key(key: &str, value: &str) -> Result<AesKey, ConfigError> {
+    AesKey::from_encoding_aes_key(value).map_err(|e| {
+        ConfigError::invalid(
+            key,
+            format!("{e} (expected 43 characters of [A-Za-z0-9])"),
+        )
+    })
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let namespace = raw.namespace.unwrap_or_else(|| "wxgate".to_owned());
+        if namespace.is_empty()
+            || namespace.len() > 64
+            || !namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError::invalid(
+                "namespace",
+                "must be 1 to 64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+
+        let redis = RedisConfig {
+            url: raw
+                .redis
+                .url
+                .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_owned()),
+        };
+        if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
+            return Err(ConfigError::invalid("redis.url", "must start with redis://"));
+        }
+        let rabbitmq = RabbitConfig {
+            url: raw
+                .rabbitmq
+                .url
+                .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+            queue_type: raw.rabbitmq.queue_type.unwrap_or(QueueType::Quorum),
+        };
+        if !rabbitmq.url.starts_with("amqp://") && !rabbitmq.url.starts_with("amqps://") {
+            return Err(ConfigError::invalid("rabbitmq.url", "must start with amqp://"));
+        }
+
+        let g = raw.gateway;
+        let path_prefix = g.path_prefix.unwrap_or_else(|| "/wx".to_owned());
+        if !path_prefix.starts_with('/') || path_prefix.ends_with('/') || path_prefix.contains("//")
+        {
+            return Err(ConfigError::invalid(
+                "gateway.path_prefix",
+                "must start with / and not end with /",
+            ));
+        }
+        let gateway = GatewayConfig {
+            listen: addr(
+                "gateway.listen",
+                g.listen.as_deref().unwrap_or("0.0.0.0:8080"),
+            )?,
+            path_prefix,
+            request_budget: ms(
+                "gateway.request_budget_ms",
+                g.request_budget_ms.unwrap_or(3000),
+                100,
+                4999,
+            )?,
+            publish_timeout: ms(
+                "gateway.publish_timeout_ms",
+                g.publish_timeout_ms.unwrap_or(2000),
+                10,
+                4999,
+            )?,
+            max_body_bytes: {
+                let v = g.max_body_bytes.unwrap_or(65536);
+                if !(256..=16 * 1024 * 1024).contains(&v) {
+                    return Err(ConfigError::invalid(
+                        "gateway.max_body_bytes",
+                        "must be between 256 and 16777216",
+                    ));
+                }
+                usize::try_from(v)
+                    .map_err(|_| ConfigError::invalid("gateway.max_body_bytes", "too large"))?
+            },
+            timestamp_window: match g.timestamp_window_s.unwrap_or(300) {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
+            dedup_ttl: {
+                let s = g.dedup_ttl_s.unwrap_or(600);
+                if !(30..=86400 * 7).contains(&s) {
+                    return Err(ConfigError::invalid(
+                        "gateway.dedup_ttl_s",
+                        "must be between 30 and 604800 (WeChat retries span ~15 s)",
+                    ));
+                }
+                Duration::from_secs(s)
+            },
+            metrics_per_account: g.metrics_per_account.unwrap_or(true),
+        };
+        if gateway.publish_timeout >= gateway.request_budget {
+            return Err(ConfigError::invalid(
+                "gateway.publish_timeout_ms",
+                "must be less than gateway.request_budget_ms",
+            ));
+        }
+
+        let w = raw.worker;
+        let retry_delays_ms = w
+            .retry_delays_ms
+            .unwrap_or_else(|| vec![1000, 5000, 30000, 120000, 600000]);
+        if retry_delays_ms.is_empty() || retry_delays_ms.len() > 32 {
+            return Err(ConfigError::invalid(
+                "worker.retry_delays_ms",
+                "must list 1 to 32 delays",
+            ));
+        }
+        let retry_delays = retry_delays_ms
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| ms(&format!("worker.retry_delays_ms[{i}]"), d, 1, 86_400_000))
+            .collect::<Result<Vec<_>, _>>()?;
+        let worker = WorkerConfig {
+            http_listen: addr(
+                "worker.http_listen",
+                w.http_listen.as_deref().unwrap_or("127.0.0.1:9091"),
+            )?,
+            grpc_listen: addr(
+                "worker.grpc_listen",
+                w.grpc_listen.as_deref().unwrap_or("0.0.0.0:50051"),
+            )?,
+            prefetch: match w.prefetch.unwrap_or(256) {
+                v @ 1..=65535 => u16::try_from(v)
+                    .map_err(|_| ConfigError::invalid("worker.prefetch", "too large"))?,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "worker.prefetch",
+                        "must be between 1 and 65535",
+                    ));
+                }
+            },
+            concurrency: match w.concurrency.unwrap_or(64) {
+                v @ 1..=65536 => usize::try_from(v)
+                    .map_err(|_| ConfigError::invalid("worker.concurrency", "too large"))?,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "worker.concurrency",
+                        "must be between 1 and 65536",
+                    ));
+                }
+            },
+            retry_delays,
+            max_attempts: match w.max_attempts.unwrap_or(6) {
+                v @ 1..=1000 => u32::try_from(v)
+                    .map_err(|_| ConfigError::invalid("worker.max_attempts", "too large"))?,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "worker.max_attempts",
+                        "must be between 1 and 1000",
+                    ));
+                }
+            },
+            sent_ttl: {
+                let s = w.sent_ttl_s.unwrap_or(86400);
+                if !(60..=86400 * 30).contains(&s) {
+                    return Err(ConfigError::invalid(
+                        "worker.sent_ttl_s",
+                        "must be between 60 and 2592000",
+                    ));
+                }
+                Duration::from_secs(s)
+            },
+        };
+
+        let x = raw.wechat;
+        let api_base = x
+            .api_base
+            .unwrap_or_else(|| "https://api.weixin.qq.com".to_owned())
+            .trim_end_matches('/')
+            .to_owned();
+        if !api_base.starts_with("http://") && !api_base.starts_with("https://") {
+            return Err(ConfigError::invalid(
+                "wechat.api_base",
+                "must start with http:// or https://",
+            ));
+        }
+        let wechat = WechatConfig {
+            api_base,
+            token_mode: x.token_mode.unwrap_or(TokenMode::Stable),
+            refresh_ahead: {
+                let s = x.refresh_ahead_s.unwrap_or(300);
+                if s > 3600 {
+                    return Err(ConfigError::invalid(
+                        "wechat.refresh_ahead_s",
+                        "must be at most 3600",
+                    ));
+                }
+                Duration::from_secs(s)
+            },
+            http_timeout: ms(
+                "wechat.http_timeout_ms",
+                x.http_timeout_ms.unwrap_or(5000),
+                10,
+                120_000,
+            )?,
+        };
+
+        let mut seen = HashSet::new();
+        let accounts = raw
+            .accounts
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let account = account(i, a)?;
+                if !seen.insert(account.id.clone()) {
+                    return Err(ConfigError::invalid(
+                        format!("accounts[{i}].id"),
+                        format!("duplicate account id {}", account.id),
+                    ));
+                }
+                Ok(account)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let api_keys = raw
+            .api_keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| {
+                if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(ConfigError::invalid(
+                        format!("api_keys[{i}].sha256"),
+                        "must be 64 hex characters",
+                    ));
+                }
+                for (j, acc) in k.accounts.iter().enumerate() {
+                    if acc != "*" && !seen.iter().any(|id: &AccountId| id.as_str() == acc) {
+                        return Err(ConfigError::invalid(
+                            format!("api_keys[{i}].accounts[{j}]"),
+                            format!("unknown account {acc}"),
+                        ));
+                    }
+                }
+                Ok(ApiKey {
+                    name: k.name,
+                    sha256: k.sha256.to_ascii_lowercase(),
+                    accounts: k.accounts,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        Ok(Config {
+            namespace,
+            redis,
+            rabbitmq,
+            gateway,
+            worker,
+            wechat,
+            accounts,
+            api_keys,
+        })
+    }
+}
+
+fn account(i: usize, a: RawAccount) -> Result<Account, ConfigError> {
+    let key = |k: &str| format!("accounts[{i}].{k}");
+    let id = AccountId::parse(&a.id).map_err(|e| ConfigError::invalid(key("id"), e))?;
+    if a.appid.is_empty() || a.appid.len() > 64 || !a.appid.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::invalid(
+            key("appid"),
+            "must be 1 to 64 printable ASCII characters",
+        ));
+    }
+    if a.token.is_empty() || a.token.len() > 128 {
+        return Err(ConfigError::invalid(key("token"), "must be 1 to 128 characters"));
+    }
+    let mode = a.mode.unwrap_or(Mode::Safe);
+    let aes_key = a
+        .encoding_aes_key
+        .as_deref()
+        .map(|k| aes_key(&key("encoding_aes_key"), k))
+        .transpose()?;
+    if mode != Mode::Plain && aes_key.is_none() {
+        return Err(ConfigError::invalid(
+            key("encoding_aes_key"),
+            "is required for compat and safe mode",
+        ));
+    }
+    let previous_aes_key = a
+        .previous_encoding_aes_key
+        .as_deref()
+        .map(|k| aes_key(&key("previous_encoding_aes_key"), k))
+        .transpose()?;
+    if let Some(t) = &a.previous_token
+        && (t.is_empty() || t.len() > 128)
+    {
+        return Err(ConfigError::invalid(
+            key("previous_token"),
+            "must be 1 to 128 characters",
+        ));
+    }
+    let passive = wechat::rules::compile(&a.passive, RulePath::Passive)
+        .map_err(|e| ConfigError::invalid(key("passive"), e.to_string()))?;
+    let custom = wechat::rules::compile(&a.custom, RulePath::Custom)
+        .map_err(|e| ConfigError::invalid(key("custom"), e.to_string()))?;
+    Ok(Account {
+        id,
+        appid: a.appid,
+        secret: Secret::new(a.secret),
+        token: Secret::new(a.token),
+        aes_key,
+        mode,
+        previous_token: a.previous_token.map(Secret::new),
+        previous_aes_key,
+        passive,
+        custom,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_toml(text, |k| env.get(k).cloned())
+    }
+
+    fn err_key(text: &str) -> String {
+        match load(text, &[]) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid-value error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.namespace, "wxgate");
+        assert_eq!(c.gateway.listen.port(), 8080);
+        assert_eq!(c.gateway.path_prefix, "/wx");
+        assert_eq!(c.gateway.request_budget, Duration::from_millis(3000));
+        assert_eq!(c.gateway.max_body_bytes, 65536);
+        assert_eq!(c.worker.retry_delays.len(), 5);
+        assert_eq!(c.rabbitmq.queue_type, QueueType::Quorum);
+        assert_eq!(c.wechat.token_mode, TokenMode::Stable);
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let c = load(
+            "namespace = \"a\"\n[gateway]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("WXGATE__NAMESPACE", "b"),
+                ("WXGATE__GATEWAY__LISTEN", "127.0.0.1:2"),
+                ("WXGATE__GATEWAY__METRICS_PER_ACCOUNT", "false"),
+                ("WXGATE__WORKER__RETRY_DELAYS_MS", "10,20"),
+                ("WXGATE__REDIS__URL", "redis://10.0.0.1:6379/1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.namespace, "b");
+        assert_eq!(c.gateway.listen.port(), 2);
+        assert!(!c.gateway.metrics_per_account);
+        assert_eq!(c.worker.retry_delays, vec![Duration::from_millis(10), Duration::from_millis(20)]);
+        assert_eq!(c.redis.url, "redis://10.0.0.1:6379/1");
+    }
+
+    #[test]
+    fn bad_env_value_names_the_key() {
+        match load("", &[("WXGATE__GATEWAY__REQUEST_BUDGET_MS", "soon")]) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "gateway.request_budget_ms"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        assert!(matches!(load("[gateway]\nlistne = \"x\"\n", &[]), Err(ConfigError::Syntax(m)) if m.contains("listne")));
+    }
+
+    #[test]
+    fn budget_must_stay_under_five_seconds() {
+        assert_eq!(err_key("[gateway]\nrequest_budget_ms = 5000\n"), "gateway.request_budget_ms");
+    }
+
+    #[test]
+    fn accounts_are_validated() {
+        let ok = format!(
+            "[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\nencoding_aes_key = \"{KEY}\"\nmode = \"safe\"\n"
+        );
+        let c = load(&ok, &[]).unwrap();
+        assert_eq!(c.account("demo").unwrap().mode, Mode::Safe);
+
+        assert_eq!(
+            err_key("[[accounts]]\nid = \"de.mo\"\nappid = \"wx1\"\ntoken = \"t\"\nmode = \"plain\"\n"),
+            "accounts[0].id"
+        );
+        assert_eq!(
+            err_key("[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\nmode = \"safe\"\n"),
+            "accounts[0].encoding_aes_key"
+        );
+        assert_eq!(
+            err_key("[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\nencoding_aes_key = \"short\"\n"),
+            "accounts[0].encoding_aes_key"
+        );
+        let dup = format!("{ok}{ok}");
+        assert_eq!(err_key(&dup), "accounts[1].id");
+    }
+
+    #[test]
+    fn rules_with_unknown_placeholders_are_refused() {
+        let text = "[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\nmode = \"plain\"\n[[accounts.passive]]\nmatch = { msg_type = \"text\" }\nreply = { text = \"{nope}\" }\n";
+        assert_eq!(err_key(text), "accounts[0].passive");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let text = "[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\nsecret = \"topsecret\"\ntoken = \"tokentoken\"\nmode = \"plain\"\n";
+        let c = load(text, &[]).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("topsecret"));
+        assert!(!debug.contains("tokentoken"));
+    }
+
+    #[test]
+    fn the_example_configs_load() {
+        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../config")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path, |_| None)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        }
+    }
+}

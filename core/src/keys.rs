@@ -1,0 +1,64 @@
+//! Redis key names (DESIGN.md §1.1–§1.5). Every key starts with `{ns}:`.
+
+/// The Redis keys of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    ns: String,
+}
+
+impl Keys {
+    /// Keys under namespace `ns`.
+    pub fn new(ns: &str) -> Self {
+        Self { ns: ns.to_owned() }
+    }
+
+    /// `{ns}:dedup:{event_id}`: the gateway's dedup record.
+    pub fn dedup(&self, event_id: &str) -> String {
+        format!("{}:dedup:{event_id}", self.ns)
+    }
+
+    /// `{ns}:sent:{event_id}`: the worker's sent marker.
+    pub fn sent(&self, event_id: &str) -> String {
+        format!("{}:sent:{event_id}", self.ns)
+    }
+
+    /// `{ns}:token:{appid}`: the shared access token.
+    pub fn token(&self, appid: &str) -> String {
+        format!("{}:token:{appid}", self.ns)
+    }
+
+    /// `{ns}:token-lock:{appid}`: the single-refresher lock.
+    pub fn token_lock(&self, appid: &str) -> String {
+        format!("{}:token-lock:{appid}", self.ns)
+    }
+
+    /// `{ns}:token-backoff:{appid}`: set while WeChat's token endpoint is failing.
+    pub fn token_backoff(&self, appid: &str) -> String {
+        format!("{}:token-backoff:{appid}", self.ns)
+    }
+
+    /// `{ns}:token-force:{appid}`: set for 30 s after a `force_refresh`.
+    pub fn token_force(&self, appid: &str) -> String {
+        format!("{}:token-force:{appid}", self.ns)
+    }
+
+    /// `{ns}:token-quota:{appid}:{yyyymmdd}`: token endpoint calls per day.
+    pub fn token_quota(&self, appid: &str, yyyymmdd: &str) -> String {
+        format!("{}:token-quota:{appid}:{yyyymmdd}", self.ns)
+    }
+
+    /// `{ns}:ticket:{appid}:jsapi`: the shared JS-SDK ticket.
+    pub fn jsapi_ticket(&self, appid: &str) -> String {
+        format!("{}:ticket:{appid}:jsapi", self.ns)
+    }
+
+    /// `{ns}:accounts`: runtime accounts, a hash id → JSON.
+    pub fn accounts(&self) -> String {
+        format!("{}:accounts", self.ns)
+    }
+
+    /// `{ns}:accounts:version`: bumped on every runtime account change.
+    pub fn accounts_version(&self) -> String {
+        format!("{}:accounts:version", self.ns)
+    }
+}

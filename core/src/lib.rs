@@ -1,0 +1,26 @@
+//! Shared runtime of wxgate: configuration, the event bus and key-value store traits with
+//! their RabbitMQ/Redis and in-memory implementations, the RabbitMQ topology, Redis key
+//! names and metrics.
+//!
+//! No HTTP server code and no rules live here: the gateway and worker own their edges, the
+//! `wechat` crate owns the protocol.
+
+pub mod bus;
+pub mod config;
+pub mod keys;
+pub mod metrics;
+pub mod rabbit;
+pub mod store;
+pub mod topology;
+
+pub use bus::{Bus, Delivery, DeliveryStream, Message, Properties, PublishError};
+pub use config::Config;
+pub use store::{MemoryStore, RedisStore, SetNx, Store, StoreError};
+
+/// Milliseconds since the Unix epoch, from the system clock (0 if the clock is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,127 @@
+//! Every Prometheus metric of wxgate, registered in one place (DESIGN.md §1.1, §1.3).
+//!
+//! Label values come from small fixed sets; `account` only when `metrics_per_account` is on
+//! (otherwise it is the empty string, which Prometheus treats as an absent label).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels `{account, outcome}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountOutcome {
+    /// Account id, or "" when per-account metrics are off.
+    pub account: String,
+    /// A fixed outcome name.
+    pub outcome: &'static str,
+}
+
+/// Labels `{account}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabel {
+    /// Account id, or "" when per-account metrics are off.
+    pub account: String,
+}
+
+/// Labels `{result}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// A fixed result name.
+    pub result: &'static str,
+}
+
+/// The gateway's metrics.
+pub struct GatewayMetrics {
+    registry: Registry,
+    per_account: bool,
+    /// `wxgate_gateway_requests_total{account,outcome}`.
+    pub requests: Family<AccountOutcome, Counter>,
+    /// `wxgate_gateway_request_seconds`.
+    pub request_seconds: Histogram,
+    /// `wxgate_gateway_publish_total{result}`.
+    pub publish: Family<ResultLabel, Counter>,
+    /// `wxgate_gateway_dedup_hits_total`.
+    pub dedup_hits: Counter,
+    /// `wxgate_gateway_passive_replies_total{account}`.
+    pub passive_replies: Family<AccountLabel, Counter>,
+}
+
+impl GatewayMetrics {
+    /// Registers the gateway's metrics; `per_account` is `gateway.metrics_per_account`.
+    pub fn new(per_account: bool) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<AccountOutcome, Counter>::default();
+        let request_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let publish = Family::<ResultLabel, Counter>::default();
+        let dedup_hits = Counter::default();
+        let passive_replies = Family::<AccountLabel, Counter>::default();
+        registry.register(
+            "wxgate_gateway_requests",
+            "Callbacks answered, by account and outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "wxgate_gateway_request_seconds",
+            "Time to answer a callback",
+            request_seconds.clone(),
+        );
+        registry.register(
+            "wxgate_gateway_publish",
+            "Event publishes by broker result",
+            publish.clone(),
+        );
+        registry.register(
+            "wxgate_gateway_dedup_hits",
+            "WeChat retries answered from the dedup store",
+            dedup_hits.clone(),
+        );
+        registry.register(
+            "wxgate_gateway_passive_replies",
+            "Callbacks answered with a passive reply",
+            passive_replies.clone(),
+        );
+        Self {
+            registry,
+            per_account,
+            requests,
+            request_seconds,
+            publish,
+            dedup_hits,
+            passive_replies,
+        }
+    }
+
+    /// The `account` label value for `account_id`.
+    pub fn account_label(&self, account_id: &str) -> String {
+        if self.per_account {
+            account_id.to_owned()
+        } else {
+            String::new()
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, account_id: &str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&AccountOutcome {
+                account: self.account_label(account_id),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        encode(&self.registry)
+    }
+}
+
+/// Renders a registry in the Prometheus text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}

@@ -1,0 +1,451 @@
+//! RabbitMQ implementation of [`Bus`]: one connection, a few confirm-mode channels with many
+//! publishes in flight on each, and a supervisor task that reconnects and re-declares the
+//! topology whenever the connection is lost.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{
+    Acker, Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message, Properties,
+    PublishError,
+};
+use crate::topology::{Arg, Topology};
+
+/// Publisher channels per connection. Each carries many publishes in flight; a few spread
+/// the broker-side work of confirms.
+const PUBLISH_CHANNELS: usize = 4;
+
+/// RabbitMQ bus. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct RabbitBus {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    live: RwLock<Option<Arc<Live>>>,
+    ready: AtomicBool,
+    /// Woken when a publish sees a broken channel, so the supervisor reconnects at once.
+    broken: Notify,
+    /// Woken when a new connection is live, for consumers waiting to resubscribe.
+    connected: Notify,
+    shutdown: CancellationToken,
+}
+
+struct Live {
+    connection: Connection,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+impl RabbitBus {
+    /// Starts connecting to `url` in the background; every (re)connection declares
+    /// `topology` before the bus reports ready. Stops when `shutdown` is cancelled.
+    pub fn connect(url: &str, topology: Topology, shutdown: CancellationToken) -> Self {
+        let shared = Arc::new(Shared {
+            live: RwLock::new(None),
+            ready: AtomicBool::new(false),
+            broken: Notify::new(),
+            connected: Notify::new(),
+            shutdown,
+        });
+        tokio::spawn(supervise(url.to_owned(), topology, Arc::clone(&shared)));
+        Self { shared }
+    }
+
+    fn live(&self) -> Option<Arc<Live>> {
+        self.shared.live.read().ok().and_then(|l| l.clone())
+    }
+
+    /// Closes the connection (after in-flight confirms settle or 2 s pass). Use at shutdown,
+    /// after the last publish.
+    pub async fn close(&self) {
+        self.shared.ready.store(false, Ordering::Relaxed);
+        let live = self.shared.live.write().ok().and_then(|mut l| l.take());
+        if let Some(live) = live {
+            for channel in &live.channels {
+                let _ = tokio::time::timeout(Duration::from_secs(2), channel.wait_for_confirms())
+                    .await;
+            }
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                live.connection.close(200, ShortString::from("shutdown")),
+            )
+            .await;
+        }
+    }
+}
+
+async fn supervise(url: String, topology: Topology, shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
+        match establish(&url, &topology).await {
+            Ok(live) => {
+                backoff = Duration::from_millis(100);
+                let live = Arc::new(live);
+                if let Ok(mut slot) = shared.live.write() {
+                    *slot = Some(Arc::clone(&live));
+                }
+                shared.ready.store(true, Ordering::Relaxed);
+                shared.connected.notify_waiters();
+                tracing::info!("rabbitmq connected; topology declared");
+                loop {
+                    tokio::select! {
+                        () = shared.shutdown.cancelled() => return,
+                        () = shared.broken.notified() => {}
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                    let healthy = live.connection.status().connected()
+                        && live.channels.iter().all(|c| c.status().connected());
+                    if !healthy {
+                        break;
+                    }
+                }
+                shared.ready.store(false, Ordering::Relaxed);
+                if let Ok(mut slot) = shared.live.write() {
+                    *slot = None;
+                }
+                tracing::warn!("rabbitmq connection lost; reconnecting");
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    live.connection.close(320, ShortString::from("reconnecting")),
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rabbitmq connect failed; retrying");
+            }
+        }
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn establish(url: &str, topology: &Topology) -> Result<Live, lapin::Error> {
+    let connection = tokio::time::timeout(
+        Duration::from_secs(5),
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .map_err(|_| lapin::Error::from(std::io::Error::other("connect timed out")))??;
+    let setup = connection.create_channel().await?;
+    declare(&setup, topology).await?;
+    let _ = setup.close(200, ShortString::from("declared")).await;
+    let mut channels = Vec::with_capacity(PUBLISH_CHANNELS);
+    for _ in 0..PUBLISH_CHANNELS {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channels.push(channel);
+    }
+    Ok(Live {
+        connection,
+        channels,
+        next: AtomicUsize::new(0),
+    })
+}
+
+/// Declares the exchange, the queues and their bindings (idempotent: same arguments every
+/// time, so every process can do it at start).
+pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            ShortString::from(topology.exchange.as_str()),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for queue in &topology.queues {
+        let mut args = FieldTable::default();
+        for arg in &queue.args {
+            match arg {
+                Arg::Str(k, v) => args.insert(
+                    ShortString::from(*k),
+                    AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
+                ),
+                Arg::Int(k, v) => args.insert(ShortString::from(*k), AMQPValue::LongLongInt(*v)),
+            };
+        }
+        channel
+            .queue_declare(
+                ShortString::from(queue.name.as_str()),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await?;
+        for key in &queue.bindings {
+            channel
+                .queue_bind(
+                    ShortString::from(queue.name.as_str()),
+                    ShortString::from(topology.exchange.as_str()),
+                    ShortString::from(key.as_str()),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn to_amqp(properties: &Properties) -> BasicProperties {
+    let mut p = BasicProperties::default().with_delivery_mode(2);
+    if let Some(id) = &properties.message_id {
+        p = p.with_message_id(ShortString::from(id.as_str()));
+    }
+    if let Some(ts) = properties.timestamp_s {
+        p = p.with_timestamp(ts);
+    }
+    if let Some(ct) = &properties.content_type {
+        p = p.with_content_type(ShortString::from(ct.as_str()));
+    }
+    if let Some(kind) = &properties.kind {
+        p = p.with_type(ShortString::from(kind.as_str()));
+    }
+    if !properties.headers.is_empty() {
+        let mut table = FieldTable::default();
+        for (k, v) in &properties.headers {
+            let value = match v {
+                HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
+                HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
+            };
+            table.insert(ShortString::from(k.as_str()), value);
+        }
+        p = p.with_headers(table);
+    }
+    p
+}
+
+fn from_amqp(p: &BasicProperties) -> Properties {
+    let headers = p
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .filter_map(|(k, v)| {
+                    let value = match v {
+                        AMQPValue::LongString(s) => {
+                            HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                        }
+                        AMQPValue::ShortString(s) => HeaderValue::Str(s.as_str().to_owned()),
+                        AMQPValue::LongLongInt(i) => HeaderValue::Int(*i),
+                        AMQPValue::LongInt(i) => HeaderValue::Int(i64::from(*i)),
+                        AMQPValue::LongUInt(i) => HeaderValue::Int(i64::from(*i)),
+                        AMQPValue::ShortInt(i) => HeaderValue::Int(i64::from(*i)),
+                        AMQPValue::ShortUInt(i) => HeaderValue::Int(i64::from(*i)),
+                        AMQPValue::ShortShortInt(i) => HeaderValue::Int(i64::from(*i)),
+                        AMQPValue::ShortShortUInt(i) => HeaderValue::Int(i64::from(*i)),
+                        _ => return None,
+                    };
+                    Some((k.as_str().to_owned(), value))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Properties {
+        message_id: p.message_id().as_ref().map(|s| s.as_str().to_owned()),
+        timestamp_s: *p.timestamp(),
+        content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
+        kind: p.kind().as_ref().map(|s| s.as_str().to_owned()),
+        headers,
+    }
+}
+
+struct RabbitAcker(lapin::acker::Acker);
+
+#[async_trait]
+impl Acker for RabbitAcker {
+    async fn ack(&self) -> Result<(), BusError> {
+        self.0
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Failed(e.to_string()))
+    }
+
+    async fn nack(&self, requeue: bool) -> Result<(), BusError> {
+        self.0
+            .nack(BasicNackOptions {
+                requeue,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Failed(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Bus for RabbitBus {
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &Message,
+    ) -> Result<(), PublishError> {
+        let live = self.live().ok_or(PublishError::Unavailable)?;
+        let i = live.next.fetch_add(1, Ordering::Relaxed) % live.channels.len().max(1);
+        let channel = live.channels.get(i).ok_or(PublishError::Unavailable)?;
+        let broken = |e: lapin::Error| {
+            self.shared.broken.notify_one();
+            PublishError::Failed(e.to_string())
+        };
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::from(routing_key),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &message.body,
+                to_amqp(&message.properties),
+            )
+            .await
+            .map_err(broken)?
+            .await
+            .map_err(broken)?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
+            Confirmation::Nack(_) | Confirmation::NotRequested => Err(PublishError::NotConfirmed),
+        }
+    }
+
+    async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BusError> {
+        let (sender, receiver) = mpsc::channel(usize::from(prefetch).max(1));
+        let stop = self.shared.shutdown.child_token();
+        tokio::spawn(consume_loop(
+            self.clone(),
+            queue.to_owned(),
+            prefetch,
+            sender,
+            stop.clone(),
+        ));
+        Ok(DeliveryStream::new(receiver, stop))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Relaxed)
+    }
+}
+
+async fn consume_loop(
+    bus: RabbitBus,
+    queue: String,
+    prefetch: u16,
+    sender: mpsc::Sender<Delivery>,
+    stop: CancellationToken,
+) {
+    use futures_util::StreamExt;
+
+    let tag = format!("wxgate-{}", rand::random::<u64>());
+    while !stop.is_cancelled() {
+        let Some(live) = bus.live() else {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = bus.shared.connected.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            continue;
+        };
+        let started = async {
+            let channel = live.connection.create_channel().await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    ShortString::from(queue.as_str()),
+                    ShortString::from(tag.as_str()),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((channel, consumer))
+        }
+        .await;
+        let (channel, mut consumer) = match started {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%queue, error = %e, "cannot start consumer; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+        };
+        tracing::info!(%queue, prefetch, "consuming");
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => {
+                    let _ = channel
+                        .basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default())
+                        .await;
+                    return;
+                }
+                next = consumer.next() => next,
+            };
+            match next {
+                Some(Ok(d)) => {
+                    let delivery = Delivery::new(
+                        Message {
+                            body: Bytes::from(d.data),
+                            properties: from_amqp(&d.properties),
+                        },
+                        d.routing_key.as_str().to_owned(),
+                        d.redelivered,
+                        Box::new(RabbitAcker(d.acker)),
+                    );
+                    if sender.send(delivery).await.is_err() {
+                        // The stream was dropped: its unsettled deliveries go back when the
+                        // channel closes.
+                        let _ = channel.close(200, ShortString::from("consumer dropped")).await;
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(%queue, error = %e, "consumer failed; resubscribing");
+                    break;
+                }
+                None => {
+                    tracing::warn!(%queue, "consumer ended; resubscribing");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! The key-value store (DESIGN.md §1): the narrow set of Redis operations wxgate needs, as a
+//! trait with a Redis implementation and an in-memory one with the same semantics.
+//!
+//! Every key is a full key (`{ns}:dedup:…`); implementations add no prefix.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// A store failure. Callers treat every variant as "the store is unavailable right now".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Not connected (yet, or any more).
+    #[error("store is not connected")]
+    Unavailable,
+    /// The command failed or timed out.
+    #[error("store command failed: {0}")]
+    Command(String),
+}
+
+/// Result of [`Store::set_nx_get`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetNx {
+    /// The key was absent and now holds the value.
+    Set,
+    /// The key already existed; its value is returned and nothing changed.
+    Exists(Vec<u8>),
+}
+
+/// The store operations. All are atomic on their own; none waits longer than the
+/// implementation's command timeout.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `GET key`.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// `SET key value NX GET PX ttl` in one round trip: sets the key if absent, else returns
+    /// the current value.
+    async fn set_nx_get(&self, key: &str, value: &[u8], ttl: Duration)
+    -> Result<SetNx, StoreError>;
+    /// `SET key value NX PX ttl`; true when it was set.
+    async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError>;
+    /// `SET key value XX PX ttl`; true when the key existed and was overwritten.
+    async fn set_xx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError>;
+    /// `SET key value [PX ttl]` unconditionally.
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
+    /// `DEL key`; true when a key was removed.
+    async fn del(&self, key: &str) -> Result<bool, StoreError>;
+    /// Deletes `key` only if it holds exactly `expected` (by script); true when deleted.
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError>;
+    /// `INCR key`, setting `ttl` when the key was created by this call.
+    async fn incr(&self, key: &str, ttl: Option<Duration>) -> Result<i64, StoreError>;
+    /// `PTTL key` as a duration; `None` when the key is absent or has no expiry.
+    async fn pttl(&self, key: &str) -> Result<Option<Duration>, StoreError>;
+    /// `HGET key field`.
+    async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// `HSET key field value`.
+    async fn hset(&self, key: &str, field: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// `HDEL key field`; true when removed.
+    async fn hdel(&self, key: &str, field: &str) -> Result<bool, StoreError>;
+    /// `HGETALL key`.
+    async fn hgetall(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Whether the last health check reached the store.
+    fn is_ready(&self) -> bool;
+}
+
+/// Redis implementation: one multiplexed [`ConnectionManager`] shared by every caller,
+/// (re)connected in the background; commands fail fast with [`StoreError::Unavailable`]
+/// until the first connection is up.
+#[derive(Clone)]
+pub struct RedisStore {
+    shared: Arc<RedisShared>,
+}
+
+struct RedisShared {
+    connection: RwLock<Option<ConnectionManager>>,
+    ready: AtomicBool,
+}
+
+const COMPARE_AND_DELETE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+const INCR_WITH_TTL: &str = "local v = redis.call('INCR', KEYS[1]) if v == 1 and tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return v";
+
+impl RedisStore {
+    /// Starts connecting to `url` in the background and health-checks every second until
+    /// `shutdown` is cancelled. `command_timeout` bounds every command.
+    ///
+    /// Fails only when `url` is not a valid Redis URL.
+    pub fn connect(
+        url: &str,
+        command_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Command(e.to_string()))?;
+        let shared = Arc::new(RedisShared {
+            connection: RwLock::new(None),
+            ready: AtomicBool::new(false),
+        });
+        let task_shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(command_timeout))
+                .set_response_timeout(Some(command_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1));
+            let mut backoff = Duration::from_millis(100);
+            let manager = loop {
+                let attempt = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    r = ConnectionManager::new_with_config(client.clone(), config.clone()) => r,
+                };
+                match attempt {
+                    Ok(m) => break m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis connect failed; retrying");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            };
+            tracing::info!("redis connected");
+            if let Ok(mut slot) = task_shared.connection.write() {
+                *slot = Some(manager.clone());
+            }
+            // The manager reconnects on its own; this loop only tracks readiness.
+            let mut manager = manager;
+            loop {
+                let ok = redis::cmd("PING")
+                    .query_async::<String>(&mut manager)
+                    .await
+                    .is_ok();
+                if task_shared.ready.swap(ok, Ordering::Relaxed) != ok {
+                    if ok {
+                        tracing::info!("redis reachable");
+                    } else {
+                        tracing::warn!("redis unreachable");
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        });
+        Ok(Self { shared })
+    }
+
+    fn manager(&self) -> Result<ConnectionManager, StoreError> {
+        self.shared
+            .connection
+            .read()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .ok_or(StoreError::Unavailable)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut manager = self.manager()?;
+        cmd.query_async(&mut manager).await.map_err(|e| {
+            self.shared.ready.store(false, Ordering::Relaxed);
+            StoreError::Command(e.to_string())
+        })
+    }
+
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &str,
+        key: &str,
+        arg: &[u8],
+    ) -> Result<T, StoreError> {
+        let mut manager = self.manager()?;
+        redis::Script::new(script)
+            .key(key)
+            .arg(arg)
+            .invoke_async(&mut manager)
+            .await
+            .map_err(|e| StoreError::Command(e.to_string()))
+    }
+}
+
+fn px(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    async fn set_nx_get(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<SetNx, StoreError> {
+        let old: Option<Vec<u8>> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("PX")
+                    .arg(px(ttl)),
+            )
+            .await?;
+        Ok(match old {
+            None => SetNx::Set,
+            Some(v) => SetNx::Exists(v),
+        })
+    }
+
+    async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        let r: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(px(ttl)),
+            )
+            .await?;
+        Ok(r.is_some())
+    }
+
+    async fn set_xx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        let r: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("XX")
+                    .arg("PX")
+                    .arg(px(ttl)),
+            )
+            .await?;
+        Ok(r.is_some())
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(px(ttl));
+        }
+        let _: Option<String> = self.query(&cmd).await?;
+        Ok(())
+    }
+
+    async fn del(&self, key: &str) -> Result<bool, StoreError> {
+        let n: i64 = self.query(redis::cmd("DEL").arg(key)).await?;
+        Ok(n > 0)
+    }
+
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        let n: i64 = self.script(COMPARE_AND_DELETE, key, expected).await?;
+        Ok(n > 0)
+    }
+
+    async fn incr(&self, key: &str, ttl: Option<Duration>) -> Result<i64, StoreError> {
+        let ms = ttl.map_or(0, px).to_string();
+        self.script(INCR_WITH_TTL, key, ms.as_bytes()).await
+    }
+
+    async fn pttl(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        let ms: i64 = self.query(redis::cmd("PTTL").arg(key)).await?;
+        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+    }
+
+    async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.query(redis::cmd("HGET").arg(key).arg(field)).await
+    }
+
+    async fn hset(&self, key: &str, field: &str, value: &[u8]) -> Result<(), StoreError> {
+        let _: i64 = self
+            .query(redis::cmd("HSET").arg(key).arg(field).arg(value))
+            .await?;
+        Ok(())
+    }
+
+    async fn hdel(&self, key: &str, field: &str) -> Result<bool, StoreError> {
+        let n: i64 = self.query(redis::cmd("HDEL").arg(key).arg(field)).await?;
+        Ok(n > 0)
+    }
+
+    async fn hgetall(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.query(redis::cmd("HGETALL").arg(key)).await
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// In-memory implementation with Redis's semantics (expiry checked on access), for
+/// `wxgate dev` and tests. Cheap to clone; clones share the data.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    data: Arc<Mutex<HashMap<String, Entry>>>,
+}
+
+#[derive(Clone)]
+enum Value {
+    Bytes(Vec<u8>),
+    Hash(HashMap<String, Vec<u8>>),
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: Value,
+    expires_at: Option<Instant>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Entry>, Instant) -> T) -> T {
+        // A poisoned lock only means another task panicked mid-update of a plain map; the
+        // map itself is still consistent, so keep serving.
+        let mut data = self
+            .data
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        f(&mut data, now)
+    }
+}
+
+fn live<'a>(data: &'a mut HashMap<String, Entry>, key: &str, now: Instant) -> Option<&'a mut Entry> {
+    if data
+        .get(key)
+        .is_some_and(|e| e.expires_at.is_some_and(|t| t <= now))
+    {
+        data.remove(key);
+    }
+    data.get_mut(key)
+}
+
+fn bytes_of(entry: Option<&mut Entry>) -> Result<Option<Vec<u8>>, StoreError> {
+    match entry {
+        None => Ok(None),
+        Some(Entry {
+            value: Value::Bytes(b),
+            ..
+        }) => Ok(Some(b.clone())),
+        Some(_) => Err(StoreError::Command("WRONGTYPE".into())),
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|d, now| bytes_of(live(d, key, now)))
+    }
+
+    async fn set_nx_get(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<SetNx, StoreError> {
+        self.with(|d, now| {
+            if let Some(old) = bytes_of(live(d, key, now))? {
+                return Ok(SetNx::Exists(old));
+            }
+            d.insert(
+                key.to_owned(),
+                Entry {
+                    value: Value::Bytes(value.to_vec()),
+                    expires_at: Some(now + ttl),
+                },
+            );
+            Ok(SetNx::Set)
+        })
+    }
+
+    async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        Ok(self.set_nx_get(key, value, ttl).await? == SetNx::Set)
+    }
+
+    async fn set_xx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        self.with(|d, now| match live(d, key, now) {
+            None => Ok(false),
+            Some(entry) => {
+                *entry = Entry {
+                    value: Value::Bytes(value.to_vec()),
+                    expires_at: Some(now + ttl),
+                };
+                Ok(true)
+            }
+        })
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        self.with(|d, now| {
+            d.insert(
+                key.to_owned(),
+                Entry {
+                    value: Value::Bytes(value.to_vec()),
+                    expires_at: ttl.map(|t| now + t),
+                },
+            );
+            Ok(())
+        })
+    }
+
+    async fn del(&self, key: &str) -> Result<bool, StoreError> {
+        self.with(|d, now| Ok(live(d, key, now).is_some() && d.remove(key).is_some()))
+    }
+
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        self.with(|d, now| {
+            let matches = matches!(live(d, key, now), Some(Entry { value: Value::Bytes(b), .. }) if b == expected);
+            if matches {
+                d.remove(key);
+            }
+            Ok(matches)
+        })
+    }
+
+    async fn incr(&self, key: &str, ttl: Option<Duration>) -> Result<i64, StoreError> {
+        self.with(|d, now| {
+            let current = match bytes_of(live(d, key, now))? {
+                None => None,
+                Some(b) => Some(
+                    std::str::from_utf8(&b)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .ok_or_else(|| StoreError::Command("value is not an integer".into()))?,
+                ),
+            };
+            let next = current
+                .unwrap_or(0)
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Command("increment overflows".into()))?;
+            let expires_at = match (current, ttl) {
+                (None, Some(t)) => Some(now + t),
+                (None, None) => None,
+                (Some(_), _) => d.get(key).and_then(|e| e.expires_at),
+            };
+            d.insert(
+                key.to_owned(),
+                Entry {
+                    value: Value::Bytes(next.to_string().into_bytes()),
+                    expires_at,
+                },
+            );
+            Ok(next)
+        })
+    }
+
+    async fn pttl(&self, key: &str) -> Result<Option<Duration>, StoreError> {
+        self.with(|d, now| {
+            Ok(live(d, key, now)
+                .and_then(|e| e.expires_at)
+                .map(|t| t.saturating_duration_since(now)))
+        })
+    }
+
+    async fn hget(&self, key: &str, field: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|d, now| match live(d, key, now) {
+            None => Ok(None),
+            Some(Entry {
+                value: Value::Hash(h),
+                ..
+            }) => Ok(h.get(field).cloned()),
+            Some(_) => Err(StoreError::Command("WRONGTYPE".into())),
+        })
+    }
+
+    async fn hset(&self, key: &str, field: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.with(|d, now| {
+            if live(d, key, now).is_none() {
+                d.insert(
+                    key.to_owned(),
+                    Entry {
+                        value: Value::Hash(HashMap::new()),
+                        expires_at: None,
+                    },
+                );
+            }
+            match d.get_mut(key) {
+                Some(Entry {
+                    value: Value::Hash(h),
+                    ..
+                }) => {
+                    h.insert(field.to_owned(), value.to_vec());
+                    Ok(())
+                }
+                _ => Err(StoreError::Command("WRONGTYPE".into())),
+            }
+        })
+    }
+
+    async fn hdel(&self, key: &str, field: &str) -> Result<bool, StoreError> {
+        self.with(|d, now| match live(d, key, now) {
+            None => Ok(false),
+            Some(Entry {
+                value: Value::Hash(h),
+                ..
+            }) => Ok(h.remove(field).is_some()),
+            Some(_) => Err(StoreError::Command("WRONGTYPE".into())),
+        })
+    }
+
+    async fn hgetall(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.with(|d, now| match live(d, key, now) {
+            None => Ok(Vec::new()),
+            Some(Entry {
+                value: Value::Hash(h),
+                ..
+            }) => Ok(h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            Some(_) => Err(StoreError::Command("WRONGTYPE".into())),
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,156 @@
+//! The RabbitMQ names and topology of DESIGN.md §1.2, derived from the config in one place so
+//! gateway and worker declare exactly the same thing.
+
+use crate::config::Config;
+
+/// One argument of a queue declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    /// A string argument.
+    Str(&'static str, String),
+    /// An integer argument.
+    Int(&'static str, i64),
+}
+
+/// One durable queue with its bindings to the events exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// Queue name.
+    pub name: String,
+    /// Declaration arguments.
+    pub args: Vec<Arg>,
+    /// Routing-key patterns bound from the events exchange.
+    pub bindings: Vec<String>,
+}
+
+/// Everything declared at start: the topic exchange and the worker queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// `{ns}.events`, a durable topic exchange.
+    pub exchange: String,
+    /// `{ns}.worker`, its retry queues and `{ns}.worker.dead`.
+    pub queues: Vec<QueueSpec>,
+}
+
+/// The RabbitMQ names of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    ns: String,
+}
+
+impl Names {
+    /// Names under namespace `ns`.
+    pub fn new(ns: &str) -> Self {
+        Self { ns: ns.to_owned() }
+    }
+
+    /// `{ns}.events`.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.ns)
+    }
+
+    /// `{ns}.worker`.
+    pub fn worker_queue(&self) -> String {
+        format!("{}.worker", self.ns)
+    }
+
+    /// `{ns}.worker.retry.{i}`.
+    pub fn retry_queue(&self, i: usize) -> String {
+        format!("{}.worker.retry.{i}", self.ns)
+    }
+
+    /// `{ns}.worker.dead`.
+    pub fn dead_queue(&self) -> String {
+        format!("{}.worker.dead", self.ns)
+    }
+
+    /// `{ns}.group.{group}`.
+    pub fn group_queue(&self, group: &str) -> String {
+        format!("{}.group.{group}", self.ns)
+    }
+}
+
+/// The routing key of an event: `{account}.msg.{MsgType}` for messages and
+/// `{account}.event.{event lower-cased}` for events (DESIGN.md §1.2).
+///
+/// `msg_type` and `event` come from the callback: characters that would change the meaning
+/// of a topic pattern (`.`, `*`, `#`) are replaced by `_`.
+pub fn routing_key(account_id: &str, msg_type: &str, event: Option<&str>) -> String {
+    fn clean(s: &str, lower: bool) -> String {
+        s.chars()
+            .map(|c| match c {
+                '.' | '*' | '#' => '_',
+                c if lower => c.to_ascii_lowercase(),
+                c => c,
+            })
+            .collect()
+    }
+    match (msg_type, event) {
+        ("event", Some(event)) => format!("{account_id}.event.{}", clean(event, true)),
+        _ => format!("{account_id}.msg.{}", clean(msg_type, false)),
+    }
+}
+
+impl Topology {
+    /// The topology of DESIGN.md §1.2 for `config`.
+    pub fn for_config(config: &Config) -> Self {
+        let names = Names::new(&config.namespace);
+        let mut queues = vec![QueueSpec {
+            name: names.worker_queue(),
+            args: vec![Arg::Str(
+                "x-queue-type",
+                config.rabbitmq.queue_type.as_str().to_owned(),
+            )],
+            bindings: vec!["#".to_owned()],
+        }];
+        for (i, delay) in config.worker.retry_delays.iter().enumerate() {
+            queues.push(QueueSpec {
+                name: names.retry_queue(i),
+                args: vec![
+                    Arg::Int(
+                        "x-message-ttl",
+                        i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                    ),
+                    Arg::Str("x-dead-letter-exchange", String::new()),
+                    Arg::Str("x-dead-letter-routing-key", names.worker_queue()),
+                ],
+                bindings: Vec::new(),
+            });
+        }
+        queues.push(QueueSpec {
+            name: names.dead_queue(),
+            args: Vec::new(),
+            bindings: Vec::new(),
+        });
+        Self {
+            exchange: names.events_exchange(),
+            queues,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keys_follow_the_contract() {
+        assert_eq!(routing_key("demo", "text", None), "demo.msg.text");
+        assert_eq!(routing_key("demo", "voice", None), "demo.msg.voice");
+        assert_eq!(routing_key("demo", "event", Some("subscribe")), "demo.event.subscribe");
+        assert_eq!(routing_key("demo", "event", Some("SCAN")), "demo.event.scan");
+        assert_eq!(routing_key("demo", "event", Some("CLICK")), "demo.event.click");
+        assert_eq!(routing_key("demo", "te.x#t", None), "demo.msg.te_x_t");
+    }
+
+    #[test]
+    fn topology_has_worker_retry_and_dead_queues() {
+        let config = Config::from_toml("namespace = \"t1\"\n[worker]\nretry_delays_ms = [10, 20]\n", |_| None).unwrap();
+        let t = Topology::for_config(&config);
+        assert_eq!(t.exchange, "t1.events");
+        let names: Vec<_> = t.queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, ["t1.worker", "t1.worker.retry.0", "t1.worker.retry.1", "t1.worker.dead"]);
+        assert!(t.queues[1].args.contains(&Arg::Int("x-message-ttl", 10)));
+        assert!(t.queues[1].args.contains(&Arg::Str("x-dead-letter-routing-key", "t1.worker".into())));
+    }
+}
