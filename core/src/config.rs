@@ -411,7 +411,10 @@ impl Config {
     }
 
     /// Like [`Config::load`], from the TOML text itself.
-    pub fn from_toml(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_toml(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax(e.message().to_owned()))?;
@@ -507,12 +510,9 @@ fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| ConfigError::invalid(key, "must be an address like 0.0.0.0:8080"))
 }
 
-fn aes_key(key: &str, value: &str) -> Result<AesKey, ConfigError> {
+fn parse_aes_key(key: &str, value: &str) -> Result<AesKey, ConfigError> {
     AesKey::from_encoding_aes_key(value).map_err(|e| {
-        ConfigError::invalid(
-            key,
-            format!("{e} (expected 43 characters of [A-Za-z0-9])"),
-        )
+        ConfigError::invalid(key, format!("{e} (expected 43 characters of [A-Za-z0-9])"))
     })
 }
 
@@ -540,7 +540,10 @@ impl TryFrom<RawConfig> for Config {
                 .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_owned()),
         };
         if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
-            return Err(ConfigError::invalid("redis.url", "must start with redis://"));
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "must start with redis://",
+            ));
         }
         let rabbitmq = RabbitConfig {
             url: raw
@@ -550,7 +553,10 @@ impl TryFrom<RawConfig> for Config {
             queue_type: raw.rabbitmq.queue_type.unwrap_or(QueueType::Quorum),
         };
         if !rabbitmq.url.starts_with("amqp://") && !rabbitmq.url.starts_with("amqps://") {
-            return Err(ConfigError::invalid("rabbitmq.url", "must start with amqp://"));
+            return Err(ConfigError::invalid(
+                "rabbitmq.url",
+                "must start with amqp://",
+            ));
         }
 
         let g = raw.gateway;
@@ -781,13 +787,16 @@ fn account(i: usize, a: RawAccount) -> Result<Account, ConfigError> {
         ));
     }
     if a.token.is_empty() || a.token.len() > 128 {
-        return Err(ConfigError::invalid(key("token"), "must be 1 to 128 characters"));
+        return Err(ConfigError::invalid(
+            key("token"),
+            "must be 1 to 128 characters",
+        ));
     }
     let mode = a.mode.unwrap_or(Mode::Safe);
     let aes_key = a
         .encoding_aes_key
         .as_deref()
-        .map(|k| aes_key(&key("encoding_aes_key"), k))
+        .map(|k| parse_aes_key(&key("encoding_aes_key"), k))
         .transpose()?;
     if mode != Mode::Plain && aes_key.is_none() {
         return Err(ConfigError::invalid(
@@ -798,7 +807,7 @@ fn account(i: usize, a: RawAccount) -> Result<Account, ConfigError> {
     let previous_aes_key = a
         .previous_encoding_aes_key
         .as_deref()
-        .map(|k| aes_key(&key("previous_encoding_aes_key"), k))
+        .map(|k| parse_aes_key(&key("previous_encoding_aes_key"), k))
         .transpose()?;
     if let Some(t) = &a.previous_token
         && (t.is_empty() || t.len() > 128)
@@ -878,7 +887,10 @@ mod tests {
         assert_eq!(c.namespace, "b");
         assert_eq!(c.gateway.listen.port(), 2);
         assert!(!c.gateway.metrics_per_account);
-        assert_eq!(c.worker.retry_delays, vec![Duration::from_millis(10), Duration::from_millis(20)]);
+        assert_eq!(
+            c.worker.retry_delays,
+            vec![Duration::from_millis(10), Duration::from_millis(20)]
+        );
         assert_eq!(c.redis.url, "redis://10.0.0.1:6379/1");
     }
 
@@ -892,12 +904,17 @@ mod tests {
 
     #[test]
     fn unknown_key_is_refused() {
-        assert!(matches!(load("[gateway]\nlistne = \"x\"\n", &[]), Err(ConfigError::Syntax(m)) if m.contains("listne")));
+        assert!(
+            matches!(load("[gateway]\nlistne = \"x\"\n", &[]), Err(ConfigError::Syntax(m)) if m.contains("listne"))
+        );
     }
 
     #[test]
     fn budget_must_stay_under_five_seconds() {
-        assert_eq!(err_key("[gateway]\nrequest_budget_ms = 5000\n"), "gateway.request_budget_ms");
+        assert_eq!(
+            err_key("[gateway]\nrequest_budget_ms = 5000\n"),
+            "gateway.request_budget_ms"
+        );
     }
 
     #[test]
@@ -909,15 +926,21 @@ mod tests {
         assert_eq!(c.account("demo").unwrap().mode, Mode::Safe);
 
         assert_eq!(
-            err_key("[[accounts]]\nid = \"de.mo\"\nappid = \"wx1\"\ntoken = \"t\"\nmode = \"plain\"\n"),
+            err_key(
+                "[[accounts]]\nid = \"de.mo\"\nappid = \"wx1\"\ntoken = \"t\"\nmode = \"plain\"\n"
+            ),
             "accounts[0].id"
         );
         assert_eq!(
-            err_key("[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\nmode = \"safe\"\n"),
+            err_key(
+                "[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\nmode = \"safe\"\n"
+            ),
             "accounts[0].encoding_aes_key"
         );
         assert_eq!(
-            err_key("[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\nencoding_aes_key = \"short\"\n"),
+            err_key(
+                "[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\nencoding_aes_key = \"short\"\n"
+            ),
             "accounts[0].encoding_aes_key"
         );
         let dup = format!("{ok}{ok}");
@@ -944,8 +967,7 @@ mod tests {
         for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../config")).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                Config::load(&path, |_| None)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                Config::load(&path, |_| None).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             }
         }
     }

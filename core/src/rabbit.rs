@@ -14,13 +14,14 @@ use lapin::options::{
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{
-    Acker, Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message, Properties,
-    PublishError,
+    Acker, Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message, Properties, PublishError,
 };
 use crate::topology::{Arg, Topology};
 
@@ -76,8 +77,8 @@ impl RabbitBus {
         let live = self.shared.live.write().ok().and_then(|mut l| l.take());
         if let Some(live) = live {
             for channel in &live.channels {
-                let _ = tokio::time::timeout(Duration::from_secs(2), channel.wait_for_confirms())
-                    .await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), channel.wait_for_confirms()).await;
             }
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
@@ -123,7 +124,8 @@ async fn supervise(url: String, topology: Topology, shared: Arc<Shared>) {
                 tracing::warn!("rabbitmq connection lost; reconnecting");
                 let _ = tokio::time::timeout(
                     Duration::from_millis(500),
-                    live.connection.close(320, ShortString::from("reconnecting")),
+                    live.connection
+                        .close(320, ShortString::from("reconnecting")),
                 )
                 .await;
             }
@@ -232,7 +234,9 @@ fn to_amqp(properties: &Properties) -> BasicProperties {
         let mut table = FieldTable::default();
         for (k, v) in &properties.headers {
             let value = match v {
-                HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
+                HeaderValue::Str(s) => {
+                    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+                }
                 HeaderValue::Int(i) => AMQPValue::LongLongInt(*i),
             };
             table.insert(ShortString::from(k.as_str()), value);
@@ -279,7 +283,7 @@ fn from_amqp(p: &BasicProperties) -> Properties {
     }
 }
 
-struct RabbitAcker(lapin::acker::Acker);
+struct RabbitAcker(lapin::Acker);
 
 #[async_trait]
 impl Acker for RabbitAcker {
@@ -429,7 +433,9 @@ async fn consume_loop(
                     if sender.send(delivery).await.is_err() {
                         // The stream was dropped: its unsettled deliveries go back when the
                         // channel closes.
-                        let _ = channel.close(200, ShortString::from("consumer dropped")).await;
+                        let _ = channel
+                            .close(200, ShortString::from("consumer dropped"))
+                            .await;
                         return;
                     }
                 }

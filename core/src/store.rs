@@ -81,8 +81,7 @@ struct RedisShared {
     ready: AtomicBool,
 }
 
-const COMPARE_AND_DELETE: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+const COMPARE_AND_DELETE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 const INCR_WITH_TTL: &str = "local v = redis.call('INCR', KEYS[1]) if v == 1 and tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return v";
 
 impl RedisStore {
@@ -338,7 +337,11 @@ impl MemoryStore {
     }
 }
 
-fn live<'a>(data: &'a mut HashMap<String, Entry>, key: &str, now: Instant) -> Option<&'a mut Entry> {
+fn live<'a>(
+    data: &'a mut HashMap<String, Entry>,
+    key: &str,
+    now: Instant,
+) -> Option<&'a mut Entry> {
     if data
         .get(key)
         .is_some_and(|e| e.expires_at.is_some_and(|t| t <= now))

@@ -137,20 +137,45 @@ mod tests {
     fn routing_keys_follow_the_contract() {
         assert_eq!(routing_key("demo", "text", None), "demo.msg.text");
         assert_eq!(routing_key("demo", "voice", None), "demo.msg.voice");
-        assert_eq!(routing_key("demo", "event", Some("subscribe")), "demo.event.subscribe");
-        assert_eq!(routing_key("demo", "event", Some("SCAN")), "demo.event.scan");
-        assert_eq!(routing_key("demo", "event", Some("CLICK")), "demo.event.click");
+        assert_eq!(
+            routing_key("demo", "event", Some("subscribe")),
+            "demo.event.subscribe"
+        );
+        assert_eq!(
+            routing_key("demo", "event", Some("SCAN")),
+            "demo.event.scan"
+        );
+        assert_eq!(
+            routing_key("demo", "event", Some("CLICK")),
+            "demo.event.click"
+        );
         assert_eq!(routing_key("demo", "te.x#t", None), "demo.msg.te_x_t");
     }
 
     #[test]
     fn topology_has_worker_retry_and_dead_queues() {
-        let config = Config::from_toml("namespace = \"t1\"\n[worker]\nretry_delays_ms = [10, 20]\n", |_| None).unwrap();
+        let config = Config::from_toml(
+            "namespace = \"t1\"\n[worker]\nretry_delays_ms = [10, 20]\n",
+            |_| None,
+        )
+        .unwrap();
         let t = Topology::for_config(&config);
         assert_eq!(t.exchange, "t1.events");
         let names: Vec<_> = t.queues.iter().map(|q| q.name.as_str()).collect();
-        assert_eq!(names, ["t1.worker", "t1.worker.retry.0", "t1.worker.retry.1", "t1.worker.dead"]);
+        assert_eq!(
+            names,
+            [
+                "t1.worker",
+                "t1.worker.retry.0",
+                "t1.worker.retry.1",
+                "t1.worker.dead"
+            ]
+        );
         assert!(t.queues[1].args.contains(&Arg::Int("x-message-ttl", 10)));
-        assert!(t.queues[1].args.contains(&Arg::Str("x-dead-letter-routing-key", "t1.worker".into())));
+        assert!(
+            t.queues[1]
+                .args
+                .contains(&Arg::Str("x-dead-letter-routing-key", "t1.worker".into()))
+        );
     }
 }

@@ -1,1 +1,74 @@
-//! gateway
+//! wx-gateway: the HTTP edge of wxgate (DESIGN.md §1.1). Verifies WeChat callbacks, decrypts
+//! safe-mode bodies, deduplicates WeChat's retries in the store, publishes every accepted
+//! event to the bus with a publisher confirm, and only then answers.
+//!
+//! Holds no state of its own beyond the process: run as many as you like.
+
+pub mod dedup;
+pub mod event;
+pub mod http;
+pub mod pipeline;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wxgate_core::rabbit::RabbitBus;
+use wxgate_core::topology::Topology;
+use wxgate_core::{Bus, Config, RedisStore, Store};
+
+pub use state::Gateway;
+
+/// Serves callbacks on `listener` against the Redis and RabbitMQ of `config` until `shutdown`
+/// is cancelled; then drains in-flight requests and closes the broker connection.
+///
+/// Redis and RabbitMQ are connected (and reconnected) in the background: while either is
+/// down, `/readyz` and callbacks answer 503.
+pub async fn serve(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), wxgate_core::StoreError> {
+    let background = CancellationToken::new();
+    let store = RedisStore::connect(
+        &config.redis.url,
+        config.gateway.request_budget,
+        background.clone(),
+    )?;
+    let bus = RabbitBus::connect(
+        &config.rabbitmq.url,
+        Topology::for_config(&config),
+        background.clone(),
+    );
+    serve_with(
+        config,
+        listener,
+        Arc::new(store),
+        Arc::new(bus.clone()),
+        shutdown,
+    )
+    .await;
+    bus.close().await;
+    background.cancel();
+    Ok(())
+}
+
+/// Like [`serve`], with the store and bus given (in-memory ones for `wxgate dev`).
+pub async fn serve_with(
+    config: Arc<Config>,
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    shutdown: CancellationToken,
+) {
+    let gateway = Arc::new(Gateway::new(config, store, bus));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, accounts = gateway.accounts.len(), "wx-gateway listening");
+    }
+    if !gateway.bus.wait_ready(Duration::from_secs(5)).await {
+        tracing::warn!("broker not ready yet; answering 503 until it is");
+    }
+    http::serve(gateway, listener, shutdown).await;
+}

@@ -1,1 +1,95 @@
-fn main() {}
+//! `wx-gateway --config FILE`: the HTTP edge of wxgate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use wxgate_core::Config;
+
+/// Receives WeChat callbacks, publishes them to RabbitMQ with confirms and answers at once.
+///
+/// Example: wx-gateway --config config/example.toml
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The TOML config file (DESIGN.md §2); every key can be overridden with
+    /// WXGATE__SECTION__KEY environment variables.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    let config = match Config::load(&args.config, |k| std::env::var(k).ok()) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("wx-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("wx-gateway: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(config.gateway.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "wx-gateway: cannot listen on {}: {e}",
+                    config.gateway.listen
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        match wx_gateway::serve(config, listener, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wx-gateway: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("WXGATE_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}

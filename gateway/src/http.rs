@@ -1,0 +1,190 @@
+//! The HTTP edge: accept loop, routing, body limits, the request budget and graceful shutdown.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::pipeline::{self, CallbackError, CallbackQuery};
+use crate::state::Gateway;
+
+/// Open connections at most; further ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16_384;
+/// How long in-flight requests may take to finish after SIGTERM.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Body = Full<Bytes>;
+
+/// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets in-flight
+/// requests finish (up to 10 s).
+pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = Arc::clone(&gateway);
+        let service = service_fn(move |req| {
+            let gateway = Arc::clone(&gateway);
+            async move { Ok::<_, Infallible>(route(&gateway, req).await) }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("stopped accepting; draining in-flight requests");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed");
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+async fn route(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") => {
+            return if gateway.is_ready() {
+                text(StatusCode::OK, "ready")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+            };
+        }
+        (&Method::GET, "/metrics") => {
+            let mut response = text(StatusCode::OK, gateway.metrics.encode());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return response;
+        }
+        _ => {}
+    }
+    let prefix = gateway.config.gateway.path_prefix.as_str();
+    let Some(account_id) = path
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+    else {
+        return text(StatusCode::NOT_FOUND, "not found");
+    };
+    if req.method() != Method::GET && req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    }
+    let started = tokio::time::Instant::now();
+    let account_id = account_id.to_owned();
+    let result = callback(gateway, &account_id, req).await;
+    gateway
+        .metrics
+        .request_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok((body, outcome)) => {
+            gateway.metrics.request(&account_id, outcome);
+            text(StatusCode::OK, body)
+        }
+        Err(error) => {
+            let (status, outcome) = error.status();
+            gateway.metrics.request(&account_id, outcome);
+            if status.is_server_error() {
+                tracing::warn!(account_id = %account_id, %error, status = status.as_u16(), "callback not accepted");
+            } else {
+                tracing::info!(account_id = %account_id, %error, status = status.as_u16(), "callback refused");
+            }
+            text(status, status.canonical_reason().unwrap_or(""))
+        }
+    }
+}
+
+async fn callback(
+    gateway: &Arc<Gateway>,
+    account_id: &str,
+    req: Request<Incoming>,
+) -> Result<(Bytes, &'static str), CallbackError> {
+    let account = gateway
+        .accounts
+        .get(account_id)
+        .ok_or(CallbackError::UnknownAccount)?;
+    let query = CallbackQuery::parse(req.uri().query().unwrap_or(""));
+    if req.method() == Method::GET {
+        return pipeline::verify_get(account, &query).map(|body| (body, "verified"));
+    }
+    let max = gateway.config.gateway.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(CallbackError::BodyTooLarge);
+    }
+    let budget = gateway.config.gateway.request_budget;
+    let work = async {
+        let body = Limited::new(req.into_body(), max)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    CallbackError::BodyTooLarge
+                } else {
+                    CallbackError::BodyRead
+                }
+            })?
+            .to_bytes();
+        pipeline::handle_post(gateway, account, &query, &body).await
+    };
+    match tokio::time::timeout(budget, work).await {
+        Ok(Ok(answer)) => Ok((answer.body, answer.outcome)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(CallbackError::BudgetExceeded),
+    }
+}

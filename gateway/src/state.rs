@@ -1,0 +1,61 @@
+//! The gateway's shared state: config, accounts by id, the store and the bus.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use wechat::Limits;
+use wxgate_core::config::{Account, Config};
+use wxgate_core::keys::Keys;
+use wxgate_core::metrics::GatewayMetrics;
+use wxgate_core::topology::Names;
+use wxgate_core::{Bus, Store};
+
+/// Everything a request needs; shared by all connections.
+pub struct Gateway {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// Accounts by id.
+    pub accounts: HashMap<String, Account>,
+    /// Dedup store.
+    pub store: Arc<dyn Store>,
+    /// Event bus.
+    pub bus: Arc<dyn Bus>,
+    /// Redis key names.
+    pub keys: Keys,
+    /// `{ns}.events`.
+    pub exchange: String,
+    /// XML parser limits.
+    pub limits: Limits,
+    /// Metrics.
+    pub metrics: GatewayMetrics,
+}
+
+impl Gateway {
+    /// Builds the state from a config and the store/bus to use.
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
+        let accounts = config
+            .accounts
+            .iter()
+            .map(|a| (a.id.as_str().to_owned(), a.clone()))
+            .collect();
+        let limits = Limits {
+            max_bytes: config.gateway.max_body_bytes,
+            ..Limits::default()
+        };
+        Self {
+            keys: Keys::new(&config.namespace),
+            exchange: Names::new(&config.namespace).events_exchange(),
+            metrics: GatewayMetrics::new(config.gateway.metrics_per_account),
+            accounts,
+            store,
+            bus,
+            limits,
+            config,
+        }
+    }
+
+    /// Whether callbacks can be accepted: store reachable, broker connected, topology declared.
+    pub fn is_ready(&self) -> bool {
+        self.store.is_ready() && self.bus.is_ready()
+    }
+}
