@@ -1,6 +1,6 @@
 //! Shared runtime of wxgate: configuration, the event bus and key-value store traits with
 //! their RabbitMQ/Redis and in-memory implementations, the RabbitMQ topology, Redis key
-//! names and metrics.
+//! names, the shared access tokens and metrics.
 //!
 //! No HTTP server code and no rules live here: the gateway and worker own their edges, the
 //! `wechat` crate owns the protocol.
@@ -11,6 +11,7 @@ pub mod keys;
 pub mod metrics;
 pub mod rabbit;
 pub mod store;
+pub mod tokens;
 pub mod topology;
 
 pub use bus::{Bus, Delivery, DeliveryStream, Message, Properties, PublishError};

@@ -6,6 +6,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -124,4 +125,124 @@ pub fn encode(registry: &Registry) -> String {
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, registry);
     out
+}
+
+/// Labels `{account, result}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountResult {
+    /// Account id, or "" when per-account metrics are off.
+    pub account: String,
+    /// A fixed result name.
+    pub result: &'static str,
+}
+
+/// Labels `{outcome}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// A fixed outcome name.
+    pub outcome: &'static str,
+}
+
+/// Labels `{errcode}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrcodeLabel {
+    /// WeChat's errcode, or "" when the failure had none (network, undecodable, …).
+    pub errcode: String,
+}
+
+/// The worker's metrics (DESIGN.md §1.3).
+pub struct WorkerMetrics {
+    registry: Registry,
+    per_account: bool,
+    /// `wxgate_worker_events_total{outcome}`: sent, skipped, retried, dead.
+    pub events: Family<OutcomeLabel, Counter>,
+    /// `wxgate_worker_dead_total{errcode}`.
+    pub dead: Family<ErrcodeLabel, Counter>,
+    /// `wxgate_worker_send_seconds`: one `custom/send` call.
+    pub send_seconds: Histogram,
+    /// `wxgate_worker_end_to_end_seconds`: from `received_at_ms` to WeChat's answer.
+    pub end_to_end_seconds: Histogram,
+    /// `wxgate_token_refresh_total{account,result}`.
+    pub token_refresh: Family<AccountResult, Counter>,
+    /// `wxgate_token_requests_today{account}`: token endpoint calls today (Beijing date), as
+    /// last counted by this process.
+    pub token_requests_today: Family<AccountLabel, Gauge>,
+}
+
+impl WorkerMetrics {
+    /// Registers the worker's metrics; `per_account` is `gateway.metrics_per_account`.
+    pub fn new(per_account: bool) -> Self {
+        let mut registry = Registry::default();
+        let events = Family::<OutcomeLabel, Counter>::default();
+        let dead = Family::<ErrcodeLabel, Counter>::default();
+        let send_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let end_to_end_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 18));
+        let token_refresh = Family::<AccountResult, Counter>::default();
+        let token_requests_today = Family::<AccountLabel, Gauge>::default();
+        registry.register(
+            "wxgate_worker_events",
+            "Events settled, by outcome",
+            events.clone(),
+        );
+        registry.register(
+            "wxgate_worker_dead",
+            "Events parked in the dead-letter queue, by WeChat errcode",
+            dead.clone(),
+        );
+        registry.register(
+            "wxgate_worker_send_seconds",
+            "Time of one customer-service send call",
+            send_seconds.clone(),
+        );
+        registry.register(
+            "wxgate_worker_end_to_end_seconds",
+            "Time from the gateway accepting an event to WeChat answering its send",
+            end_to_end_seconds.clone(),
+        );
+        registry.register(
+            "wxgate_token_refresh",
+            "Access token refreshes, by account and result",
+            token_refresh.clone(),
+        );
+        registry.register(
+            "wxgate_token_requests_today",
+            "Calls to WeChat's token endpoints today (Beijing date)",
+            token_requests_today.clone(),
+        );
+        Self {
+            registry,
+            per_account,
+            events,
+            dead,
+            send_seconds,
+            end_to_end_seconds,
+            token_refresh,
+            token_requests_today,
+        }
+    }
+
+    /// The `account` label value for `account_id`.
+    pub fn account_label(&self, account_id: &str) -> String {
+        if self.per_account {
+            account_id.to_owned()
+        } else {
+            String::new()
+        }
+    }
+
+    /// Counts one settled event.
+    pub fn event(&self, outcome: &'static str) {
+        self.events.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Counts one dead-lettered event.
+    pub fn dead_letter(&self, errcode: Option<i64>) {
+        let errcode = errcode.map(|c| c.to_string()).unwrap_or_default();
+        self.dead.get_or_create(&ErrcodeLabel { errcode }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        encode(&self.registry)
+    }
 }
