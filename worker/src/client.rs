@@ -1,0 +1,339 @@
+//! The WeChat API client: HTTP(S) calls to `wechat.api_base` with a timeout, JSON in and out,
+//! and WeChat's token endpoints as the [`TokenFetcher`] of the shared token service.
+//!
+//! It never logs query strings or bodies: they carry access tokens and secrets.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use wxgate_core::config::{Secret, TokenMode};
+use wxgate_core::tokens::{FetchError, FetchedToken, TokenFetcher};
+
+use crate::custom::CustomMessage;
+
+/// Largest answer body read from WeChat.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// Why a call got no usable answer from WeChat.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// Connection failed, or no complete answer within `wechat.http_timeout_ms`.
+    #[error("wechat unreachable: {0}")]
+    Unreachable(String),
+    /// WeChat answered with a non-success HTTP status.
+    #[error("wechat answered http status {0}")]
+    Status(u16),
+    /// The answer was not the expected JSON.
+    #[error("wechat answered an unreadable body: {0}")]
+    BadAnswer(String),
+}
+
+impl CallError {
+    /// Whether a later attempt may succeed: network errors, timeouts, 5xx and 429.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable(_) => true,
+            Self::Status(status) => *status >= 500 || *status == 429,
+            Self::BadAnswer(_) => false,
+        }
+    }
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TLS configuration could not be built.
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
+}
+
+/// WeChat's JSON answer to an API call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiAnswer {
+    /// `errcode`; 0 when absent (successful answers of some endpoints carry none).
+    pub errcode: i64,
+    /// `errmsg`, empty when absent. Never contains secrets; may contain a `rid`.
+    pub errmsg: String,
+    /// The whole answer.
+    pub body: Value,
+}
+
+/// The WeChat API client. Cheap to clone; clones share the connection pool.
+#[derive(Clone)]
+pub struct WechatClient {
+    http: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    api_base: Arc<str>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for WechatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WechatClient")
+            .field("api_base", &self.api_base)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WechatClient {
+    /// A client for `api_base` (`https://api.weixin.qq.com`, or a simulator's `http://…`),
+    /// every call bounded by `timeout`. HTTPS verifies against the system's root
+    /// certificates.
+    pub fn new(api_base: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = match hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(Arc::clone(&provider))
+        {
+            Ok(builder) => builder,
+            Err(e) => {
+                // No system roots (a bare container): plain HTTP still works; HTTPS calls
+                // will fail certificate verification and say so.
+                tracing::warn!(error = %e, "no system root certificates; https calls will fail");
+                let tls = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| ClientError::Tls(e.to_string()))?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls)
+            }
+        };
+        let connector = builder.https_or_http().enable_http1().build();
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Self {
+            http,
+            api_base: Arc::from(api_base.trim_end_matches('/')),
+            timeout,
+        })
+    }
+
+    /// `GET {api_base}{path}?{query}`.
+    pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<ApiAnswer, CallError> {
+        self.call(Method::GET, path, query, None).await
+    }
+
+    /// `POST {api_base}{path}?{query}` with `body` as JSON.
+    pub async fn post(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        body: &Value,
+    ) -> Result<ApiAnswer, CallError> {
+        let body = serde_json::to_vec(body).map_err(|e| CallError::BadAnswer(e.to_string()))?;
+        self.call(Method::POST, path, query, Some(Bytes::from(body)))
+            .await
+    }
+
+    /// `POST /cgi-bin/message/custom/send` (protocol §6.1).
+    pub async fn custom_send(
+        &self,
+        access_token: &Secret,
+        message: &CustomMessage,
+    ) -> Result<ApiAnswer, CallError> {
+        let body = serde_json::to_value(message).map_err(|e| CallError::BadAnswer(e.to_string()))?;
+        self.post(
+            "/cgi-bin/message/custom/send",
+            &[("access_token", access_token.expose())],
+            &body,
+        )
+        .await
+    }
+
+    /// `POST /cgi-bin/message/custom/typing` (protocol §6.3); `typing` false cancels.
+    pub async fn custom_typing(
+        &self,
+        access_token: &Secret,
+        touser: &str,
+        typing: bool,
+    ) -> Result<ApiAnswer, CallError> {
+        let command = if typing { "Typing" } else { "CancelTyping" };
+        self.post(
+            "/cgi-bin/message/custom/typing",
+            &[("access_token", access_token.expose())],
+            &json!({ "touser": touser, "command": command }),
+        )
+        .await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> Result<ApiAnswer, CallError> {
+        let mut uri = format!("{}{path}", self.api_base);
+        for (i, (key, value)) in query.iter().enumerate() {
+            uri.push(if i == 0 { '?' } else { '&' });
+            uri.push_str(&percent_encode(key));
+            uri.push('=');
+            uri.push_str(&percent_encode(value));
+        }
+        let mut request = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json; charset=utf-8");
+        }
+        let request = request
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| CallError::Unreachable(format!("bad request: {e}")))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+            let status = response.status();
+            let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| CallError::Unreachable(format!("reading answer: {e}")))?
+                .to_bytes();
+            Ok::<_, CallError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| CallError::Unreachable("timed out".into()))??;
+        if status != StatusCode::OK {
+            return Err(CallError::Status(status.as_u16()));
+        }
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| CallError::BadAnswer("not json".into()))?;
+        let errcode = match body.get("errcode") {
+            None | Some(Value::Null) => 0,
+            Some(code) => code
+                .as_i64()
+                .ok_or_else(|| CallError::BadAnswer("errcode is not an integer".into()))?,
+        };
+        let errmsg = body
+            .get("errmsg")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        Ok(ApiAnswer {
+            errcode,
+            errmsg,
+            body,
+        })
+    }
+}
+
+#[async_trait]
+impl TokenFetcher for WechatClient {
+    async fn fetch(
+        &self,
+        mode: TokenMode,
+        appid: &str,
+        secret: &Secret,
+        force_refresh: bool,
+    ) -> Result<FetchedToken, FetchError> {
+        let started = Instant::now();
+        let answer = match mode {
+            TokenMode::Stable => {
+                self.post(
+                    "/cgi-bin/stable_token",
+                    &[],
+                    &json!({
+                        "grant_type": "client_credential",
+                        "appid": appid,
+                        "secret": secret.expose(),
+                        "force_refresh": force_refresh,
+                    }),
+                )
+                .await
+            }
+            TokenMode::Classic => {
+                self.get(
+                    "/cgi-bin/token",
+                    &[
+                        ("grant_type", "client_credential"),
+                        ("appid", appid),
+                        ("secret", secret.expose()),
+                    ],
+                )
+                .await
+            }
+        };
+        let answer = answer.map_err(|e| FetchError::Unreachable(e.to_string()))?;
+        tracing::debug!(
+            appid,
+            errcode = answer.errcode,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "token endpoint answered"
+        );
+        if answer.errcode != 0 {
+            return Err(FetchError::Errcode {
+                errcode: answer.errcode,
+                errmsg: answer.errmsg,
+            });
+        }
+        let access_token = answer
+            .body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| FetchError::Unreachable("answer has no access_token".into()))?;
+        let expires_in = answer
+            .body
+            .get("expires_in")
+            .and_then(Value::as_u64)
+            .unwrap_or(7200);
+        Ok(FetchedToken {
+            access_token: Secret::new(access_token),
+            expires_in: Duration::from_secs(expires_in),
+        })
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The error and its sources, joined; hyper's top-level message alone says little.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(percent_encode("abc-_.~09"), "abc-_.~09");
+        assert_eq!(percent_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+
+    #[test]
+    fn transient_call_errors() {
+        assert!(CallError::Unreachable("x".into()).is_transient());
+        assert!(CallError::Status(500).is_transient());
+        assert!(CallError::Status(429).is_transient());
+        assert!(!CallError::Status(404).is_transient());
+        assert!(!CallError::BadAnswer("x".into()).is_transient());
+    }
+}
