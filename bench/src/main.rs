@@ -45,7 +45,11 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 )]
 struct Args {
     /// Callback URL of the account, used when --account-count is 1 (http only).
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080/wx/bench")]
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080/wx/bench"
+    )]
     url: String,
 
     /// URL the account id is appended to when --account-count is more than 1.
@@ -164,7 +168,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("invalid duration `{text}` (examples: 500ms, 10s, 2m)"))?;
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration `{text}`: {e}"))
+    Duration::try_from_secs_f64(value * scale)
+        .map_err(|e| format!("invalid duration `{text}`: {e}"))
 }
 
 /// One ready-to-send callback.
@@ -277,7 +282,9 @@ struct Target {
 
 /// Splits an `http://host[:port]/path` URL into its target and path.
 fn split_url(url: &str) -> anyhow::Result<(Target, String)> {
-    let uri: Uri = url.parse().with_context(|| format!("invalid url `{url}`"))?;
+    let uri: Uri = url
+        .parse()
+        .with_context(|| format!("invalid url `{url}`"))?;
     if uri.scheme_str() != Some("http") {
         bail!("only http:// urls are supported, got `{url}`");
     }
@@ -387,8 +394,8 @@ async fn next_request(shared: &Shared) -> anyhow::Result<Next> {
         Some(interval) => {
             let ticket = shared.next_ticket.fetch_add(1, Ordering::Relaxed);
             #[allow(clippy::cast_precision_loss)] // Tickets stay far below 2^52.
-            let offset = Duration::try_from_secs_f64(ticket as f64 * interval)
-                .unwrap_or(Duration::MAX);
+            let offset =
+                Duration::try_from_secs_f64(ticket as f64 * interval).unwrap_or(Duration::MAX);
             let Some(at) = plan.start.checked_add(offset) else {
                 return Ok(Next::Done);
             };
@@ -856,7 +863,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             request = report.request_errors,
             timeouts = report.timeouts,
             body = report.bad_bodies,
-            latency = latency.as_ref().map_or_else(|| "null".to_owned(), Latency::json),
+            latency = latency
+                .as_ref()
+                .map_or_else(|| "null".to_owned(), Latency::json),
             scheduled = scheduled_latency
                 .as_ref()
                 .map_or_else(|| "null".to_owned(), Latency::json),
@@ -878,10 +887,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.account_count.max(1),
             elapsed.as_secs_f64()
         );
-        println!(
-            "requests     {total}  (ok {}, errors {errors})",
-            report.ok
-        );
+        println!("requests     {total}  (ok {}, errors {errors})", report.ok);
         if errors > 0 {
             let mut kinds: Vec<String> = report
                 .status

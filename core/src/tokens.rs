@@ -335,7 +335,12 @@ impl TokenService {
                 .await?
             {
                 let result = self.refresh_locked(appid, secret, rejected).await;
-                if let Err(e) = self.inner.store.compare_and_delete(&lock, owner.as_bytes()).await {
+                if let Err(e) = self
+                    .inner
+                    .store
+                    .compare_and_delete(&lock, owner.as_bytes())
+                    .await
+                {
                     tracing::warn!(appid, error = %e, "cannot release token lock; it expires by itself");
                 }
                 return match (result, cached) {
@@ -388,7 +393,10 @@ impl TokenService {
                 self.observe(appid, "stale");
                 return Err(TokenError::StillRejected);
             }
-            tracing::warn!(appid, "wechat returned the rejected token again; force refresh");
+            tracing::warn!(
+                appid,
+                "wechat returned the rejected token again; force refresh"
+            );
             fetched = self.fetch(appid, secret, true).await?;
             if rejected == Some(fetched.access_token.expose()) {
                 self.observe(appid, "stale");
@@ -409,7 +417,9 @@ impl TokenService {
             .set(
                 &self.inner.keys.token(appid),
                 &value,
-                Some(Duration::from_millis(u64::try_from(expires_in).unwrap_or(1))),
+                Some(Duration::from_millis(
+                    u64::try_from(expires_in).unwrap_or(1),
+                )),
             )
             .await?;
         self.inner
@@ -417,7 +427,11 @@ impl TokenService {
             .del(&self.inner.keys.token_backoff(appid))
             .await?;
         self.observe(appid, "ok");
-        tracing::info!(appid, expires_in_s = expires_in / 1000, "access token refreshed");
+        tracing::info!(
+            appid,
+            expires_in_s = expires_in / 1000,
+            "access token refreshed"
+        );
         Ok(stored.to_token())
     }
 
@@ -560,7 +574,11 @@ mod tests {
             };
             Ok(FetchedToken {
                 access_token: Secret::new(token),
-                expires_in: self.expires_in.lock().unwrap().unwrap_or(Duration::from_secs(7200)),
+                expires_in: self
+                    .expires_in
+                    .lock()
+                    .unwrap()
+                    .unwrap_or(Duration::from_secs(7200)),
             })
         }
     }
@@ -626,7 +644,10 @@ mod tests {
         let store = MemoryStore::new();
         let fetcher = Arc::new(FakeFetcher::default());
         put(&store, "cached", 3_600_000, 3_600_000).await;
-        let token = service(&store, &fetcher).get("wx1", &secret()).await.unwrap();
+        let token = service(&store, &fetcher)
+            .get("wx1", &secret())
+            .await
+            .unwrap();
         assert_eq!(token.token.expose(), "cached");
         assert_eq!(fetcher.calls.load(Ordering::SeqCst), 0);
     }
@@ -636,7 +657,10 @@ mod tests {
         let store = MemoryStore::new();
         let fetcher = Arc::new(FakeFetcher::default());
         put(&store, "old", 100_000, 7_000_000).await;
-        let token = service(&store, &fetcher).get("wx1", &secret()).await.unwrap();
+        let token = service(&store, &fetcher)
+            .get("wx1", &secret())
+            .await
+            .unwrap();
         assert_eq!(token.token.expose(), "token-1");
         assert_eq!(fetcher.calls.load(Ordering::SeqCst), 1);
     }
@@ -650,7 +674,10 @@ mod tests {
             .set("t:token-lock:wx1", b"someone", Some(LOCK_TTL))
             .await
             .unwrap();
-        let token = service(&store, &fetcher).get("wx1", &secret()).await.unwrap();
+        let token = service(&store, &fetcher)
+            .get("wx1", &secret())
+            .await
+            .unwrap();
         assert_eq!(token.token.expose(), "old");
         assert_eq!(fetcher.calls.load(Ordering::SeqCst), 0);
     }
@@ -662,9 +689,15 @@ mod tests {
         *fetcher.fail_with.lock().unwrap() = Some(FetchError::Unreachable("down".into()));
         put(&store, "old", 100_000, 7_000_000).await;
         let tokens = service(&store, &fetcher);
-        assert_eq!(tokens.get("wx1", &secret()).await.unwrap().token.expose(), "old");
+        assert_eq!(
+            tokens.get("wx1", &secret()).await.unwrap().token.expose(),
+            "old"
+        );
         // Backing off now: the old token is still handed out without calling WeChat.
-        assert_eq!(tokens.get("wx1", &secret()).await.unwrap().token.expose(), "old");
+        assert_eq!(
+            tokens.get("wx1", &secret()).await.unwrap().token.expose(),
+            "old"
+        );
         assert_eq!(fetcher.calls.load(Ordering::SeqCst), 1);
     }
 
@@ -674,11 +707,26 @@ mod tests {
         let fetcher = Arc::new(FakeFetcher::default());
         let tokens = service(&store, &fetcher);
         put(&store, "current", 3_600_000, 0).await;
-        assert!(!tokens.invalidate("wx1", &Secret::new("older")).await.unwrap());
+        assert!(
+            !tokens
+                .invalidate("wx1", &Secret::new("older"))
+                .await
+                .unwrap()
+        );
         assert!(store.get("t:token:wx1").await.unwrap().is_some());
-        assert!(tokens.invalidate("wx1", &Secret::new("current")).await.unwrap());
+        assert!(
+            tokens
+                .invalidate("wx1", &Secret::new("current"))
+                .await
+                .unwrap()
+        );
         assert!(store.get("t:token:wx1").await.unwrap().is_none());
-        assert!(!tokens.invalidate("wx1", &Secret::new("current")).await.unwrap());
+        assert!(
+            !tokens
+                .invalidate("wx1", &Secret::new("current"))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]
@@ -736,12 +784,14 @@ mod tests {
         assert!(err.is_transient());
         // Fails fast, without calling WeChat, while the back-off runs.
         let err = tokens.get("wx1", &secret()).await.unwrap_err();
-        assert!(matches!(err, TokenError::BackingOff { retry_in_ms } if retry_in_ms <= 1000), "{err:?}");
+        assert!(
+            matches!(err, TokenError::BackingOff { retry_in_ms } if retry_in_ms <= 1000),
+            "{err:?}"
+        );
         assert_eq!(fetcher.calls.load(Ordering::SeqCst), 1);
-        let backoff: Backoff = serde_json::from_slice(
-            &store.get("t:token-backoff:wx1").await.unwrap().unwrap(),
-        )
-        .unwrap();
+        let backoff: Backoff =
+            serde_json::from_slice(&store.get("t:token-backoff:wx1").await.unwrap().unwrap())
+                .unwrap();
         assert_eq!(backoff.delay_ms, 1000);
 
         // The next failure after it ran out doubles it.
@@ -750,15 +800,18 @@ mod tests {
             delay_ms: 1000,
         };
         store
-            .set("t:token-backoff:wx1", &serde_json::to_vec(&expired).unwrap(), None)
+            .set(
+                "t:token-backoff:wx1",
+                &serde_json::to_vec(&expired).unwrap(),
+                None,
+            )
             .await
             .unwrap();
         tokens.get("wx1", &secret()).await.unwrap_err();
         assert_eq!(fetcher.calls.load(Ordering::SeqCst), 2);
-        let backoff: Backoff = serde_json::from_slice(
-            &store.get("t:token-backoff:wx1").await.unwrap().unwrap(),
-        )
-        .unwrap();
+        let backoff: Backoff =
+            serde_json::from_slice(&store.get("t:token-backoff:wx1").await.unwrap().unwrap())
+                .unwrap();
         assert_eq!(backoff.delay_ms, 2000);
 
         // Success clears it.
@@ -768,7 +821,11 @@ mod tests {
             delay_ms: 60_000,
         };
         store
-            .set("t:token-backoff:wx1", &serde_json::to_vec(&expired).unwrap(), None)
+            .set(
+                "t:token-backoff:wx1",
+                &serde_json::to_vec(&expired).unwrap(),
+                None,
+            )
             .await
             .unwrap();
         tokens.get("wx1", &secret()).await.unwrap();
@@ -783,7 +840,10 @@ mod tests {
             errcode: 40125,
             errmsg: "invalid appsecret".into(),
         });
-        let err = service(&store, &fetcher).get("wx1", &secret()).await.unwrap_err();
+        let err = service(&store, &fetcher)
+            .get("wx1", &secret())
+            .await
+            .unwrap_err();
         assert!(!err.is_transient());
         assert!(store.get("t:token-backoff:wx1").await.unwrap().is_none());
     }

@@ -30,6 +30,10 @@ fn claim_ttl(gateway: &Gateway) -> Duration {
 /// Claims the event, or returns the stored answer. Waits (polling) while another request
 /// holds the claim; the caller's budget timeout bounds the wait.
 pub async fn claim(gateway: &Gateway, key: &str) -> Result<Claim, CallbackError> {
+    // Fail fast while Redis is known to be down, instead of spending the budget on timeouts.
+    if !gateway.store.is_ready() {
+        return Err(CallbackError::Store(StoreError::Unavailable));
+    }
     loop {
         match gateway
             .store

@@ -1,1 +1,195 @@
-//! worker
+//! The wxgate worker (DESIGN.md §1.3): consumes `{ns}.worker`, answers events through
+//! WeChat's customer-service API with the access token shared in Redis, retries and
+//! dead-letters per DESIGN.md §6, and serves `/healthz`, `/readyz` and `/metrics`.
+//!
+//! It keeps no state of its own: events live in RabbitMQ, tokens and sent markers in Redis.
+//! It never logs access tokens, secrets or message bodies. The gRPC API (DESIGN.md §1.5, §5)
+//! is not served yet: `worker.grpc_listen` is unused.
+
+pub mod client;
+mod consumer;
+pub mod custom;
+pub mod errcode;
+mod health;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wxgate_core::bus::{Bus, BusError};
+use wxgate_core::config::Config;
+use wxgate_core::keys::Keys;
+use wxgate_core::metrics::{AccountLabel, AccountResult, WorkerMetrics};
+use wxgate_core::rabbit::RabbitBus;
+use wxgate_core::store::{RedisStore, Store};
+use wxgate_core::tokens::{TokenObserver, TokenService, TokenSettings};
+use wxgate_core::topology::{Names, Topology};
+
+pub use client::{ApiAnswer, CallError, WechatClient};
+pub use consumer::{ATTEMPT_HEADER, ATTEMPTS_HEADER, ERRCODE_HEADER, REASON_HEADER};
+pub use custom::{CustomBody, CustomMessage};
+
+/// Bound on one Redis command.
+const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the worker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// `worker.http_listen` could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `redis.url` is not usable.
+    #[error("bad redis url: {0}")]
+    Redis(String),
+    /// The WeChat client could not be built.
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    /// The consumer could not start.
+    #[error("cannot consume: {0}")]
+    Consume(#[from] BusError),
+    /// The worker task panicked or was cancelled.
+    #[error("worker task failed: {0}")]
+    Task(String),
+}
+
+/// A started worker.
+#[derive(Debug)]
+pub struct Worker {
+    http_addr: SocketAddr,
+    task: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl Worker {
+    /// The address `/healthz`, `/readyz` and `/metrics` are served on (useful with port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Waits until the worker has stopped (after `shutdown` was cancelled).
+    pub async fn wait(self) -> Result<(), WorkerError> {
+        self.task
+            .await
+            .map_err(|e| WorkerError::Task(e.to_string()))?
+    }
+}
+
+/// Runs the worker until `shutdown` is cancelled, then stops consuming, requeues what it had
+/// not started, finishes what is in progress (up to 10 s) and returns.
+pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    start(config, shutdown).await?.wait().await
+}
+
+/// Binds `worker.http_listen`, connects to Redis and RabbitMQ (in the background, declaring
+/// the topology) and starts consuming; returns once listening.
+pub async fn start(config: Arc<Config>, shutdown: CancellationToken) -> Result<Worker, WorkerError> {
+    let addr = config.worker.http_listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| WorkerError::Bind { addr, source })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|source| WorkerError::Bind { addr, source })?;
+
+    // Redis and RabbitMQ outlive `shutdown`: in-progress events still need them to settle.
+    let connections = CancellationToken::new();
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(&config.redis.url, REDIS_COMMAND_TIMEOUT, connections.clone())
+            .map_err(|e| WorkerError::Redis(e.to_string()))?,
+    );
+    let rabbit = RabbitBus::connect(
+        &config.rabbitmq.url,
+        Topology::for_config(&config),
+        connections.clone(),
+    );
+    let bus: Arc<dyn Bus> = Arc::new(rabbit.clone());
+    let client = WechatClient::new(&config.wechat.api_base, config.wechat.http_timeout)?;
+    let metrics = Arc::new(WorkerMetrics::new(config.gateway.metrics_per_account));
+    let observer = Arc::new(MetricsObserver {
+        metrics: Arc::clone(&metrics),
+        accounts: config
+            .accounts
+            .iter()
+            .map(|a| (a.appid.clone(), a.id.as_str().to_owned()))
+            .collect(),
+    });
+    let tokens = TokenService::with_observer(
+        Arc::clone(&store),
+        Arc::new(client.clone()),
+        TokenSettings {
+            namespace: config.namespace.clone(),
+            mode: config.wechat.token_mode,
+            refresh_ahead: config.wechat.refresh_ahead,
+        },
+        Some(observer),
+    );
+    let ctx = Arc::new(consumer::Context {
+        names: Names::new(&config.namespace),
+        keys: Keys::new(&config.namespace),
+        bus: Arc::clone(&bus),
+        store: Arc::clone(&store),
+        tokens,
+        client,
+        metrics: Arc::clone(&metrics),
+        config,
+    });
+    let health = Arc::new(health::Health {
+        bus,
+        store,
+        metrics,
+    });
+    let http_task = tokio::spawn(health::serve(listener, health, shutdown.clone()));
+    tracing::info!(%http_addr, "worker listening for health and metrics");
+
+    let task = tokio::spawn(async move {
+        let result = consumer::run(ctx, shutdown).await;
+        rabbit.close().await;
+        connections.cancel();
+        http_task.abort();
+        tracing::info!("worker stopped");
+        result.map_err(WorkerError::from)
+    });
+    Ok(Worker { http_addr, task })
+}
+
+/// Feeds token refreshes into the metrics, labelled by account id.
+struct MetricsObserver {
+    metrics: Arc<WorkerMetrics>,
+    accounts: HashMap<String, String>,
+}
+
+impl MetricsObserver {
+    fn account(&self, appid: &str) -> String {
+        let id = self.accounts.get(appid).map_or("", String::as_str);
+        self.metrics.account_label(id)
+    }
+}
+
+impl TokenObserver for MetricsObserver {
+    fn refreshed(&self, appid: &str, result: &'static str) {
+        self.metrics
+            .token_refresh
+            .get_or_create(&AccountResult {
+                account: self.account(appid),
+                result,
+            })
+            .inc();
+    }
+
+    fn requests_today(&self, appid: &str, count: i64) {
+        self.metrics
+            .token_requests_today
+            .get_or_create(&AccountLabel {
+                account: self.account(appid),
+            })
+            .set(count);
+    }
+}

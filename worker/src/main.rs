@@ -1,1 +1,79 @@
-fn main() {}
+//! `wx-worker --config FILE`: the wxgate worker (DESIGN.md §1.3).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use wxgate_core::config::Config;
+
+/// Consumes wxgate events and answers them through WeChat's customer-service API.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The wxgate TOML configuration; every key can be overridden as WXGATE__SECTION__KEY.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let config = match Config::load(&args.config, |k| std::env::var(k).ok()) {
+        Ok(config) => Arc::new(config),
+        Err(e) => {
+            eprintln!("wx-worker: {}: {e}", args.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "worker failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Arc<Config>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let worker = wx_worker::start(config, shutdown.clone()).await?;
+    tokio::spawn(async move {
+        terminate().await;
+        tracing::info!("signal received; shutting down");
+        shutdown.cancel();
+    });
+    worker.wait().await?;
+    Ok(())
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+async fn terminate() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                tokio::select! {
+                    _ = sigterm.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

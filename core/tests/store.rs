@@ -1,0 +1,128 @@
+//! Store behaviour, written once and run against the in-memory store and real Redis
+//! (`WXGATE__REDIS__URL`, default redis://127.0.0.1:6379/0).
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use wxgate_core::store::{MemoryStore, RedisStore, SetNx, Store};
+
+fn namespace() -> String {
+    format!("t{:016x}", rand::random::<u64>())
+}
+
+async fn redis() -> (RedisStore, CancellationToken) {
+    let url = std::env::var("WXGATE__REDIS__URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned());
+    let shutdown = CancellationToken::new();
+    let store = RedisStore::connect(&url, Duration::from_secs(2), shutdown.clone()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !store.is_ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis at {url} is not reachable; start it with: redis-server --daemonize yes --port 6379 --save ''"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (store, shutdown)
+}
+
+async fn behaves_like_redis(store: &dyn Store, ns: &str) {
+    let key = format!("{ns}:k");
+    assert_eq!(store.get(&key).await.unwrap(), None);
+    assert_eq!(
+        store
+            .set_nx_get(&key, b"P", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        SetNx::Set
+    );
+    assert_eq!(
+        store
+            .set_nx_get(&key, b"Q", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        SetNx::Exists(b"P".to_vec())
+    );
+    assert!(
+        !store
+            .set_nx(&key, b"Q", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_xx(&key, b"Aok", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(&key).await.unwrap(), Some(b"Aok".to_vec()));
+    let ttl = store.pttl(&key).await.unwrap().unwrap();
+    assert!(ttl <= Duration::from_secs(5) && ttl > Duration::from_secs(3));
+
+    assert!(!store.compare_and_delete(&key, b"other").await.unwrap());
+    assert!(store.compare_and_delete(&key, b"Aok").await.unwrap());
+    assert!(
+        !store
+            .set_xx(&key, b"x", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(!store.del(&key).await.unwrap());
+
+    let counter = format!("{ns}:n");
+    assert_eq!(
+        store
+            .incr(&counter, Some(Duration::from_secs(60)))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .incr(&counter, Some(Duration::from_secs(60)))
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(store.pttl(&counter).await.unwrap().is_some());
+
+    let short = format!("{ns}:short");
+    store
+        .set(&short, b"v", Some(Duration::from_millis(30)))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.get(&short).await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "key did not expire");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let hash = format!("{ns}:h");
+    store.hset(&hash, "a", b"1").await.unwrap();
+    store.hset(&hash, "b", b"2").await.unwrap();
+    assert_eq!(store.hget(&hash, "a").await.unwrap(), Some(b"1".to_vec()));
+    let mut all = store.hgetall(&hash).await.unwrap();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())]
+    );
+    assert!(store.hdel(&hash, "a").await.unwrap());
+    assert_eq!(store.hget(&hash, "a").await.unwrap(), None);
+
+    for k in [key, counter, short, hash] {
+        store.del(&k).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn memory_store_behaves_like_redis() {
+    behaves_like_redis(&MemoryStore::new(), &namespace()).await;
+}
+
+#[tokio::test]
+async fn redis_store_behaves_like_redis() {
+    let (store, shutdown) = redis().await;
+    behaves_like_redis(&store, &namespace()).await;
+    shutdown.cancel();
+}
