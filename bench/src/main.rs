@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -96,7 +97,8 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     requests: u64,
 
-    /// Target rate over all connections in requests/s, paced open-loop; 0 = as fast as possible.
+    /// Target rate over all connections in requests/s, paced open-loop (then latency from each
+    /// request's due time is reported too); 0 = as fast as possible.
     #[arg(long, value_name = "REQ_PER_S", default_value_t = 0.0)]
     rate: f64,
 
@@ -115,6 +117,11 @@ struct Args {
     /// Extra keep-alive connections opened (one `GET /healthz` each) and held idle throughout.
     #[arg(long, value_name = "N", default_value_t = 0)]
     idle_connections: usize,
+
+    /// Interval of one `GET /healthz` on each idle connection, so a server idle timeout does not
+    /// close it (the gateway closes connections idle for 10 s); 0 = never.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    idle_refresh: Duration,
 
     /// Distinct sender openids to pick from at random.
     #[arg(long, value_name = "N", default_value_t = 1000)]
@@ -535,16 +542,8 @@ async fn run_connection(shared: Arc<Shared>) -> anyhow::Result<TaskReport> {
     Ok(report)
 }
 
-/// Opens one idle keep-alive connection and makes one `GET /healthz` on it, so the server has
-/// accepted and served it.
-async fn open_idle(target: Arc<Target>) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
-    let stream = TcpStream::connect(&target.connect_to).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+/// Makes one `GET /healthz` on an idle connection.
+async fn ping(sender: &mut SendRequest<Empty<Bytes>>, target: &Target) -> anyhow::Result<()> {
     let mut request = Request::new(Empty::new());
     *request.uri_mut() = Uri::from_static("/healthz");
     request.headers_mut().insert(HOST, target.host.clone());
@@ -555,15 +554,74 @@ async fn open_idle(target: Arc<Target>) -> anyhow::Result<SendRequest<Empty<Byte
     if status != StatusCode::OK {
         bail!("GET /healthz answered {status}");
     }
+    Ok(())
+}
+
+/// Opens one idle keep-alive connection and makes one `GET /healthz` on it, so the server has
+/// accepted and served it.
+async fn open_idle(target: Arc<Target>) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
+    let stream = TcpStream::connect(&target.connect_to).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    ping(&mut sender, &target).await?;
     Ok(sender)
+}
+
+/// Idle connections held open for the whole run; dropping this closes them.
+struct IdleConnections {
+    /// One keeper task per open connection.
+    keepers: JoinSet<()>,
+    /// Connections still open (a keeper decrements it when its connection fails).
+    open: Arc<AtomicU64>,
+    /// Connections that could not be opened.
+    failed: u64,
+}
+
+/// Keeps one idle connection open: a `GET /healthz` every `refresh` (first one at a random
+/// offset, so the pings are spread out), or no request at all when `refresh` is zero.
+/// Returns when the connection fails.
+async fn keep_idle(
+    mut sender: SendRequest<Empty<Bytes>>,
+    target: Arc<Target>,
+    refresh: Duration,
+    per_request: Duration,
+    open: Arc<AtomicU64>,
+) {
+    if refresh.is_zero() {
+        // No request ever: only notice when the server closes the connection.
+        while !sender.is_closed() {
+            sleep(Duration::from_secs(1)).await;
+        }
+    } else {
+        let first = refresh.mul_f64(rand::rng().random::<f64>());
+        sleep(first).await;
+        loop {
+            if sender.is_closed()
+                || !matches!(
+                    timeout(per_request, ping(&mut sender, &target)).await,
+                    Ok(Ok(()))
+                )
+            {
+                break;
+            }
+            sleep(refresh).await;
+        }
+    }
+    open.fetch_sub(1, Ordering::Relaxed);
 }
 
 async fn open_idle_connections(
     target: Arc<Target>,
     count: usize,
+    refresh: Duration,
     per_request: Duration,
-) -> (Vec<SendRequest<Empty<Bytes>>>, usize) {
-    let mut open = Vec::with_capacity(count);
+) -> IdleConnections {
+    let open = Arc::new(AtomicU64::new(0));
+    let mut keepers = JoinSet::new();
     let mut failed = 0;
     let mut pending = JoinSet::new();
     let mut launched = 0;
@@ -574,12 +632,25 @@ async fn open_idle_connections(
             launched += 1;
         }
         match pending.join_next().await {
-            Some(Ok(Ok(Ok(sender)))) => open.push(sender),
+            Some(Ok(Ok(Ok(sender)))) => {
+                open.fetch_add(1, Ordering::Relaxed);
+                keepers.spawn(keep_idle(
+                    sender,
+                    Arc::clone(&target),
+                    refresh,
+                    per_request,
+                    Arc::clone(&open),
+                ));
+            }
             Some(_) => failed += 1,
             None => break,
         }
     }
-    (open, failed)
+    IdleConnections {
+        keepers,
+        open,
+        failed,
+    }
 }
 
 /// CPU time of a process in µs (utime + stime of all its threads), from `/proc/{pid}/stat`.
@@ -693,14 +764,21 @@ fn json_number(value: Option<f64>) -> String {
     value.map_or_else(|| "null".to_owned(), |v| format!("{v:.2}"))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
         .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(run(args))
+        .context("starting the tokio runtime")
+        .and_then(|runtime| runtime.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wxgate-load: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -766,10 +844,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let target = Arc::new(target);
-    let (idle, idle_failed) = if args.idle_connections > 0 {
-        open_idle_connections(Arc::clone(&target), args.idle_connections, args.timeout).await
-    } else {
-        (Vec::new(), 0)
+    let gateway_pid = (args.gateway_pid > 0).then(|| args.gateway_pid.to_string());
+    let idle = open_idle_connections(
+        Arc::clone(&target),
+        args.idle_connections,
+        args.idle_refresh,
+        args.timeout,
+    )
+    .await;
+    let idle_failed = idle.failed;
+    // Read right after opening, before any load: RSS attributable to the open connections.
+    let gateway_rss_idle_kib = match (&gateway_pid, args.idle_connections) {
+        (Some(pid), 1..) => Some(process_rss_kib(pid)?),
+        _ => None,
     };
 
     let start = Instant::now();
@@ -796,7 +883,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     let hz = ticks_per_second();
-    let gateway_pid = (args.gateway_pid > 0).then(|| args.gateway_pid.to_string());
     let mut tasks = JoinSet::new();
     for _ in 0..args.connections {
         tasks.spawn(run_connection(Arc::clone(&shared)));
@@ -823,8 +909,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
         _ => (None, None),
     };
-    let idle_open = idle.iter().filter(|sender| !sender.is_closed()).count();
-    drop(idle);
+    let idle_open = idle.open.load(Ordering::Relaxed);
+    drop(idle.keepers);
 
     let errors = report.errors();
     let total = report.ok + errors;
@@ -850,7 +936,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
              \"request\":{request},\"timeout\":{timeouts},\"body\":{body}}},\
              \"req_per_s\":{throughput:.1},\"latency_ms\":{latency},\
              \"scheduled_latency_ms\":{scheduled},\"gateway_cpu_us_per_req\":{gateway_cpu},\
-             \"gateway_rss_kib\":{gateway_rss},\"load_cpu_us_per_req\":{self_cpu},\
+             \"gateway_rss_kib\":{gateway_rss},\"gateway_rss_after_idle_open_kib\":{gateway_rss_idle},\"load_cpu_us_per_req\":{self_cpu},\
              \"idle_connections\":{{\"requested\":{idle_requested},\"failed\":{idle_failed},\
              \"open_at_end\":{idle_open}}}}}",
             mode = args.mode.as_str(),
@@ -871,6 +957,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .map_or_else(|| "null".to_owned(), Latency::json),
             gateway_cpu = json_number(gateway_per_request),
             gateway_rss = gateway_rss_kib.map_or_else(|| "null".to_owned(), |v| v.to_string()),
+            gateway_rss_idle =
+                gateway_rss_idle_kib.map_or_else(|| "null".to_owned(), |v| v.to_string()),
             self_cpu = json_number(self_per_request),
             idle_requested = args.idle_connections,
         );
@@ -920,6 +1008,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             #[allow(clippy::cast_precision_loss)] // KiB counts stay far below 2^52.
             let mib = rss as f64 / 1024.0;
             println!("gateway rss  {mib:.1} MiB");
+        }
+        if let Some(rss) = gateway_rss_idle_kib {
+            #[allow(clippy::cast_precision_loss)] // KiB counts stay far below 2^52.
+            let mib = rss as f64 / 1024.0;
+            println!("gateway rss  {mib:.1} MiB right after opening the idle connections");
         }
         if let Some(cpu) = self_per_request {
             println!("load cpu     {cpu:.1} µs/request (this generator)");

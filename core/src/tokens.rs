@@ -307,16 +307,18 @@ impl TokenService {
         let usable = |s: &Stored, now: i64| {
             s.expires_at_ms > now && Some(s.access_token.as_str()) != rejected
         };
+        // Usable and not due for a refresh ahead of time.
+        let current = |s: &Stored, now: i64| {
+            usable(s, now)
+                && (s.expires_at_ms - now > self.inner.refresh_ahead_ms
+                    || now - s.fetched_at_ms < MIN_AHEAD_INTERVAL_MS)
+        };
         let deadline = tokio::time::Instant::now() + POLL_FOR;
         loop {
             let now = crate::now_ms();
             let cached = self.read(appid).await?.filter(|s| usable(s, now));
-            if let Some(s) = &cached {
-                let fresh = s.expires_at_ms - now > self.inner.refresh_ahead_ms;
-                let just_fetched = now - s.fetched_at_ms < MIN_AHEAD_INTERVAL_MS;
-                if fresh || just_fetched {
-                    return Ok(s.to_token());
-                }
+            if let Some(s) = cached.as_ref().filter(|s| current(s, now)) {
+                return Ok(s.to_token());
             }
             if let Some(b) = self.backoff(appid, now).await? {
                 return match cached {
@@ -334,7 +336,12 @@ impl TokenService {
                 .set_nx(&lock, owner.as_bytes(), LOCK_TTL)
                 .await?
             {
-                let result = self.refresh_locked(appid, secret, rejected).await;
+                // Another process may have stored a token between our read and our lock.
+                let result = match self.read(appid).await {
+                    Ok(Some(s)) if current(&s, crate::now_ms()) => Ok(s.to_token()),
+                    Ok(_) => self.refresh_locked(appid, secret, rejected).await,
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = self
                     .inner
                     .store

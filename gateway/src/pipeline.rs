@@ -54,9 +54,6 @@ pub enum CallbackError {
     /// The (decrypted) XML is not a valid message.
     #[error("invalid message xml: {0}")]
     BadXml(ParseError),
-    /// Another request held the dedup key for the whole budget.
-    #[error("duplicate still in progress")]
-    InProgress,
     /// Redis failed.
     #[error("dedup store unavailable: {0}")]
     Store(StoreError),
@@ -86,7 +83,6 @@ impl CallbackError {
             Self::BadEnvelope(_) | Self::BadXml(_) => (StatusCode::BAD_REQUEST, "bad_xml"),
             Self::BadSignature => (StatusCode::FORBIDDEN, "bad_signature"),
             Self::Decrypt(_) => (StatusCode::BAD_REQUEST, "bad_crypto"),
-            Self::InProgress => (StatusCode::SERVICE_UNAVAILABLE, "in_progress"),
             Self::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Self::Publish(_) | Self::PublishTimeout => {
                 (StatusCode::SERVICE_UNAVAILABLE, "publish_failed")

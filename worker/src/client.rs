@@ -139,7 +139,8 @@ impl WechatClient {
         access_token: &Secret,
         message: &CustomMessage,
     ) -> Result<ApiAnswer, CallError> {
-        let body = serde_json::to_value(message).map_err(|e| CallError::BadAnswer(e.to_string()))?;
+        let body =
+            serde_json::to_value(message).map_err(|e| CallError::BadAnswer(e.to_string()))?;
         self.post(
             "/cgi-bin/message/custom/send",
             &[("access_token", access_token.expose())],
@@ -205,8 +206,8 @@ impl WechatClient {
         if status != StatusCode::OK {
             return Err(CallError::Status(status.as_u16()));
         }
-        let body: Value = serde_json::from_slice(&bytes)
-            .map_err(|_| CallError::BadAnswer("not json".into()))?;
+        let body: Value =
+            serde_json::from_slice(&bytes).map_err(|_| CallError::BadAnswer("not json".into()))?;
         let errcode = match body.get("errcode") {
             None | Some(Value::Null) => 0,
             Some(code) => code

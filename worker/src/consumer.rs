@@ -216,7 +216,12 @@ async fn dead(
     let queue = ctx.names.dead_queue();
     match publish(ctx, &queue, &copy).await {
         Ok(()) => {
-            tracing::warn!(reason, errcode, attempts, "event parked in the dead-letter queue");
+            tracing::warn!(
+                reason,
+                errcode,
+                attempts,
+                "event parked in the dead-letter queue"
+            );
             ctx.metrics.event("dead");
             ctx.metrics.dead_letter(errcode);
             delivery.ack().await
@@ -241,7 +246,9 @@ async fn publish(ctx: &Context, queue: &str, message: &Message) -> Result<(), St
 fn copy_of(message: &Message) -> Message {
     let mut copy = message.clone();
     copy.properties.headers.retain(|(name, _)| {
-        !(name == "x-death" || name.starts_with("x-first-death") || name.starts_with("x-last-death"))
+        !(name == "x-death"
+            || name.starts_with("x-first-death")
+            || name.starts_with("x-last-death"))
     });
     copy
 }

@@ -61,9 +61,10 @@ fn answer(health: &Health, request: &Request<Incoming>) -> Response<Full<Bytes>>
     let text = |status: StatusCode, body: String, content_type: &'static str| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_type),
+        );
         response
     };
     if request.method() != Method::GET && request.method() != Method::HEAD {

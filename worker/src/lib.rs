@@ -90,7 +90,56 @@ pub async fn run(config: Arc<Config>, shutdown: CancellationToken) -> Result<(),
 
 /// Binds `worker.http_listen`, connects to Redis and RabbitMQ (in the background, declaring
 /// the topology) and starts consuming; returns once listening.
-pub async fn start(config: Arc<Config>, shutdown: CancellationToken) -> Result<Worker, WorkerError> {
+pub async fn start(
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) -> Result<Worker, WorkerError> {
+    // Redis and RabbitMQ outlive `shutdown`: in-progress events still need them to settle.
+    let connections = CancellationToken::new();
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(
+            &config.redis.url,
+            REDIS_COMMAND_TIMEOUT,
+            connections.clone(),
+        )
+        .map_err(|e| WorkerError::Redis(e.to_string()))?,
+    );
+    let rabbit = RabbitBus::connect(
+        &config.rabbitmq.url,
+        Topology::for_config(&config),
+        connections.clone(),
+    );
+    let started = start_with(config, Arc::new(rabbit.clone()), store, shutdown).await;
+    let worker = match started {
+        Ok(worker) => worker,
+        Err(e) => {
+            connections.cancel();
+            return Err(e);
+        }
+    };
+    let Worker { http_addr, task } = worker;
+    let task = tokio::spawn(async move {
+        let result = task
+            .await
+            .map_err(|e| WorkerError::Task(e.to_string()))
+            .and_then(|r| r);
+        rabbit.close().await;
+        connections.cancel();
+        result
+    });
+    Ok(Worker { http_addr, task })
+}
+
+/// Like [`start`], on a bus and store the caller made (e.g. the in-memory pair of
+/// `wxgate dev`). The bus must have declared the topology of
+/// [`wxgate_core::topology::Topology::for_config`]; the caller closes both after
+/// [`Worker::wait`].
+pub async fn start_with(
+    config: Arc<Config>,
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> Result<Worker, WorkerError> {
     let addr = config.worker.http_listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -98,19 +147,6 @@ pub async fn start(config: Arc<Config>, shutdown: CancellationToken) -> Result<W
     let http_addr = listener
         .local_addr()
         .map_err(|source| WorkerError::Bind { addr, source })?;
-
-    // Redis and RabbitMQ outlive `shutdown`: in-progress events still need them to settle.
-    let connections = CancellationToken::new();
-    let store: Arc<dyn Store> = Arc::new(
-        RedisStore::connect(&config.redis.url, REDIS_COMMAND_TIMEOUT, connections.clone())
-            .map_err(|e| WorkerError::Redis(e.to_string()))?,
-    );
-    let rabbit = RabbitBus::connect(
-        &config.rabbitmq.url,
-        Topology::for_config(&config),
-        connections.clone(),
-    );
-    let bus: Arc<dyn Bus> = Arc::new(rabbit.clone());
     let client = WechatClient::new(&config.wechat.api_base, config.wechat.http_timeout)?;
     let metrics = Arc::new(WorkerMetrics::new(config.gateway.metrics_per_account));
     let observer = Arc::new(MetricsObserver {
@@ -151,8 +187,6 @@ pub async fn start(config: Arc<Config>, shutdown: CancellationToken) -> Result<W
 
     let task = tokio::spawn(async move {
         let result = consumer::run(ctx, shutdown).await;
-        rabbit.close().await;
-        connections.cancel();
         http_task.abort();
         tracing::info!("worker stopped");
         result.map_err(WorkerError::from)

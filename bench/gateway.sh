@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# Load matrix for wx-gateway against the local Redis and RabbitMQ; see bench/README.md.
+#
+# Builds wx-gateway and wxgate-load (release), starts the gateway on a temporary config
+# with a random namespace, runs plain/safe x 32/128 connections, then an RSS run with
+# 10,000 extra accounts and 1,000 idle keep-alive connections, prints a markdown table,
+# and removes everything it created (gateway process, {ns}.* queues and exchange,
+# {ns}:* Redis keys, the temporary directory).
+#
+# Environment (all optional):
+#   CARGO_TARGET_DIR  build directory           (default $HOME/.cache/wxgate-target)
+#   QUEUE_TYPE        classic | quorum          (default classic)
+#   MODES             callback modes to run     (default "plain safe")
+#   CONNECTIONS       connection counts         (default "32 128")
+#   DURATION, WARMUP  per run                   (default 10s, 2s)
+#   RSS_ACCOUNTS      accounts in the RSS run   (default 10000)
+#   IDLE_CONNECTIONS  idle conns in the RSS run (default 1000)
+#   PORT              gateway listen port       (default 18080)
+#   REDIS_URL         (default redis://127.0.0.1:6379/0)
+#   AMQP_URL          (default amqp://guest:guest@127.0.0.1:5672/%2f)
+#   RUST_LOG          gateway log filter        (default warn: no per-request logging)
+#   SKIP_BUILD=1      use the binaries already in $CARGO_TARGET_DIR/release
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/wxgate-target}
+QUEUE_TYPE=${QUEUE_TYPE:-classic}
+MODES=${MODES:-plain safe}
+CONNECTIONS=${CONNECTIONS:-32 128}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+RSS_ACCOUNTS=${RSS_ACCOUNTS:-10000}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-1000}
+PORT=${PORT:-18080}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+export RUST_LOG=${RUST_LOG:-warn}
+
+TOKEN=benchtoken
+AES_KEY=abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG
+APPID=wx0000000000bench
+NS="bench$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/wxgate-bench.XXXXXX")
+GATEWAY_PID=""
+
+log() { printf '[gateway.sh] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for tool in curl jq redis-cli rabbitmqctl; do
+    command -v "$tool" >/dev/null || die "$tool not found"
+done
+redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 ||
+    die "Redis not reachable at $REDIS_URL (start it: docker compose up -d redis, or service redis-server start)"
+(exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null ||
+    die "RabbitMQ not reachable on 127.0.0.1:5672 (start it: docker compose up -d rabbitmq, or service rabbitmq-server start)"
+case "$QUEUE_TYPE" in classic | quorum) ;; *) die "QUEUE_TYPE must be classic or quorum" ;; esac
+
+# 1,000 idle connections on both ends of one machine need more than the usual 1,024 fds.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    log "building wx-gateway and wxgate-load (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$ROOT" && cargo build --release -p wx-gateway -p wxgate-bench)
+fi
+GATEWAY_BIN=$CARGO_TARGET_DIR/release/wx-gateway
+LOAD_BIN=$CARGO_TARGET_DIR/release/wxgate-load
+[[ -x "$GATEWAY_BIN" && -x "$LOAD_BIN" ]] || die "binaries missing in $CARGO_TARGET_DIR/release"
+
+stop_gateway() {
+    [[ -n "$GATEWAY_PID" ]] || return 0
+    if kill -0 "$GATEWAY_PID" 2>/dev/null; then
+        kill -TERM "$GATEWAY_PID"
+        # The gateway drains for up to 10 s on SIGTERM (DESIGN.md §1.1).
+        local deadline=$((SECONDS + 15))
+        while kill -0 "$GATEWAY_PID" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+        if kill -0 "$GATEWAY_PID" 2>/dev/null; then
+            log "gateway did not exit within 15 s of SIGTERM; killing it"
+            kill -KILL "$GATEWAY_PID" 2>/dev/null || true
+        fi
+    fi
+    wait "$GATEWAY_PID" 2>/dev/null || log "gateway exited with status $?"
+    GATEWAY_PID=""
+}
+
+delete_exchange() {
+    local exchange=$1
+    # rabbitmqctl cannot delete exchanges; use the management API when it is enabled, else
+    # the broker's own delete function through eval (RabbitMQ 3.x signature).
+    if command -v rabbitmqadmin >/dev/null &&
+        rabbitmqadmin delete exchange name="$exchange" >/dev/null 2>&1; then
+        return 0
+    fi
+    local result
+    result=$(rabbitmqctl eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange\">>), false, <<\"wxgate-bench\">>)." 2>&1) || true
+    case "$result" in
+    *ok* | *not_found*) ;;
+    *) log "could not delete exchange $exchange (delete it by hand): $result" ;;
+    esac
+}
+
+cleanup() {
+    local status=$?
+    stop_gateway
+    log "removing RabbitMQ queues and exchange $NS.*"
+    local queues
+    queues=$(rabbitmqctl -q list_queues name 2>/dev/null | grep -E "^${NS}\." || true)
+    for queue in $queues; do
+        rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || log "could not delete queue $queue"
+    done
+    if rabbitmqctl -q list_exchanges name 2>/dev/null | grep -qx "${NS}.events"; then
+        delete_exchange "${NS}.events"
+    fi
+    log "removing Redis keys $NS:*"
+    redis-cli -u "$REDIS_URL" --scan --pattern "${NS}:*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# write_config FILE EXTRA_ACCOUNTS
+write_config() {
+    local file=$1 extra=$2
+    {
+        cat <<EOF
+namespace = "$NS"
+
+[redis]
+url = "$REDIS_URL"
+
+[rabbitmq]
+url = "$AMQP_URL"
+queue_type = "$QUEUE_TYPE"
+
+[gateway]
+listen = "127.0.0.1:$PORT"
+
+[[accounts]]
+id = "bench"
+appid = "$APPID"
+token = "$TOKEN"
+mode = "plain"
+
+[[accounts]]
+id = "benchsafe"
+appid = "$APPID"
+token = "$TOKEN"
+encoding_aes_key = "$AES_KEY"
+mode = "safe"
+EOF
+        local i
+        for ((i = 0; i < extra; i++)); do
+            printf '\n[[accounts]]\nid = "acc%d"\nappid = "wx%016x"\ntoken = "%s"\nencoding_aes_key = "%s"\nmode = "safe"\n' \
+                "$i" "$i" "$TOKEN" "$AES_KEY"
+        done
+    } >"$file"
+}
+
+start_gateway() {
+    local config=$1
+    log "starting wx-gateway (namespace $NS, queue type $QUEUE_TYPE, $config)"
+    "$GATEWAY_BIN" --config "$config" >>"$WORK/gateway.log" 2>&1 &
+    GATEWAY_PID=$!
+    local deadline=$((SECONDS + 60))
+    until curl -fsS -o /dev/null "http://127.0.0.1:$PORT/readyz" 2>/dev/null; do
+        if ! kill -0 "$GATEWAY_PID" 2>/dev/null; then
+            tail -n 20 "$WORK/gateway.log" >&2
+            GATEWAY_PID=""
+            die "wx-gateway exited before becoming ready"
+        fi
+        if ((SECONDS >= deadline)); then
+            tail -n 20 "$WORK/gateway.log" >&2
+            die "wx-gateway not ready within 60 s"
+        fi
+        sleep 0.2
+    done
+    log "wx-gateway ready (pid $GATEWAY_PID)"
+}
+
+purge_worker_queue() {
+    # Nothing consumes {ns}.worker during the bench; keep it from growing across runs.
+    rabbitmqctl -q purge_queue "${NS}.worker" >/dev/null 2>&1 || log "could not purge ${NS}.worker"
+}
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# run_load NAME ARGS... : runs wxgate-load, keeps its JSON line in $WORK/NAME.json
+run_load() {
+    local name=$1
+    shift
+    log "run $name: $*"
+    if ! "$LOAD_BIN" --json --gateway-pid "$GATEWAY_PID" --duration "$DURATION" --warmup "$WARMUP" \
+        --token "$TOKEN" --aes-key "$AES_KEY" --appid "$APPID" "$@" >"$WORK/$name.json"; then
+        log "run $name reported failure"
+    fi
+    [[ -s "$WORK/$name.json" ]] || echo '{}' >"$WORK/$name.json"
+    purge_worker_queue
+}
+
+fmt_row() {
+    # mode, connections, req/s, p50, p90, p99, max, errors, gateway cpu, rss, load cpu
+    jq -r '"| \(.mode // "?") | \(.connections // "?") | \(.req_per_s // "-") | \(.latency_ms.p50 // "-") | \(.latency_ms.p90 // "-") | \(.latency_ms.p99 // "-") | \(.latency_ms.max // "-") | \(.errors.total // "-")\(if (.errors.total // 0) > 0 then " \(.errors | del(.total) | tostring)" else "" end) | \(.gateway_cpu_us_per_req // "-") | \(if .gateway_rss_kib then (.gateway_rss_kib / 1024 * 10 | round / 10) else "-" end) | \(.load_cpu_us_per_req // "-") |"' "$1"
+}
+
+# --- the matrix ---------------------------------------------------------------------------
+write_config "$WORK/matrix.toml" 0
+start_gateway "$WORK/matrix.toml"
+MATRIX_RSS_IDLE=$(rss_kib "$GATEWAY_PID")
+for mode in $MODES; do
+    url="http://127.0.0.1:$PORT/wx/bench"
+    [[ "$mode" == plain ]] || url="http://127.0.0.1:$PORT/wx/benchsafe"
+    for connections in $CONNECTIONS; do
+        run_load "matrix-$mode-$connections" --url "$url" --mode "$mode" --connections "$connections"
+    done
+done
+stop_gateway
+
+# --- the RSS run: many accounts, many idle connections --------------------------------------
+write_config "$WORK/rss.toml" "$RSS_ACCOUNTS"
+start_gateway "$WORK/rss.toml"
+RSS_IDLE=$(rss_kib "$GATEWAY_PID")
+run_load rss --url "http://127.0.0.1:$PORT/wx/benchsafe" --mode safe --connections 32 \
+    --idle-connections "$IDLE_CONNECTIONS"
+stop_gateway
+
+# --- report --------------------------------------------------------------------------------
+cat <<EOF
+
+## wx-gateway load matrix
+
+$(date -u +%Y-%m-%dT%H:%MZ) · $(nproc) CPUs · $(uname -r) · queue type \`$QUEUE_TYPE\` · ${DURATION} per run after ${WARMUP} warmup
+· generator and gateway on the same machine · gateway RSS at start ${MATRIX_RSS_IDLE} KiB
+
+| mode | connections | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | gateway CPU µs/req | gateway RSS MiB | load CPU µs/req |
+|---|---|---|---|---|---|---|---|---|---|---|
+EOF
+for mode in $MODES; do
+    for connections in $CONNECTIONS; do
+        fmt_row "$WORK/matrix-$mode-$connections.json"
+    done
+done
+cat <<EOF
+
+### RSS with $((RSS_ACCOUNTS + 2)) accounts and $IDLE_CONNECTIONS idle connections
+
+| accounts | idle connections (open at end) | RSS at start MiB | RSS with idle connections MiB | RSS at end of load MiB | req/s (safe, 32 conns) | p99 ms | errors |
+|---|---|---|---|---|---|---|---|
+EOF
+jq -r --arg accounts "$((RSS_ACCOUNTS + 2))" --arg idle "$RSS_IDLE" '"| \($accounts) | \(.idle_connections.requested // "?") (\(.idle_connections.open_at_end // "?")) | \($idle | tonumber / 1024 * 10 | round / 10) | \(if .gateway_rss_after_idle_open_kib then (.gateway_rss_after_idle_open_kib / 1024 * 10 | round / 10) else "-" end) | \(if .gateway_rss_kib then (.gateway_rss_kib / 1024 * 10 | round / 10) else "-" end) | \(.req_per_s // "-") | \(.latency_ms.p99 // "-") | \(.errors.total // "-") |"' "$WORK/rss.json"
+echo
+if grep -qiE 'error|panic' "$WORK/gateway.log"; then
+    log "the gateway logged errors; last lines:"
+    grep -iE 'error|panic' "$WORK/gateway.log" | tail -n 5 >&2
+fi

@@ -1,0 +1,372 @@
+//! Test harness: a simulator, the shipped tutorial config under a random namespace, real
+//! Redis and RabbitMQ, workers started in-process, and cleanup of every queue and key.
+
+// Test support: a failed step should fail the test at once, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+use wechat::Limits;
+use wx_worker::Worker;
+use wxgate_core::bus::{Bus, HeaderValue, Message, Properties};
+use wxgate_core::config::Config;
+use wxgate_core::rabbit::RabbitBus;
+use wxgate_core::topology::{Names, Topology, routing_key};
+use wxgate_sim::{Sim, SimConfig};
+
+pub const ACCOUNT: &str = "demo";
+pub const APPID: &str = "wx0123456789abcdef";
+pub const SECRET: &str = "demo-secret-for-the-simulator";
+pub const ORIGINAL_ID: &str = "gh_0123456789ab";
+pub const SEND: &str = "/cgi-bin/message/custom/send";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn redis_url() -> String {
+    std::env::var("WXGATE__REDIS__URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+pub fn rabbit_url() -> String {
+    std::env::var("WXGATE__RABBITMQ__URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub struct Harness {
+    pub ns: String,
+    pub sim: Sim,
+    pub config: Arc<Config>,
+    pub bus: RabbitBus,
+    bus_shutdown: CancellationToken,
+    workers: Vec<(CancellationToken, Worker)>,
+    cleanup: CleanupGuard,
+}
+
+/// Deletes the test's queues and keys when dropped, so a failing test leaves nothing behind.
+struct CleanupGuard {
+    ns: String,
+    retry_queues: usize,
+    done: bool,
+}
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let ns = self.ns.clone();
+        let retry_queues = self.retry_queues;
+        // Inside a panicking test's runtime: clean up on a runtime of our own.
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(cleanup(&ns, retry_queues));
+            }
+        })
+        .join();
+    }
+}
+
+impl Harness {
+    /// The tutorial config with `overrides` (env-style keys, e.g. `WXGATE__WORKER__MAX_ATTEMPTS`).
+    pub async fn new(overrides: &[(&str, &str)]) -> Harness {
+        let sim = wxgate_sim::start(
+            SimConfig::default().with_account(APPID, SECRET),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let ns = format!("t{:016x}", rand::random::<u64>());
+        let mut env: HashMap<String, String> = [
+            ("WXGATE__NAMESPACE", ns.clone()),
+            ("WXGATE__REDIS__URL", redis_url()),
+            ("WXGATE__RABBITMQ__URL", rabbit_url()),
+            ("WXGATE__RABBITMQ__QUEUE_TYPE", "classic".into()),
+            ("WXGATE__WECHAT__API_BASE", sim.base_url()),
+            ("WXGATE__WECHAT__HTTP_TIMEOUT_MS", "3000".into()),
+            ("WXGATE__WORKER__HTTP_LISTEN", "127.0.0.1:0".into()),
+            ("WXGATE__WORKER__RETRY_DELAYS_MS", "50,100".into()),
+            ("WXGATE__WORKER__MAX_ATTEMPTS", "4".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in overrides {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/tutorial.toml");
+        let config =
+            Arc::new(Config::load(std::path::Path::new(path), |k| env.get(k).cloned()).unwrap());
+        let bus_shutdown = CancellationToken::new();
+        let bus = RabbitBus::connect(
+            &config.rabbitmq.url,
+            Topology::for_config(&config),
+            bus_shutdown.clone(),
+        );
+        assert!(
+            bus.wait_ready(Duration::from_secs(10)).await,
+            "RabbitMQ is not reachable at {}: start it (docker compose up -d rabbitmq)",
+            config.rabbitmq.url
+        );
+        let mut redis = redis_connection().await;
+        let pong: String = redis::cmd("PING").query_async(&mut redis).await.unwrap();
+        assert_eq!(pong, "PONG");
+        Harness {
+            sim,
+            bus,
+            bus_shutdown,
+            workers: Vec::new(),
+            cleanup: CleanupGuard {
+                ns: ns.clone(),
+                retry_queues: config.worker.retry_delays.len(),
+                done: false,
+            },
+            ns,
+            config,
+        }
+    }
+
+    /// Starts one more worker in this process; returns its health address.
+    pub async fn start_worker(&mut self) -> std::net::SocketAddr {
+        let shutdown = CancellationToken::new();
+        let worker = wx_worker::start(Arc::clone(&self.config), shutdown.clone())
+            .await
+            .unwrap();
+        let addr = worker.http_addr();
+        self.workers.push((shutdown, worker));
+        addr
+    }
+
+    /// Stops the `i`-th started worker and waits for it (it must return Ok).
+    pub async fn stop_worker(&mut self, i: usize) {
+        let (shutdown, worker) = self.workers.remove(i);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), worker.wait())
+            .await
+            .expect("worker stops within 20 s")
+            .expect("worker stops cleanly");
+    }
+
+    pub fn names(&self) -> Names {
+        Names::new(&self.ns)
+    }
+
+    /// Publishes `xml` as the gateway would (DESIGN.md §1.2, §4); returns the event id.
+    pub async fn publish_xml(&self, xml: &str) -> String {
+        let (key, message) = event_message(xml, None);
+        self.bus
+            .publish(&self.names().events_exchange(), &key, &message)
+            .await
+            .unwrap();
+        message.properties.message_id.unwrap()
+    }
+
+    /// Publishes a prepared message to the events exchange.
+    pub async fn publish(&self, key: &str, message: &Message) {
+        self.bus
+            .publish(&self.names().events_exchange(), key, message)
+            .await
+            .unwrap();
+    }
+
+    /// Takes `n` messages from `{ns}.worker.dead`, acking them.
+    pub async fn dead_letters(&self, n: usize) -> Vec<Message> {
+        let mut stream = self
+            .bus
+            .consume(&self.names().dead_queue(), 64)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let delivery = tokio::time::timeout(WAIT, stream.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {n} dead letters arrived", out.len()))
+                .unwrap();
+            out.push(delivery.message.clone());
+            delivery.ack().await.unwrap();
+        }
+        stream.stop();
+        out
+    }
+
+    /// Stops every worker (each must return Ok), then deletes the queues and keys.
+    pub async fn finish(mut self) {
+        for (shutdown, _) in &self.workers {
+            shutdown.cancel();
+        }
+        for (_, worker) in std::mem::take(&mut self.workers) {
+            tokio::time::timeout(Duration::from_secs(20), worker.wait())
+                .await
+                .expect("worker stops within 20 s")
+                .expect("worker stops cleanly");
+        }
+        self.bus.close().await;
+        self.bus_shutdown.cancel();
+        cleanup(&self.ns, self.config.worker.retry_delays.len()).await;
+        self.cleanup.done = true;
+        self.sim.shutdown().await;
+    }
+}
+
+pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "Redis is not reachable at {}: {e}; start it (docker compose up -d redis)",
+                redis_url()
+            )
+        })
+}
+
+async fn cleanup(ns: &str, retry_queues: usize) {
+    let mut redis = redis_connection().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{ns}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let connection =
+        lapin::Connection::connect(&rabbit_url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let names = Names::new(ns);
+    let mut queues = vec![names.worker_queue(), names.dead_queue()];
+    queues.extend((0..retry_queues).map(|i| names.retry_queue(i)));
+    for queue in queues {
+        channel
+            .queue_delete(
+                queue.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    channel
+        .exchange_delete(
+            names.events_exchange().as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// The routing key and AMQP message the gateway publishes for `xml` of account `demo`.
+pub fn event_message(
+    xml: &str,
+    passive_reply: Option<wxgate_proto::v1::Reply>,
+) -> (String, Message) {
+    let msg = wechat::parse(xml.as_bytes(), &Limits::default()).unwrap();
+    let event_id = wechat::event_id(ACCOUNT, &msg).as_str().to_owned();
+    let received_at_ms = wxgate_core::now_ms();
+    let event = wxgate_proto::v1::Event {
+        event_id: event_id.clone(),
+        account_id: ACCOUNT.into(),
+        appid: APPID.into(),
+        to_user: msg.to_user_name.clone(),
+        from_user: msg.from_user_name.clone(),
+        create_time: msg.create_time,
+        msg_type: msg.msg_type.clone(),
+        event: msg.event.clone().unwrap_or_default(),
+        msg_id: msg.msg_id.unwrap_or(0),
+        fields: msg.fields.iter().cloned().collect(),
+        raw_xml: xml.to_owned(),
+        received_at_ms,
+        passive_reply,
+        encrypt_mode: wxgate_proto::v1::EncryptMode::Safe as i32,
+        payload: None,
+    };
+    let key = routing_key(ACCOUNT, &msg.msg_type, msg.event.as_deref());
+    let message = Message {
+        body: Bytes::from(event.encode_to_vec()),
+        properties: Properties {
+            message_id: Some(event_id),
+            timestamp_s: u64::try_from(received_at_ms / 1000).ok(),
+            content_type: Some(wxgate_proto::EVENT_CONTENT_TYPE.into()),
+            kind: Some(wxgate_proto::EVENT_TYPE.into()),
+            headers: vec![("account_id".into(), HeaderValue::Str(ACCOUNT.into()))],
+        },
+    };
+    (key, message)
+}
+
+/// `GET path` on the worker's health server; (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of counter `name{labels}` in the worker's `/metrics`, 0 when absent.
+pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Polls `/metrics` until `series` reaches `at_least`, within [`WAIT`].
+pub async fn wait_metric(addr: std::net::SocketAddr, series: &str, at_least: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let value = metric(addr, series).await;
+        if value >= at_least {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} stayed at {value}, wanted {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The header `name` of a message as an integer.
+pub fn header_int(message: &Message, name: &str) -> Option<i64> {
+    message.properties.header_int(name)
+}
+
+/// The header `name` of a message as a string.
+pub fn header_str(message: &Message, name: &str) -> Option<String> {
+    match message.properties.header(name)? {
+        HeaderValue::Str(s) => Some(s.clone()),
+        HeaderValue::Int(i) => Some(i.to_string()),
+    }
+}
