@@ -313,7 +313,7 @@ fn memchr(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Runs steps 3–9 for one POST. The caller bounds it with the request budget.
-#[tracing::instrument(skip_all, fields(account_id = %account.id, event_id = tracing::field::Empty))]
+#[tracing::instrument(level = "debug", skip_all, fields(account_id = %account.id, event_id = tracing::field::Empty))]
 pub async fn handle_post(
     gateway: &Arc<Gateway>,
     account: &Account,
