@@ -8,11 +8,6 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use wxgate_core::Config;
 
-// glibc malloc showed up as ~12% of the gateway's CPU under load (many small per-request
-// allocations across threads); mimalloc's thread-local free lists are cheaper.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Receives WeChat callbacks, publishes them to RabbitMQ with confirms and answers at once.
 ///
 /// Example: wx-gateway --config config/example.toml

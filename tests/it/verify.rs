@@ -141,7 +141,7 @@ async fn path_prefix_and_per_account_metrics_follow_the_config() {
         "{text}"
     );
     assert!(
-        !text.contains("account=\""),
+        !text.contains("account=\"plain\""),
         "metrics_per_account = false leaves out the account label:\n{text}"
     );
     env.cleanup().await;

@@ -90,6 +90,15 @@ pub struct EventConsumer {
 
 impl EventConsumer {
     pub(crate) async fn bind(connection: &Connection, exchange: &str) -> EventConsumer {
+        crate::bounded(
+            Duration::from_secs(10),
+            "starting the test consumer",
+            Self::start(connection, exchange),
+        )
+        .await
+    }
+
+    async fn start(connection: &Connection, exchange: &str) -> EventConsumer {
         let channel = connection
             .create_channel()
             .await

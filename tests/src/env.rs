@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -23,7 +24,7 @@ use wxgate_core::{Config, StoreError};
 use wxgate_sim::{Inbound, MsgIdGen, PushAccount, PushClient, PushMode, PushOutcome};
 
 use crate::consumer::{EventConsumer, ReceivedEvent};
-use crate::poll::eventually;
+use crate::poll::{bounded, eventually};
 
 /// Redis when `WXGATE__REDIS__URL` is not set (docker-compose's port).
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
@@ -214,6 +215,7 @@ impl TestEnv {
     /// A gateway with the standard configuration changed by `options`.
     pub async fn with(options: Options) -> TestEnv {
         init_tracing();
+        let t0 = std::time::Instant::now();
         let ns = format!("t{:016x}", rand::random::<u64>());
         let redis_url = redis_url();
         let rabbitmq_url = rabbitmq_url();
@@ -298,7 +300,9 @@ listen = "127.0.0.1:0"
             server: Some(server),
             cleaned: false,
         };
+        eprintln!("TIMING {:?} connect", t0.elapsed());
         env.wait_ready().await;
+        eprintln!("TIMING {:?} ready {}", t0.elapsed(), std::thread::current().name().unwrap_or(""));
         env
     }
 
@@ -434,9 +438,7 @@ listen = "127.0.0.1:0"
     /// `GET key` on the real Redis.
     pub async fn redis_get(&self, key: &str) -> Option<Vec<u8>> {
         let mut redis = self.redis.clone();
-        redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut redis)
+        bounded(WAIT, "Redis GET", redis::cmd("GET").arg(key).query_async(&mut redis))
             .await
             .expect("Redis GET")
     }
@@ -444,12 +446,12 @@ listen = "127.0.0.1:0"
     /// `SET key value PX ttl` on the real Redis (to stand in for another gateway).
     pub async fn redis_set(&self, key: &str, value: &[u8], ttl: Duration) {
         let mut redis = self.redis.clone();
-        redis::cmd("SET")
-            .arg(key)
+        let mut set = redis::cmd("SET");
+        set.arg(key)
             .arg(value)
             .arg("PX")
-            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-            .query_async::<()>(&mut redis)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        bounded(WAIT, "Redis SET", set.query_async::<()>(&mut redis))
             .await
             .expect("Redis SET");
     }
@@ -457,9 +459,7 @@ listen = "127.0.0.1:0"
     /// `PTTL key` on the real Redis (-2: no key, -1: no expiry).
     pub async fn redis_pttl(&self, key: &str) -> i64 {
         let mut redis = self.redis.clone();
-        redis::cmd("PTTL")
-            .arg(key)
-            .query_async(&mut redis)
+        bounded(WAIT, "Redis PTTL", redis::cmd("PTTL").arg(key).query_async(&mut redis))
             .await
             .expect("Redis PTTL")
     }
@@ -471,23 +471,27 @@ listen = "127.0.0.1:0"
         want: &HashSet<String>,
         within: Duration,
     ) -> HashSet<String> {
-        let channel = self
-            .amqp
-            .create_channel()
-            .await
-            .expect("a channel to read the worker queue");
-        let mut consumer = channel
-            .basic_consume(
-                ShortString::from(self.worker_queue().as_str()),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("the worker queue can be consumed");
+        let (channel, mut consumer) = bounded(WAIT, "consuming the worker queue", async {
+            let channel = self
+                .amqp
+                .create_channel()
+                .await
+                .expect("a channel to read the worker queue");
+            let consumer = channel
+                .basic_consume(
+                    ShortString::from(self.worker_queue().as_str()),
+                    ShortString::from(""),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("the worker queue can be consumed");
+            (channel, consumer)
+        })
+        .await;
         let deadline = tokio::time::Instant::now() + within;
         let mut seen = HashSet::new();
         while !want.is_subset(&seen) {
@@ -502,7 +506,7 @@ listen = "127.0.0.1:0"
                 Ok(None) => panic!("the worker queue consumer ended"),
             }
         }
-        let _ = channel.close(200, ShortString::from("done")).await;
+        let _ = tokio::time::timeout(WAIT, channel.close(200, ShortString::from("done"))).await;
         seen
     }
 
@@ -526,20 +530,28 @@ listen = "127.0.0.1:0"
     /// Stops the gateway, then deletes this namespace's queues, exchange and Redis keys.
     /// Panics when the gateway does not stop or something cannot be deleted.
     pub async fn cleanup(mut self) {
+        let t0 = std::time::Instant::now();
         self.cancel();
         let stopped = self.stopped(WAIT + WAIT).await;
-        let _ = self
-            .amqp
-            .close(200, ShortString::from("test done"))
+        eprintln!("TIMING stopped {:?}", t0.elapsed());
+        let _ = tokio::time::timeout(WAIT, self.amqp.close(200, ShortString::from("test done")))
             .await;
-        let purged = purge(
-            &self.ns,
-            &self.redis_url,
-            &self.rabbitmq_url,
-            self.config.worker.retry_delays.len(),
+        eprintln!("TIMING closed {:?}", t0.elapsed());
+        let t1 = std::time::Instant::now();
+        let purged = tokio::time::timeout(
+            WAIT,
+            purge(
+                &self.ns,
+                &self.redis_url,
+                &self.rabbitmq_url,
+                self.config.worker.retry_delays.len(),
+            ),
         )
-        .await;
+        .await
+        .unwrap_or_else(|_| Err(format!("not done within {WAIT:?}")));
         self.cleaned = true;
+        eprintln!("TIMING purge {:?}", t1.elapsed());
+        eprintln!("TIMING cleanup {:?} {}", t0.elapsed(), std::thread::current().name().unwrap_or(""));
         stopped.unwrap_or_else(|e| panic!("the gateway stopped with an error: {e}"));
         purged.unwrap_or_else(|e| panic!("cleanup of namespace {}: {e}", self.ns));
     }
@@ -590,34 +602,37 @@ async fn purge(
         .map_err(|e| format!("RabbitMQ: {e}"))?;
     let mut queues = vec![format!("{ns}.worker"), format!("{ns}.worker.dead")];
     queues.extend((0..retry_queues).map(|i| format!("{ns}.worker.retry.{i}")));
-    for queue in &queues {
-        // A failed operation closes its channel: one channel each.
-        let deleted = match amqp.create_channel().await {
-            Ok(channel) => channel
+    // A failed operation closes its channel: one channel each, all at once.
+    let deletions = queues.iter().map(|queue| {
+        let amqp = &amqp;
+        async move {
+            let channel = amqp.create_channel().await?;
+            channel
                 .queue_delete(
                     ShortString::from(queue.as_str()),
                     QueueDeleteOptions::default(),
                 )
-                .await
-                .map(|_| ()),
-            Err(e) => Err(e),
-        };
+                .await?;
+            let _ = channel.close(200, ShortString::from("deleted")).await;
+            Ok::<_, lapin::Error>(())
+        }
+    });
+    for (queue, deleted) in queues.iter().zip(join_all(deletions).await) {
         if let Err(e) = deleted {
             errors.push(format!("delete queue {queue}: {e}"));
         }
     }
     let exchange = format!("{ns}.events");
-    let deleted = match amqp.create_channel().await {
-        Ok(channel) => {
-            channel
-                .exchange_delete(
-                    ShortString::from(exchange.as_str()),
-                    ExchangeDeleteOptions::default(),
-                )
-                .await
-        }
-        Err(e) => Err(e),
-    };
+    let deleted = async {
+        let channel = amqp.create_channel().await?;
+        channel
+            .exchange_delete(
+                ShortString::from(exchange.as_str()),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+    }
+    .await;
     if let Err(e) = deleted {
         errors.push(format!("delete exchange {exchange}: {e}"));
     }
@@ -635,8 +650,9 @@ async fn purge(
             .arg(cursor)
             .arg("MATCH")
             .arg(&pattern)
+            // The database may be shared with millions of other keys: few, large steps.
             .arg("COUNT")
-            .arg(1000)
+            .arg(20_000)
             .query_async(&mut redis)
             .await
             .map_err(|e| format!("Redis SCAN: {e}"))?;

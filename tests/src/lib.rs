@@ -19,7 +19,7 @@ mod proxy;
 pub use consumer::{EventConsumer, ReceivedEvent};
 pub use env::{DEFAULT_RABBITMQ_URL, DEFAULT_REDIS_URL, Options, TestEnv, rabbitmq_url, redis_url};
 pub use http::{RawResponse, query, raw_exchange};
-pub use poll::eventually;
+pub use poll::{bounded, eventually};
 pub use proxy::TcpProxy;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -32,3 +32,10 @@ where
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
+
+/// Awaits `future`, at most for `limit`; panics naming `what` when it takes longer.
+pub async fn bounded<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {limit:?}"))
+}
