@@ -1,6 +1,8 @@
 //! Store behaviour, written once and run against the in-memory store and real Redis
 //! (`WXGATE__REDIS__URL`, default redis://127.0.0.1:6379/0).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
+
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;

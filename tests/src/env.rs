@@ -215,7 +215,6 @@ impl TestEnv {
     /// A gateway with the standard configuration changed by `options`.
     pub async fn with(options: Options) -> TestEnv {
         init_tracing();
-        let t0 = std::time::Instant::now();
         let ns = format!("t{:016x}", rand::random::<u64>());
         let redis_url = redis_url();
         let rabbitmq_url = rabbitmq_url();
@@ -300,9 +299,7 @@ listen = "127.0.0.1:0"
             server: Some(server),
             cleaned: false,
         };
-        eprintln!("TIMING {:?} connect", t0.elapsed());
         env.wait_ready().await;
-        eprintln!("TIMING {:?} ready {}", t0.elapsed(), std::thread::current().name().unwrap_or(""));
         env
     }
 
@@ -530,14 +527,10 @@ listen = "127.0.0.1:0"
     /// Stops the gateway, then deletes this namespace's queues, exchange and Redis keys.
     /// Panics when the gateway does not stop or something cannot be deleted.
     pub async fn cleanup(mut self) {
-        let t0 = std::time::Instant::now();
         self.cancel();
         let stopped = self.stopped(WAIT + WAIT).await;
-        eprintln!("TIMING stopped {:?}", t0.elapsed());
         let _ = tokio::time::timeout(WAIT, self.amqp.close(200, ShortString::from("test done")))
             .await;
-        eprintln!("TIMING closed {:?}", t0.elapsed());
-        let t1 = std::time::Instant::now();
         let purged = tokio::time::timeout(
             WAIT,
             purge(
@@ -550,8 +543,6 @@ listen = "127.0.0.1:0"
         .await
         .unwrap_or_else(|_| Err(format!("not done within {WAIT:?}")));
         self.cleaned = true;
-        eprintln!("TIMING purge {:?}", t1.elapsed());
-        eprintln!("TIMING cleanup {:?} {}", t0.elapsed(), std::thread::current().name().unwrap_or(""));
         stopped.unwrap_or_else(|e| panic!("the gateway stopped with an error: {e}"));
         purged.unwrap_or_else(|e| panic!("cleanup of namespace {}: {e}", self.ns));
     }
