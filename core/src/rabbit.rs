@@ -55,6 +55,7 @@ impl RabbitBus {
     /// Starts connecting to `url` in the background; every (re)connection declares
     /// `topology` before the bus reports ready. Stops when `shutdown` is cancelled.
     pub fn connect(url: &str, topology: Topology, shutdown: CancellationToken) -> Self {
+        let url = with_heartbeat(url);
         let shared = Arc::new(Shared {
             live: RwLock::new(None),
             ready: AtomicBool::new(false),
@@ -62,7 +63,7 @@ impl RabbitBus {
             connected: Notify::new(),
             shutdown,
         });
-        tokio::spawn(supervise(url.to_owned(), topology, Arc::clone(&shared)));
+        tokio::spawn(supervise(url, topology, Arc::clone(&shared)));
         Self { shared }
     }
 
@@ -86,6 +87,21 @@ impl RabbitBus {
             )
             .await;
         }
+    }
+}
+
+/// Heartbeat asked for when the URL names none. A silent connection (a partition with TCP
+/// still open) is only noticed through missed heartbeats; the server's default of 60 s kept a
+/// dead broker "ready" for two minutes.
+const HEARTBEAT_S: u16 = 5;
+
+fn with_heartbeat(url: &str) -> String {
+    if url.contains("heartbeat=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&heartbeat={HEARTBEAT_S}")
+    } else {
+        format!("{url}?heartbeat={HEARTBEAT_S}")
     }
 }
 

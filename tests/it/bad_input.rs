@@ -150,7 +150,10 @@ async fn bad_callbacks_are_refused_and_publish_nothing() {
     };
     let control = env.text(&vectors_account, "control");
     assert_eq!(env.push(&vectors_account, &control).await.statuses, [200]);
-    assert!(env.marker(&mut events).await.len() == 1, "the control is published");
+    assert!(
+        env.marker(&mut events).await.len() == 1,
+        "the control is published"
+    );
     let now = now_s().to_string();
     let (plain, safe) = (&env.plain, &env.safe);
     let good_text = env.text(plain, "should not be published");
@@ -193,7 +196,10 @@ async fn bad_callbacks_are_refused_and_publish_nothing() {
             400,
         ));
     }
-    for (name, skew) in [("timestamp too old", -400), ("timestamp in the future", 400)] {
+    for (name, skew) in [
+        ("timestamp too old", -400),
+        ("timestamp in the future", 400),
+    ] {
         cases.push(case(
             name,
             plain_path("plain", &plain.token, &(now_s() + skew).to_string()),
@@ -219,7 +225,12 @@ async fn bad_callbacks_are_refused_and_publish_nothing() {
         403,
     ));
     let safe_text = env.text(safe, "should not be published");
-    let safe_encrypt = wechat::encrypt(&key(safe), &safe.appid, *b"0123456789abcdef", safe_text.as_bytes());
+    let safe_encrypt = wechat::encrypt(
+        &key(safe),
+        &safe.appid,
+        *b"0123456789abcdef",
+        safe_text.as_bytes(),
+    );
     cases.push(case(
         "msg_signature with another token",
         encrypted_path("safe", "not-the-token", &now, &safe_encrypt),
@@ -234,10 +245,7 @@ async fn bad_callbacks_are_refused_and_publish_nothing() {
     ));
     cases.push(case(
         "msg_signature missing",
-        format!(
-            "{}&encrypt_type=aes",
-            plain_path("safe", &safe.token, &now)
-        ),
+        format!("{}&encrypt_type=aes", plain_path("safe", &safe.token, &now)),
         envelope(&safe.original_id, &safe_encrypt),
         403,
     ));
@@ -247,7 +255,12 @@ async fn bad_callbacks_are_refused_and_publish_nothing() {
         safe_text.clone(),
         400,
     ));
-    let plain_encrypt = wechat::encrypt(&key(safe), &plain.appid, *b"0123456789abcdef", good_text.as_bytes());
+    let plain_encrypt = wechat::encrypt(
+        &key(safe),
+        &plain.appid,
+        *b"0123456789abcdef",
+        good_text.as_bytes(),
+    );
     cases.push(case(
         "encrypted body to a plain account",
         encrypted_path("plain", &plain.token, &now, &plain_encrypt),
@@ -259,10 +272,18 @@ async fn bad_callbacks_are_refused_and_publish_nothing() {
     cases.push(case(
         "envelope without Encrypt",
         encrypted_path("safe", &safe.token, &now, ""),
-        format!("<xml><ToUserName><![CDATA[{}]]></ToUserName></xml>", safe.original_id),
+        format!(
+            "<xml><ToUserName><![CDATA[{}]]></ToUserName></xml>",
+            safe.original_id
+        ),
         400,
     ));
-    let other_appid = wechat::encrypt(&key(safe), "wx9999999999999999", *b"0123456789abcdef", safe_text.as_bytes());
+    let other_appid = wechat::encrypt(
+        &key(safe),
+        "wx9999999999999999",
+        *b"0123456789abcdef",
+        safe_text.as_bytes(),
+    );
     cases.push(case(
         "encrypted for another appid",
         encrypted_path("safe", &safe.token, &now, &other_appid),
@@ -270,7 +291,12 @@ async fn bad_callbacks_are_refused_and_publish_nothing() {
         400,
     ));
     let other_key = AesKey::from_bytes([7; 32]);
-    let wrong_key = wechat::encrypt(&other_key, &safe.appid, *b"0123456789abcdef", safe_text.as_bytes());
+    let wrong_key = wechat::encrypt(
+        &other_key,
+        &safe.appid,
+        *b"0123456789abcdef",
+        safe_text.as_bytes(),
+    );
     cases.push(case(
         "encrypted with another key",
         encrypted_path("safe", &safe.token, &now, &wrong_key),
@@ -285,7 +311,12 @@ async fn bad_callbacks_are_refused_and_publish_nothing() {
             400,
         ));
     }
-    let broken_inside = wechat::encrypt(&key(safe), &safe.appid, *b"0123456789abcdef", b"<xml><ToUserName>");
+    let broken_inside = wechat::encrypt(
+        &key(safe),
+        &safe.appid,
+        *b"0123456789abcdef",
+        b"<xml><ToUserName>",
+    );
     cases.push(case(
         "encrypted XML is malformed",
         encrypted_path("safe", &safe.token, &now, &broken_inside),
@@ -394,12 +425,23 @@ async fn bad_callbacks_are_refused_and_publish_nothing() {
     );
     let response = raw_exchange(env.addr, declared.as_bytes(), WAIT).await;
     if response.status != 413 {
-        failures.push(format!("body over max_body_bytes (Content-Length): got {}", response.status));
+        failures.push(format!(
+            "body over max_body_bytes (Content-Length): got {}",
+            response.status
+        ));
     }
     // The steps go in order: the account before the size, the size before the timestamp.
     for (name, path, want) in [
-        ("unknown account with a body over max_body_bytes", plain_path("nobody", &plain.token, &now), 404),
-        ("body over max_body_bytes without a timestamp", "/wx/plain?signature=0&nonce=1".to_owned(), 413),
+        (
+            "unknown account with a body over max_body_bytes",
+            plain_path("nobody", &plain.token, &now),
+            404,
+        ),
+        (
+            "body over max_body_bytes without a timestamp",
+            "/wx/plain?signature=0&nonce=1".to_owned(),
+            413,
+        ),
     ] {
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: wxgate\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{large}",
@@ -418,7 +460,10 @@ async fn bad_callbacks_are_refused_and_publish_nothing() {
     );
     let response = raw_exchange(env.addr, chunked.as_bytes(), WAIT).await;
     if response.status != 413 {
-        failures.push(format!("body over max_body_bytes (chunked): got {}", response.status));
+        failures.push(format!(
+            "body over max_body_bytes (chunked): got {}",
+            response.status
+        ));
     }
 
     assert!(

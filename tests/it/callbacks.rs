@@ -43,7 +43,10 @@ async fn push_and_receive(
     assert_eq!(event.account_id, account.id);
     assert_eq!(event.appid, account.appid);
     assert_eq!(event.to_user, account.original_id);
-    assert_eq!(event.raw_xml, xml, "raw_xml is the (decrypted) XML as pushed");
+    assert_eq!(
+        event.raw_xml, xml,
+        "raw_xml is the (decrypted) XML as pushed"
+    );
     assert_eq!(event.encrypt_mode, encrypt_mode as i32);
     assert_eq!(event.passive_reply, None);
     assert!(
@@ -214,7 +217,10 @@ async fn scan_event_routing_key_is_lower_cased() {
     assert_eq!(event.event, "SCAN", "Event as sent");
     assert_eq!(
         event.fields,
-        fields(&[("EventKey", "42"), ("Ticket", "gQH47joAAAAAAAAAASxodHRwOi8v")])
+        fields(&[
+            ("EventKey", "42"),
+            ("Ticket", "gQH47joAAAAAAAAAASxodHRwOi8v")
+        ])
     );
     assert_eq!(
         event.payload,
@@ -308,7 +314,11 @@ async fn event_ids_follow_the_contract_formula() {
         assert_eq!(outcome.statuses, [200], "{what}");
         let (before, received) = events.until(event_id, WAIT).await;
         assert!(before.is_empty(), "{what}: other events {before:?}");
-        assert_eq!(received.message_id.as_deref(), Some(event_id.as_str()), "{what}");
+        assert_eq!(
+            received.message_id.as_deref(),
+            Some(event_id.as_str()),
+            "{what}"
+        );
         assert_eq!(&received.routing_key, routing_key, "{what}");
     }
     env.cleanup().await;
@@ -319,7 +329,12 @@ async fn nested_elements_are_dotted_paths_in_fields() {
     let env = TestEnv::start().await;
     let user = env.inbound(&env.safe);
 
-    let scan = user.scancode(ScanCodeEvent::WaitMsg, "scan_key", "qrcode", "https://e.com/?a=1&b=2");
+    let scan = user.scancode(
+        ScanCodeEvent::WaitMsg,
+        "scan_key",
+        "qrcode",
+        "https://e.com/?a=1&b=2",
+    );
     let received = push_and_receive(&env, &env.safe, &scan, pb::EncryptMode::Safe).await;
     assert_eq!(received.routing_key, "safe.event.scancode_waitmsg");
     assert_eq!(

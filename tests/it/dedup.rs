@@ -27,7 +27,10 @@ async fn duplicate_msg_id_is_published_once_and_answered_alike() {
     for retry in 1..=2 {
         let again = env.push(&env.safe, &xml).await;
         assert_eq!(again.statuses, [200], "retry {retry}");
-        assert_eq!(again.body, first.body, "retry {retry} gets the stored answer");
+        assert_eq!(
+            again.body, first.body,
+            "retry {retry} gets the stored answer"
+        );
         assert_eq!(again.answer, first.answer, "retry {retry}");
     }
     let later = env.marker(&mut events).await;

@@ -32,7 +32,8 @@ struct Pushed {
     acknowledged: bool,
 }
 
-/// Number of pushes that started after `since` and have finished.
+/// Number of pushes that started after `since` and have finished (the log holds finished
+/// pushes only).
 fn finished_since(log: &Mutex<Vec<Pushed>>, since: Instant) -> usize {
     log.lock()
         .unwrap()
@@ -44,14 +45,13 @@ fn finished_since(log: &Mutex<Vec<Pushed>>, since: Instant) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_answers_503_and_keeps_every_accepted_callback() {
     let proxy = TcpProxy::in_front_of(&rabbitmq_url()).await;
-    let env = TestEnv::with(
+    let owned_env = TestEnv::with(
         Options::new()
             .rabbitmq_url(&proxy.url_for(&rabbitmq_url()))
             .gateway("request_budget_ms = 2000")
             .gateway("publish_timeout_ms = 1000"),
     )
     .await;
-    let owned_env = env;
     let env = &owned_env;
     let log: Mutex<Vec<Pushed>> = Mutex::new(Vec::new());
     let log = &log;
@@ -86,34 +86,50 @@ async fn broker_outage_answers_503_and_keeps_every_accepted_callback() {
         })
         .await;
         proxy.cut();
-        eventually(NOTICE, "/readyz 503 with the broker cut off", || async move {
-            match env.readyz().await {
-                503 => Ok(()),
-                status => Err(status),
-            }
-        })
+        eventually(
+            NOTICE,
+            "/readyz 503 with the broker cut off",
+            || async move {
+                match env.readyz().await {
+                    503 => Ok(()),
+                    status => Err(status),
+                }
+            },
+        )
         .await;
         let down = Instant::now();
-        eventually(NOTICE, "20 pushes while the broker is cut off", || async move {
-            let n = finished_since(log, down);
-            if n >= 20 { Ok(()) } else { Err(n) }
-        })
+        eventually(
+            NOTICE,
+            "20 pushes while the broker is cut off",
+            || async move {
+                let n = finished_since(log, down);
+                if n >= 20 { Ok(()) } else { Err(n) }
+            },
+        )
         .await;
         assert_eq!(env.readyz().await, 503, "still not ready while cut off");
         let restored = Instant::now();
         proxy.restore();
-        eventually(NOTICE, "/readyz 200 after the broker is back", || async move {
-            match env.readyz().await {
-                200 => Ok(()),
-                status => Err(status),
-            }
-        })
+        eventually(
+            NOTICE,
+            "/readyz 200 after the broker is back",
+            || async move {
+                match env.readyz().await {
+                    200 => Ok(()),
+                    status => Err(status),
+                }
+            },
+        )
         .await;
         let up = Instant::now();
-        eventually(NOTICE, "30 pushes after the broker is back", || async move {
-            let n = finished_since(log, up);
-            if n >= 30 { Ok(()) } else { Err(n) }
-        })
+        eventually(
+            NOTICE,
+            "30 pushes after the broker is back",
+            || async move {
+                let n = finished_since(log, up);
+                if n >= 30 { Ok(()) } else { Err(n) }
+            },
+        )
         .await;
         stop.store(true, Ordering::Relaxed);
         (down, restored, up)
@@ -141,7 +157,11 @@ async fn broker_outage_answers_503_and_keeps_every_accepted_callback() {
             refused_while_down.push(pushed);
         }
         if pushed.started > up {
-            assert_eq!(pushed.statuses, [200], "a callback after recovery is accepted");
+            assert_eq!(
+                pushed.statuses,
+                [200],
+                "a callback after recovery is accepted"
+            );
         }
     }
     assert!(refused_while_down.len() >= 20);
@@ -219,9 +239,7 @@ async fn redis_outage_answers_503_publishes_nothing_and_recovers() {
     // WeChat's retry of a refused callback is accepted and published now.
     let retry = env.push(&env.plain, &refused[0]).await;
     assert_eq!(retry.statuses, [200]);
-    let (others, _) = events
-        .until(&event_id_of("plain", &refused[0]), WAIT)
-        .await;
+    let (others, _) = events.until(&event_id_of("plain", &refused[0]), WAIT).await;
     assert!(others.is_empty());
     env.cleanup().await;
 }
@@ -244,7 +262,11 @@ async fn redis_partition_answers_503_within_the_budget_and_recovers() {
     proxy.stall();
     let silent = env.text(&env.plain, "while Redis is silent");
     let outcome = env.push(&env.plain, &silent).await;
-    assert_eq!(outcome.statuses, [503], "answered within the budget, not held");
+    assert_eq!(
+        outcome.statuses,
+        [503],
+        "answered within the budget, not held"
+    );
     let env_ref = &env;
     eventually(NOTICE, "/readyz 503 with Redis silent", || async move {
         match env_ref.readyz().await {
@@ -253,7 +275,9 @@ async fn redis_partition_answers_503_within_the_budget_and_recovers() {
         }
     })
     .await;
-    let outcome = env.push(&env.plain, &env.text(&env.plain, "still silent")).await;
+    let outcome = env
+        .push(&env.plain, &env.text(&env.plain, "still silent"))
+        .await;
     assert_eq!(outcome.statuses, [503]);
 
     proxy.resume();
@@ -273,5 +297,59 @@ async fn redis_partition_answers_503_within_the_budget_and_recovers() {
         [event_id_of("plain", &before)],
         "only the callback answered 200 before the partition was published"
     );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_partition_is_noticed_and_recovered() {
+    let proxy = TcpProxy::in_front_of(&rabbitmq_url()).await;
+    let env = TestEnv::with(
+        Options::new()
+            .rabbitmq_url(&proxy.url_for(&rabbitmq_url()))
+            .gateway("request_budget_ms = 1000")
+            .gateway("publish_timeout_ms = 500"),
+    )
+    .await;
+    let mut events = env.consumer().await;
+
+    // The broker stops answering but no connection closes: only heartbeats can tell.
+    proxy.stall();
+    let silent = env.text(&env.plain, "while the broker is silent");
+    assert_eq!(env.push(&env.plain, &silent).await.statuses, [503]);
+    let env_ref = &env;
+    eventually(
+        NOTICE,
+        "/readyz 503 with the broker silent",
+        || async move {
+            match env_ref.readyz().await {
+                503 => Ok(()),
+                status => Err(status),
+            }
+        },
+    )
+    .await;
+
+    proxy.resume();
+    eventually(NOTICE, "/readyz 200 after the partition", || async move {
+        match env_ref.readyz().await {
+            200 => Ok(()),
+            status => Err(status),
+        }
+    })
+    .await;
+    let after = env.text(&env.plain, "after the partition");
+    eventually(WAIT, "a callback accepted after the partition", || async {
+        match env_ref
+            .push(&env_ref.plain, &after)
+            .await
+            .statuses
+            .as_slice()
+        {
+            [200] => Ok(()),
+            other => Err(other.to_vec()),
+        }
+    })
+    .await;
+    events.until(&event_id_of("plain", &after), WAIT).await;
     env.cleanup().await;
 }

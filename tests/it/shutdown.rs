@@ -39,12 +39,16 @@ async fn shutdown_finishes_the_callback_in_flight() {
 
     env.cancel();
     let addr = env.addr;
-    eventually(WAIT, "the gateway to stop accepting connections", move || async move {
-        match TcpStream::connect(addr).await {
-            Err(_) => Ok(()),
-            Ok(_) => Err("still accepting"),
-        }
-    })
+    eventually(
+        WAIT,
+        "the gateway to stop accepting connections",
+        move || async move {
+            match TcpStream::connect(addr).await {
+                Err(_) => Ok(()),
+                Ok(_) => Err("still accepting"),
+            }
+        },
+    )
     .await;
 
     stream.write_all(xml.as_bytes()).await.unwrap();
@@ -56,9 +60,7 @@ async fn shutdown_finishes_the_callback_in_flight() {
     env.stopped(WAIT)
         .await
         .expect("serve returns Ok after draining");
-    let (before, received) = events
-        .until(&event_id_of("plain", &xml), WAIT)
-        .await;
+    let (before, received) = events.until(&event_id_of("plain", &xml), WAIT).await;
     assert!(before.is_empty());
     assert_eq!(received.event.raw_xml, xml);
     env.cleanup().await;

@@ -36,13 +36,21 @@ async fn reference_pushes_are_accepted_with_their_original_signatures() {
         .collect();
     let mut accounts: Vec<(&str, &str, &str)> = Vec::new();
     for v in &pushes {
-        let account = (text(v, "appid"), text(v, "token"), text(v, "encoding_aes_key"));
+        let account = (
+            text(v, "appid"),
+            text(v, "token"),
+            text(v, "encoding_aes_key"),
+        );
         if !accounts.contains(&account) {
             accounts.push(account);
         }
     }
     let account_id = |v: &Value| {
-        let account = (text(v, "appid"), text(v, "token"), text(v, "encoding_aes_key"));
+        let account = (
+            text(v, "appid"),
+            text(v, "token"),
+            text(v, "encoding_aes_key"),
+        );
         let i = accounts.iter().position(|a| *a == account).unwrap();
         format!("v{i}")
     };

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use wxgate_sim::PushAccount;
-use wxgate_tests::{Options, TestEnv, now_s, nonce, query, raw_exchange};
+use wxgate_tests::{Options, TestEnv, nonce, now_s, query, raw_exchange};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -18,7 +18,11 @@ async fn get_verification_echoes_echostr_in_every_mode() {
                 .await
                 .unwrap();
             assert_eq!(outcome.status, 200, "{}: {echostr:?}", account.id);
-            assert_eq!(outcome.body, echostr, "{}: body is echostr exactly", account.id);
+            assert_eq!(
+                outcome.body, echostr,
+                "{}: body is echostr exactly",
+                account.id
+            );
         }
     }
 
@@ -131,13 +135,18 @@ async fn path_prefix_and_per_account_metrics_follow_the_config() {
     assert_eq!(outcome.statuses, [200], "callbacks live under the prefix");
     let outcome = env.push(&env.plain, &env.text(&env.plain, "hi")).await;
     assert_eq!(outcome.statuses, [404], "/wx is not the prefix here");
-    let verified = env.pusher.verify_get(&base, &env.safe, "777").await.unwrap();
+    let verified = env
+        .pusher
+        .verify_get(&base, &env.safe, "777")
+        .await
+        .unwrap();
     assert_eq!((verified.status, verified.body.as_str()), (200, "777"));
 
     let (_, body) = env.get("/metrics").await;
     let text = String::from_utf8_lossy(&body);
     assert!(
-        text.lines().any(|l| l.starts_with("wxgate_gateway_requests_total{")),
+        text.lines()
+            .any(|l| l.starts_with("wxgate_gateway_requests_total{")),
         "{text}"
     );
     assert!(

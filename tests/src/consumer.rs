@@ -125,7 +125,9 @@ impl EventConsumer {
                 FieldTable::default(),
             )
             .await
-            .unwrap_or_else(|e| panic!("cannot bind to {exchange} (declared by the gateway?): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot bind to {exchange} (declared by the gateway?): {e}")
+            });
         let consumer = channel
             .basic_consume(
                 ShortString::from(queue.as_str()),

@@ -111,7 +111,7 @@ pub struct TestEnv {
     pub compat: PushAccount,
     /// The safe-mode account `safe`.
     pub safe: PushAccount,
-    /// Pushes like WeChat, but once (no retries) with a 5 s timeout.
+    /// Pushes like WeChat, but once (no retries), with a 10 s timeout.
     pub pusher: PushClient,
     /// `MsgId`s for this test's pushes.
     pub msg_ids: MsgIdGen,
@@ -368,7 +368,11 @@ listen = "127.0.0.1:0"
             .body(Full::new(body))
             .expect("a valid request");
         let exchange = async {
-            let response = self.http.request(request).await.map_err(|e| e.to_string())?;
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
             let body = response
                 .into_body()
@@ -435,9 +439,13 @@ listen = "127.0.0.1:0"
     /// `GET key` on the real Redis.
     pub async fn redis_get(&self, key: &str) -> Option<Vec<u8>> {
         let mut redis = self.redis.clone();
-        bounded(WAIT, "Redis GET", redis::cmd("GET").arg(key).query_async(&mut redis))
-            .await
-            .expect("Redis GET")
+        bounded(
+            WAIT,
+            "Redis GET",
+            redis::cmd("GET").arg(key).query_async(&mut redis),
+        )
+        .await
+        .expect("Redis GET")
     }
 
     /// `SET key value PX ttl` on the real Redis (to stand in for another gateway).
@@ -456,9 +464,13 @@ listen = "127.0.0.1:0"
     /// `PTTL key` on the real Redis (-2: no key, -1: no expiry).
     pub async fn redis_pttl(&self, key: &str) -> i64 {
         let mut redis = self.redis.clone();
-        bounded(WAIT, "Redis PTTL", redis::cmd("PTTL").arg(key).query_async(&mut redis))
-            .await
-            .expect("Redis PTTL")
+        bounded(
+            WAIT,
+            "Redis PTTL",
+            redis::cmd("PTTL").arg(key).query_async(&mut redis),
+        )
+        .await
+        .expect("Redis PTTL")
     }
 
     /// Consumes `{ns}.worker` (taking the messages off it) until every id in `want` has
@@ -529,8 +541,8 @@ listen = "127.0.0.1:0"
     pub async fn cleanup(mut self) {
         self.cancel();
         let stopped = self.stopped(WAIT + WAIT).await;
-        let _ = tokio::time::timeout(WAIT, self.amqp.close(200, ShortString::from("test done")))
-            .await;
+        let _ =
+            tokio::time::timeout(WAIT, self.amqp.close(200, ShortString::from("test done"))).await;
         let purged = tokio::time::timeout(
             WAIT,
             purge(
@@ -568,11 +580,9 @@ impl Drop for TestEnv {
                 return;
             };
             runtime.block_on(async {
-                let _ = tokio::time::timeout(
-                    WAIT,
-                    purge(&ns, &redis_url, &rabbitmq_url, retry_queues),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(WAIT, purge(&ns, &redis_url, &rabbitmq_url, retry_queues))
+                        .await;
             });
         })
         .join();
@@ -587,7 +597,22 @@ async fn purge(
     rabbitmq_url: &str,
     retry_queues: usize,
 ) -> Result<(), String> {
-    let mut errors = Vec::new();
+    let (rabbitmq, redis) = tokio::join!(
+        purge_rabbitmq(ns, rabbitmq_url, retry_queues),
+        purge_redis(ns, redis_url)
+    );
+    let errors: Vec<String> = [rabbitmq, redis]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+async fn purge_rabbitmq(ns: &str, rabbitmq_url: &str, retry_queues: usize) -> Result<(), String> {
     let amqp = Connection::connect(rabbitmq_url, ConnectionProperties::default())
         .await
         .map_err(|e| format!("RabbitMQ: {e}"))?;
@@ -608,6 +633,7 @@ async fn purge(
             Ok::<_, lapin::Error>(())
         }
     });
+    let mut errors = Vec::new();
     for (queue, deleted) in queues.iter().zip(join_all(deletions).await) {
         if let Err(e) = deleted {
             errors.push(format!("delete queue {queue}: {e}"));
@@ -628,7 +654,14 @@ async fn purge(
         errors.push(format!("delete exchange {exchange}: {e}"));
     }
     let _ = amqp.close(200, ShortString::from("cleanup")).await;
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
 
+async fn purge_redis(ns: &str, redis_url: &str) -> Result<(), String> {
     let client = redis::Client::open(redis_url).map_err(|e| format!("Redis: {e}"))?;
     let mut redis = client
         .get_multiplexed_async_connection()
@@ -641,7 +674,7 @@ async fn purge(
             .arg(cursor)
             .arg("MATCH")
             .arg(&pattern)
-            // The database may be shared with millions of other keys: few, large steps.
+            // The database may be shared with many other keys: few, large steps.
             .arg("COUNT")
             .arg(20_000)
             .query_async(&mut redis)
@@ -656,12 +689,7 @@ async fn purge(
         }
         cursor = next;
         if cursor == 0 {
-            break;
+            return Ok(());
         }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
     }
 }

@@ -119,7 +119,10 @@ pub(crate) fn upstream_of(url: &str, default_port: u16) -> String {
     let host_port = authority
         .rsplit_once('@')
         .map_or(authority, |(_, host_port)| host_port);
-    if host_port.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    if host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         host_port.to_owned()
     } else {
         format!("{host_port}:{default_port}")
@@ -196,6 +199,9 @@ mod tests {
             "127.0.0.1:5672"
         );
         assert_eq!(upstream_of("redis://localhost/0", 6379), "localhost:6379");
-        assert_eq!(upstream_of("redis://127.0.0.1:6380", 6379), "127.0.0.1:6380");
+        assert_eq!(
+            upstream_of("redis://127.0.0.1:6380", 6379),
+            "127.0.0.1:6380"
+        );
     }
 }
