@@ -16,8 +16,9 @@ use wx_worker::Worker;
 use wxgate_core::bus::{Bus, HeaderValue, Message, Properties};
 use wxgate_core::config::Config;
 use wxgate_core::rabbit::RabbitBus;
+use wxgate_core::store::StoreError;
 use wxgate_core::topology::{Names, Topology, routing_key};
-use wxgate_sim::{Sim, SimConfig};
+use wxgate_sim::{PushAccount, PushMode, Sim, SimConfig};
 
 pub const ACCOUNT: &str = "demo";
 pub const APPID: &str = "wx0123456789abcdef";
@@ -42,6 +43,10 @@ pub struct Harness {
     pub bus: RabbitBus,
     bus_shutdown: CancellationToken,
     workers: Vec<(CancellationToken, Worker)>,
+    gateways: Vec<(
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), StoreError>>,
+    )>,
     cleanup: CleanupGuard,
 }
 
@@ -102,6 +107,10 @@ impl Harness {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/tutorial.toml");
         let config =
             Arc::new(Config::load(std::path::Path::new(path), |k| env.get(k).cloned()).unwrap());
+        // WeChat knows every account of the config.
+        for account in &config.accounts {
+            sim.add_account(&account.appid, account.secret.expose());
+        }
         let bus_shutdown = CancellationToken::new();
         let bus = RabbitBus::connect(
             &config.rabbitmq.url,
@@ -121,6 +130,7 @@ impl Harness {
             bus,
             bus_shutdown,
             workers: Vec::new(),
+            gateways: Vec::new(),
             cleanup: CleanupGuard {
                 ns: ns.clone(),
                 retry_queues: config.worker.retry_delays.len(),
@@ -140,6 +150,50 @@ impl Harness {
         let addr = worker.http_addr();
         self.workers.push((shutdown, worker));
         addr
+    }
+
+    /// Starts a gateway in this process on the harness config; returns the callback base
+    /// `http://addr/wx` (append `/{account_id}`).
+    pub async fn start_gateway(&mut self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(wx_gateway::serve(
+            Arc::clone(&self.config),
+            listener,
+            shutdown.clone(),
+        ));
+        self.gateways.push((shutdown, task));
+        format!("http://{addr}/wx")
+    }
+
+    /// The simulator's view of config account `id` (callback token, key, mode, original id).
+    pub fn push_account(&self, id: &str) -> PushAccount {
+        let account = self
+            .config
+            .accounts
+            .iter()
+            .find(|a| a.id.as_str() == id)
+            .unwrap_or_else(|| panic!("no account {id} in config/tutorial.toml"));
+        let (mode, key) = match id {
+            "demo" => (
+                PushMode::Safe,
+                Some("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"),
+            ),
+            "compat" => (
+                PushMode::Compat,
+                Some("ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkj"),
+            ),
+            _ => (PushMode::Plain, None),
+        };
+        PushAccount {
+            id: id.to_owned(),
+            appid: account.appid.clone(),
+            token: account.token.expose().to_owned(),
+            encoding_aes_key: key.map(str::to_owned),
+            mode,
+            original_id: format!("gh_{}", &account.appid[2..14]),
+        }
     }
 
     /// Stops the `i`-th started worker and waits for it (it must return Ok).
@@ -196,6 +250,14 @@ impl Harness {
 
     /// Stops every worker (each must return Ok), then deletes the queues and keys.
     pub async fn finish(mut self) {
+        for (shutdown, task) in std::mem::take(&mut self.gateways) {
+            shutdown.cancel();
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("gateway stops within 20 s")
+                .expect("gateway task")
+                .expect("gateway stops cleanly");
+        }
         for (shutdown, _) in &self.workers {
             shutdown.cancel();
         }
