@@ -2,6 +2,7 @@
 //! per-path counters that are never dropped.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -46,6 +47,17 @@ impl Call {
     }
 }
 
+/// A call as [`crate::Sim::subscribe`] delivers it, the moment it is logged.
+#[derive(Debug, Clone)]
+pub struct LiveCall {
+    /// When the request reached the simulator (its headers were read), on
+    /// the real monotonic clock: not the simulated clock of [`Call::at_ms`],
+    /// and not frozen by `tokio::time::pause`.
+    pub received_at: Instant,
+    /// The call as logged, with the same `seq` as in the log.
+    pub call: Call,
+}
+
 #[derive(Debug)]
 pub(crate) struct CallLog {
     capacity: usize,
@@ -64,8 +76,10 @@ impl CallLog {
         }
     }
 
-    pub(crate) fn push(&mut self, mut call: Call) {
-        call.seq = self.next_seq;
+    /// Logs `call` and returns the `seq` it was given.
+    pub(crate) fn push(&mut self, mut call: Call) -> u64 {
+        let seq = self.next_seq;
+        call.seq = seq;
         self.next_seq = self.next_seq.saturating_add(1);
         match self.per_path.get_mut(call.path.as_str()) {
             Some(count) => *count = count.saturating_add(1),
@@ -74,12 +88,13 @@ impl CallLog {
             }
         }
         if self.capacity == 0 {
-            return;
+            return seq;
         }
         while self.calls.len() >= self.capacity {
             self.calls.pop_front();
         }
         self.calls.push_back(call);
+        seq
     }
 
     pub(crate) fn all(&self) -> Vec<Call> {
@@ -114,5 +129,40 @@ impl CallLog {
 
     pub(crate) fn counts(&self) -> HashMap<String, u64> {
         self.per_path.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(path: &str) -> Call {
+        Call {
+            seq: 0,
+            method: "POST".to_owned(),
+            path: path.to_owned(),
+            query: Vec::new(),
+            appid: None,
+            access_token: None,
+            body: serde_json::Value::Null,
+            errcode: Some(0),
+            http_status: 200,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn push_numbers_calls_from_one_even_when_nothing_is_kept() {
+        for (capacity, kept) in [(0, vec![]), (1, vec![3]), (10, vec![1, 2, 3])] {
+            let mut log = CallLog::new(capacity);
+            let seqs: Vec<u64> = ["/a", "/b", "/a"]
+                .into_iter()
+                .map(|path| log.push(call(path)))
+                .collect();
+            assert_eq!(seqs, [1, 2, 3], "capacity {capacity}");
+            assert_eq!(log.count("/a"), 2, "capacity {capacity}");
+            let logged: Vec<u64> = log.all().iter().map(|c| c.seq).collect();
+            assert_eq!(logged, kept, "capacity {capacity}");
+        }
     }
 }

@@ -38,13 +38,13 @@ mod state;
 mod token;
 mod user;
 
-pub use calls::Call;
+pub use calls::{Call, LiveCall};
 pub use config::{Interaction, OpenIdPolicy, Quotas, SimConfig, WindowRule, WindowRules};
 pub use fault::{ANY_PATH, Fault, FaultKind};
 pub use inbound::{Inbound, MassJobResult, MsgIdGen, random_openid};
 pub use push::{Answer, PushAccount, PushClient, PushError, PushMode, PushOutcome, VerifyOutcome};
 pub use qrcode::{QrScene, QrTicket};
-pub use server::{Sim, SimError, Timeout, start};
+pub use server::{LIVE_CALLS_CAPACITY, Sim, SimError, Timeout, start};
 pub use user::OAuthScope;
 /// Protocol types that appear in this crate's API, re-exported so callers
 /// need not depend on `wechat` for them.

@@ -3,8 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
@@ -16,11 +16,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::api::{self, Body, Ctx, Endpoint, Outcome};
-use crate::calls::{Call, CallLog};
+use crate::calls::{Call, CallLog, LiveCall};
 use crate::clock::SimClock;
 use crate::config::{Interaction, SimConfig};
 use crate::errcode::ApiError;
@@ -36,6 +36,8 @@ const MAX_CONNECTIONS: usize = 8192;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long shutdown waits for open connections to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Calls buffered per [`Sim::subscribe`] receiver before it lags.
+pub const LIVE_CALLS_CAPACITY: usize = 16_384;
 
 /// Why the simulator could not start or do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +95,8 @@ pub(crate) struct Inner {
     clock: SimClock,
     state: Mutex<State>,
     calls: Mutex<CallLog>,
+    /// Created by the first [`Sim::subscribe`]; until then logging sends nothing.
+    live: OnceLock<broadcast::Sender<LiveCall>>,
     faults: Mutex<FaultSet>,
     has_faults: AtomicBool,
     notify: Notify,
@@ -126,6 +130,7 @@ pub async fn start(config: SimConfig, listen: SocketAddr) -> Result<Sim, SimErro
         max_body_bytes: config.max_body_bytes,
         clock: SimClock::new(config.start_unix_s),
         calls: Mutex::new(CallLog::new(config.call_log_capacity)),
+        live: OnceLock::new(),
         state: Mutex::new(State::new(config)),
         faults: Mutex::new(FaultSet::default()),
         has_faults: AtomicBool::new(false),
@@ -171,6 +176,22 @@ impl Sim {
     /// by the log's capacity).
     pub fn call_count(&self, path: &str) -> u64 {
         lock(&self.inner.calls).count(path)
+    }
+
+    /// Every call logged from now on, as it is logged, with the real time
+    /// its request arrived ([`LiveCall::received_at`]): what a benchmark
+    /// needs to time replies more finely than [`Call::at_ms`], and without
+    /// the log's capacity limit.
+    ///
+    /// Calls come in `seq` order. Each receiver buffers
+    /// [`LIVE_CALLS_CAPACITY`] calls; one further behind gets
+    /// [`broadcast::error::RecvError::Lagged`] with the number it missed.
+    /// Nothing is copied while no receiver exists.
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveCall> {
+        self.inner
+            .live
+            .get_or_init(|| broadcast::channel(LIVE_CALLS_CAPACITY).0)
+            .subscribe()
     }
 
     /// Waits until `path` has had at least `n` calls since start, then
@@ -349,8 +370,22 @@ impl Inner {
         lock(&self.state)
     }
 
-    fn log(&self, call: Call) {
-        lock(&self.calls).push(call);
+    fn log(&self, call: Call, received_at: Instant) {
+        let live = self.live.get().filter(|live| live.receiver_count() > 0);
+        let copy = live.map(|_| call.clone());
+        {
+            let mut calls = lock(&self.calls);
+            let seq = calls.push(call);
+            // Sent under the lock, so subscribers see calls in `seq` order.
+            if let (Some(live), Some(mut copy)) = (live, copy) {
+                copy.seq = seq;
+                // An error only means every receiver has gone meanwhile.
+                let _ = live.send(LiveCall {
+                    received_at,
+                    call: copy,
+                });
+            }
+        }
         self.notify.notify_waiters();
     }
 }
@@ -444,6 +479,7 @@ async fn handle(
     inner: Arc<Inner>,
     request: Request<Incoming>,
 ) -> Result<HttpResponse, DroppedByFault> {
+    let received_at = Instant::now();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let query = query::parse(parts.uri.query().unwrap_or(""));
@@ -500,25 +536,25 @@ async fn handle(
                 extra: None,
             };
             let json = error.to_json();
-            inner.log(record.finish(body, Some(errcode), 200));
+            inner.log(record.finish(body, Some(errcode), 200), received_at);
             return Ok(json_response(&json));
         }
         Some(FaultKind::Status(status)) => {
             record.appid = call_appid(&inner.state(), endpoint, &record.query, &body);
-            inner.log(record.finish(body, None, status));
+            inner.log(record.finish(body, None, status), received_at);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return Ok(text_response(status, "simulated failure"));
         }
         Some(FaultKind::Drop) => {
             record.appid = call_appid(&inner.state(), endpoint, &record.query, &body);
-            inner.log(record.finish(body, None, 0));
+            inner.log(record.finish(body, None, 0), received_at);
             return Err(DroppedByFault);
         }
         Some(FaultKind::Latency(_)) | None => {}
     }
 
     let Some(endpoint) = endpoint else {
-        inner.log(record.finish(body, None, 404));
+        inner.log(record.finish(body, None, 404), received_at);
         return Ok(text_response(StatusCode::NOT_FOUND, "not found"));
     };
     let outcome = {
@@ -549,7 +585,7 @@ async fn handle(
         Outcome::NotFound => text_response(StatusCode::NOT_FOUND, ""),
     };
     let status = response.status().as_u16();
-    inner.log(record.finish(body, errcode, status));
+    inner.log(record.finish(body, errcode, status), received_at);
     Ok(response)
 }
 

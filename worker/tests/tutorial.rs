@@ -2,6 +2,9 @@
 //! (signed, and encrypted in compat and safe mode) → wx-gateway → RabbitMQ → wx-worker →
 //! the simulator's custom/send. Plus WeChat's retries of one message → one send.
 
+// Test support: a failed step should fail the test at once, with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -374,3 +374,37 @@ async fn wait_for_calls_wakes_on_new_calls_and_times_out() {
         .unwrap_err();
     assert_eq!((timeout.wanted, timeout.seen), (4, 3));
 }
+
+#[tokio::test]
+async fn subscribers_get_each_call_in_order_with_its_arrival_time() {
+    // Bounded by a log of one call: subscribers do not depend on the log.
+    let sim = start(SimConfig {
+        call_log_capacity: 1,
+        ..config()
+    })
+    .await;
+    let mut live = sim.subscribe();
+    let before = std::time::Instant::now();
+    let token = classic_token(&sim, APP, SECRET).await;
+    assert_eq!(send_text(&sim, &token, &openid(1)).await, 0);
+    let after = std::time::Instant::now();
+
+    let within = Duration::from_secs(10);
+    let first = tokio::time::timeout(within, live.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(within, live.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.call.path, "/cgi-bin/token");
+    assert_eq!(first.call.query_param("secret"), Some("[redacted]"));
+    assert_eq!(second.call, sim.calls_to(SEND)[0]);
+    assert_eq!(second.call.body["text"]["content"], "你好");
+    assert_eq!((first.call.seq, second.call.seq), (1, 2));
+    assert!(before <= first.received_at);
+    assert!(first.received_at <= second.received_at);
+    assert!(second.received_at <= after);
+    assert!(live.try_recv().is_err());
+}
