@@ -20,6 +20,7 @@ use lapin::{
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::amqp::{ConnectError, Publisher};
 use crate::bus::{
     Acker, Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message, Properties, PublishError,
 };
@@ -47,8 +48,26 @@ struct Shared {
 
 struct Live {
     connection: Connection,
+    /// The lean publisher ([`crate::amqp`]); `None` for `amqps://`, where lapin's confirm
+    /// channels below publish instead.
+    publisher: Option<Publisher>,
     channels: Vec<Channel>,
     next: AtomicUsize,
+}
+
+impl Live {
+    fn healthy(&self) -> bool {
+        self.connection.status().connected()
+            && self.channels.iter().all(|c| c.status().connected())
+            && self.publisher.as_ref().is_none_or(Publisher::is_alive)
+    }
+
+    async fn publisher_died(&self) {
+        match &self.publisher {
+            Some(p) => p.died().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl RabbitBus {
@@ -77,6 +96,9 @@ impl RabbitBus {
         self.shared.ready.store(false, Ordering::Relaxed);
         let live = self.shared.live.write().ok().and_then(|mut l| l.take());
         if let Some(live) = live {
+            if let Some(publisher) = &live.publisher {
+                publisher.drain_and_close(Duration::from_secs(2)).await;
+            }
             for channel in &live.channels {
                 let _ =
                     tokio::time::timeout(Duration::from_secs(2), channel.wait_for_confirms()).await;
@@ -111,7 +133,7 @@ async fn supervise(url: String, topology: Topology, shared: Arc<Shared>) {
         if shared.shutdown.is_cancelled() {
             return;
         }
-        match establish(&url, &topology).await {
+        match establish(&url, &topology, &shared.shutdown).await {
             Ok(live) => {
                 backoff = Duration::from_millis(100);
                 let live = Arc::new(live);
@@ -125,11 +147,10 @@ async fn supervise(url: String, topology: Topology, shared: Arc<Shared>) {
                     tokio::select! {
                         () = shared.shutdown.cancelled() => return,
                         () = shared.broken.notified() => {}
+                        () = live.publisher_died() => {}
                         () = tokio::time::sleep(Duration::from_millis(200)) => {}
                     }
-                    let healthy = live.connection.status().connected()
-                        && live.channels.iter().all(|c| c.status().connected());
-                    if !healthy {
+                    if !live.healthy() {
                         break;
                     }
                 }
@@ -138,6 +159,9 @@ async fn supervise(url: String, topology: Topology, shared: Arc<Shared>) {
                     *slot = None;
                 }
                 tracing::warn!("rabbitmq connection lost; reconnecting");
+                if let Some(publisher) = &live.publisher {
+                    publisher.close();
+                }
                 let _ = tokio::time::timeout(
                     Duration::from_millis(500),
                     live.connection
@@ -157,7 +181,11 @@ async fn supervise(url: String, topology: Topology, shared: Arc<Shared>) {
     }
 }
 
-async fn establish(url: &str, topology: &Topology) -> Result<Live, lapin::Error> {
+async fn establish(
+    url: &str,
+    topology: &Topology,
+    shutdown: &CancellationToken,
+) -> Result<Live, lapin::Error> {
     let connection = tokio::time::timeout(
         Duration::from_secs(5),
         Connection::connect(url, ConnectionProperties::default()),
@@ -167,8 +195,18 @@ async fn establish(url: &str, topology: &Topology) -> Result<Live, lapin::Error>
     let setup = connection.create_channel().await?;
     declare(&setup, topology).await?;
     let _ = setup.close(200, ShortString::from("declared")).await;
-    let mut channels = Vec::with_capacity(PUBLISH_CHANNELS);
-    for _ in 0..PUBLISH_CHANNELS {
+    let publisher = match Publisher::connect(url, shutdown.child_token()).await {
+        Ok(publisher) => Some(publisher),
+        Err(ConnectError::Tls) => None,
+        Err(e) => return Err(lapin::Error::from(std::io::Error::other(e.to_string()))),
+    };
+    let lapin_channels = if publisher.is_some() {
+        0
+    } else {
+        PUBLISH_CHANNELS
+    };
+    let mut channels = Vec::with_capacity(lapin_channels);
+    for _ in 0..lapin_channels {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -177,6 +215,7 @@ async fn establish(url: &str, topology: &Topology) -> Result<Live, lapin::Error>
     }
     Ok(Live {
         connection,
+        publisher,
         channels,
         next: AtomicUsize::new(0),
     })
@@ -232,7 +271,8 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin
     Ok(())
 }
 
-fn to_amqp(properties: &Properties) -> BasicProperties {
+/// The AMQP properties of a message: persistent, plus what `properties` sets.
+pub(crate) fn to_amqp(properties: &Properties) -> BasicProperties {
     let mut p = BasicProperties::default().with_delivery_mode(2);
     if let Some(id) = &properties.message_id {
         p = p.with_message_id(ShortString::from(id.as_str()));
@@ -332,6 +372,15 @@ impl Bus for RabbitBus {
         message: &Message,
     ) -> Result<(), PublishError> {
         let live = self.live().ok_or(PublishError::Unavailable)?;
+        if let Some(publisher) = &live.publisher {
+            let result = publisher
+                .publish(exchange, routing_key, &message.properties, &message.body)
+                .await;
+            if matches!(result, Err(PublishError::Failed(_))) {
+                self.shared.broken.notify_one();
+            }
+            return result;
+        }
         let i = live.next.fetch_add(1, Ordering::Relaxed) % live.channels.len().max(1);
         let channel = live.channels.get(i).ok_or(PublishError::Unavailable)?;
         let broken = |e: lapin::Error| {
