@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use amq_protocol::uri::{AMQPScheme, AMQPUri};
@@ -28,12 +28,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Properties, PublishError};
+use crate::bus::{HeaderValue, Properties, PublishError};
 
 /// The channel every publish goes on.
 const CHANNEL: u16 = 1;
 /// Frame type octets and the end marker (AMQP 0-9-1 §4.2.3).
 const FRAME_METHOD: u8 = 1;
+const FRAME_HEADER: u8 = 2;
 const FRAME_BODY: u8 = 3;
 const FRAME_HEARTBEAT: u8 = 8;
 const FRAME_END: u8 = 0xCE;
@@ -173,11 +174,6 @@ impl Publisher {
         properties: &Properties,
         body: &[u8],
     ) -> Result<(), PublishError> {
-        if exchange.len() > 255 || routing_key.len() > 255 {
-            return Err(PublishError::Failed(
-                "exchange or routing key longer than 255 bytes".into(),
-            ));
-        }
         let (done, confirmed) = oneshot::channel();
         let wake = {
             let mut state = lock(&self.shared);
@@ -257,23 +253,11 @@ fn encode_publish(
     out.extend_from_slice(&60u16.to_be_bytes());
     out.extend_from_slice(&40u16.to_be_bytes());
     out.extend_from_slice(&0u16.to_be_bytes());
-    out.push(exchange.len() as u8);
-    out.extend_from_slice(exchange.as_bytes());
-    out.push(routing_key.len() as u8);
-    out.extend_from_slice(routing_key.as_bytes());
+    short_string(out, exchange)?;
+    short_string(out, routing_key)?;
     out.push(0b01); // mandatory, not immediate
     out.push(FRAME_END);
-    // The content header carries the property flags and table encoding: let amq-protocol
-    // write it.
-    let header = AMQPFrame::Header(
-        CHANNEL,
-        AMQPContentHeader {
-            class_id: 60,
-            body_size: body.len() as u64,
-            properties: crate::rabbit::to_amqp(properties),
-        },
-    );
-    write_frame(out, &header)?;
+    encode_content_header(out, properties, body.len() as u64)?;
     for chunk in body.chunks(body_chunk) {
         out.push(FRAME_BODY);
         out.extend_from_slice(&CHANNEL.to_be_bytes());
@@ -281,6 +265,98 @@ fn encode_publish(
         out.extend_from_slice(chunk);
         out.push(FRAME_END);
     }
+    Ok(())
+}
+
+/// The content header frame of a `basic` message (AMQP 0-9-1 §4.2.6.1) with the properties
+/// [`Properties`] can carry; always persistent (`delivery-mode` 2).
+fn encode_content_header(
+    out: &mut Vec<u8>,
+    properties: &Properties,
+    body_size: u64,
+) -> Result<(), String> {
+    const CONTENT_TYPE: u16 = 1 << 15;
+    const HEADERS: u16 = 1 << 13;
+    const DELIVERY_MODE: u16 = 1 << 12;
+    const MESSAGE_ID: u16 = 1 << 7;
+    const TIMESTAMP: u16 = 1 << 6;
+    const TYPE: u16 = 1 << 5;
+
+    out.push(FRAME_HEADER);
+    out.extend_from_slice(&CHANNEL.to_be_bytes());
+    let size_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let payload_at = out.len();
+    out.extend_from_slice(&60u16.to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&body_size.to_be_bytes());
+    let mut flags = DELIVERY_MODE;
+    if properties.content_type.is_some() {
+        flags |= CONTENT_TYPE;
+    }
+    if !properties.headers.is_empty() {
+        flags |= HEADERS;
+    }
+    if properties.message_id.is_some() {
+        flags |= MESSAGE_ID;
+    }
+    if properties.timestamp_s.is_some() {
+        flags |= TIMESTAMP;
+    }
+    if properties.kind.is_some() {
+        flags |= TYPE;
+    }
+    out.extend_from_slice(&flags.to_be_bytes());
+    if let Some(content_type) = &properties.content_type {
+        short_string(out, content_type)?;
+    }
+    if !properties.headers.is_empty() {
+        let table_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        for (name, value) in &properties.headers {
+            short_string(out, name)?;
+            match value {
+                HeaderValue::Str(s) => {
+                    out.push(b'S');
+                    let len = u32::try_from(s.len()).map_err(|_| "header value too long")?;
+                    out.extend_from_slice(&len.to_be_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+                HeaderValue::Int(i) => {
+                    out.push(b'l');
+                    out.extend_from_slice(&i.to_be_bytes());
+                }
+            }
+        }
+        patch_len(out, table_at)?;
+    }
+    out.push(2);
+    if let Some(message_id) = &properties.message_id {
+        short_string(out, message_id)?;
+    }
+    if let Some(timestamp) = properties.timestamp_s {
+        out.extend_from_slice(&timestamp.to_be_bytes());
+    }
+    if let Some(kind) = &properties.kind {
+        short_string(out, kind)?;
+    }
+    debug_assert_eq!(payload_at, size_at + 4);
+    patch_len(out, size_at)?;
+    out.push(FRAME_END);
+    Ok(())
+}
+
+fn short_string(out: &mut Vec<u8>, s: &str) -> Result<(), String> {
+    let len = u8::try_from(s.len()).map_err(|_| format!("{s:?} is longer than 255 bytes"))?;
+    out.push(len);
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// Writes the length of what follows the 4 bytes at `at` into them.
+fn patch_len(out: &mut [u8], at: usize) -> Result<(), String> {
+    let len = u32::try_from(out.len() - at - 4).map_err(|_| "frame too long")?;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
 
@@ -733,5 +809,99 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<AMQPFra
                 "broker closed the connection during the handshake".into(),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use amq_protocol::frame::AMQPContentHeader;
+
+    use super::*;
+
+    /// What amq-protocol (lapin's codec) writes for the same header.
+    fn reference(properties: &Properties, body_size: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let frame = AMQPFrame::Header(
+            CHANNEL,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size,
+                properties: crate::rabbit::to_amqp(properties),
+            },
+        );
+        write_frame(&mut out, &frame).unwrap();
+        out
+    }
+
+    #[test]
+    fn content_header_is_encoded_like_amq_protocol() {
+        let full = Properties {
+            message_id: Some("0123456789abcdef0123456789abcdef".into()),
+            timestamp_s: Some(1_700_000_000),
+            content_type: Some("application/x-protobuf".into()),
+            kind: Some("wxgate.v1.Event".into()),
+            // Sorted by name: amq-protocol's table is a BTreeMap.
+            headers: vec![
+                ("account_id".into(), HeaderValue::Str("demo".into())),
+                ("x-wxgate-attempt".into(), HeaderValue::Int(-3)),
+            ],
+        };
+        let cases = [
+            full.clone(),
+            Properties::default(),
+            Properties {
+                headers: Vec::new(),
+                ..full.clone()
+            },
+            Properties {
+                message_id: None,
+                kind: None,
+                ..full
+            },
+        ];
+        for (i, properties) in cases.iter().enumerate() {
+            for body_size in [0, 1, 300_000] {
+                let mut ours = Vec::new();
+                encode_content_header(&mut ours, properties, body_size).unwrap();
+                assert_eq!(ours, reference(properties, body_size), "case {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn publish_frames_are_encoded_like_amq_protocol() {
+        let properties = Properties::default();
+        let body: Vec<u8> = (0..250u8).collect();
+        let mut ours = Vec::new();
+        encode_publish(&mut ours, "ns.events", "demo.text", &properties, &body, 100).unwrap();
+        let mut expected = Vec::new();
+        let method = AMQPFrame::Method(
+            CHANNEL,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: ShortString::from("ns.events"),
+                routing_key: ShortString::from("demo.text"),
+                mandatory: true,
+                immediate: false,
+            })),
+        );
+        write_frame(&mut expected, &method).unwrap();
+        expected.extend_from_slice(&reference(&properties, body.len() as u64));
+        for chunk in body.chunks(100) {
+            write_frame(&mut expected, &AMQPFrame::Body(CHANNEL, chunk.to_vec())).unwrap();
+        }
+        assert_eq!(ours, expected);
+    }
+
+    #[test]
+    fn over_long_short_strings_are_refused() {
+        let properties = Properties {
+            message_id: Some("x".repeat(256)),
+            ..Properties::default()
+        };
+        let mut out = Vec::new();
+        assert!(encode_content_header(&mut out, &properties, 0).is_err());
+        let mut out = Vec::new();
+        let long = "e".repeat(256);
+        assert!(encode_publish(&mut out, &long, "k", &Properties::default(), b"", 100).is_err());
     }
 }

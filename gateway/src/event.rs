@@ -24,7 +24,7 @@ pub struct Envelope<'a> {
     /// The account's AppID.
     pub appid: &'a str,
     /// The (decrypted) XML as received.
-    pub raw_xml: &'a str,
+    pub raw_xml: String,
     /// When the gateway accepted it, Unix ms.
     pub received_at_ms: i64,
     /// The passive reply answered, if any.
@@ -33,20 +33,20 @@ pub struct Envelope<'a> {
     pub arrival: Arrival,
 }
 
-/// Builds the protobuf event.
-pub fn to_proto(msg: &InboundMessage, env: &Envelope<'_>) -> pb::Event {
+/// Builds the protobuf event, taking the message apart (it is not needed afterwards).
+pub fn to_proto(msg: InboundMessage, env: Envelope<'_>) -> pb::Event {
     pb::Event {
         event_id: env.event_id.to_owned(),
         account_id: env.account_id.to_owned(),
         appid: env.appid.to_owned(),
-        to_user: msg.to_user_name.clone(),
-        from_user: msg.from_user_name.clone(),
+        to_user: msg.to_user_name,
+        from_user: msg.from_user_name,
         create_time: msg.create_time,
-        msg_type: msg.msg_type.clone(),
-        event: msg.event.clone().unwrap_or_default(),
+        msg_type: msg.msg_type,
+        event: msg.event.unwrap_or_default(),
         msg_id: msg.msg_id.unwrap_or(0),
-        fields: msg.fields.iter().cloned().collect(),
-        raw_xml: env.raw_xml.to_owned(),
+        fields: msg.fields.into_iter().collect(),
+        raw_xml: env.raw_xml,
         received_at_ms: env.received_at_ms,
         passive_reply: env.passive_reply.map(reply_to_proto),
         encrypt_mode: match env.arrival {
@@ -54,7 +54,7 @@ pub fn to_proto(msg: &InboundMessage, env: &Envelope<'_>) -> pb::Event {
             Arrival::Compat => pb::EncryptMode::Compat,
             Arrival::Safe => pb::EncryptMode::Safe,
         } as i32,
-        payload: payload(&msg.kind),
+        payload: payload(msg.kind),
     }
 }
 
@@ -108,44 +108,41 @@ pub fn reply_to_proto(reply: &Reply) -> pb::Reply {
     pb::Reply { kind: Some(kind) }
 }
 
-fn payload(kind: &MessageKind) -> Option<pb::event::Payload> {
+fn payload(kind: MessageKind) -> Option<pb::event::Payload> {
     use pb::event::Payload as P;
     Some(match kind {
         MessageKind::Text {
             content,
             bizmsgmenuid,
         } => P::Text(pb::Text {
-            content: content.clone(),
-            bizmsgmenuid: bizmsgmenuid.clone().unwrap_or_default(),
+            content,
+            bizmsgmenuid: bizmsgmenuid.unwrap_or_default(),
         }),
-        MessageKind::Image { pic_url, media_id } => P::Image(pb::Media {
-            media_id: media_id.clone(),
-            pic_url: pic_url.clone(),
-        }),
+        MessageKind::Image { pic_url, media_id } => P::Image(pb::Media { media_id, pic_url }),
         MessageKind::Voice {
             media_id,
             format,
             recognition,
             media_id_16k,
         } => P::Voice(pb::Voice {
-            media_id: media_id.clone(),
-            format: format.clone(),
-            recognition: recognition.clone().unwrap_or_default(),
-            media_id_16k: media_id_16k.clone().unwrap_or_default(),
+            media_id,
+            format,
+            recognition: recognition.unwrap_or_default(),
+            media_id_16k: media_id_16k.unwrap_or_default(),
         }),
         MessageKind::Video {
             media_id,
             thumb_media_id,
         } => P::Video(pb::Video {
-            media_id: media_id.clone(),
-            thumb_media_id: thumb_media_id.clone(),
+            media_id,
+            thumb_media_id,
         }),
         MessageKind::ShortVideo {
             media_id,
             thumb_media_id,
         } => P::Shortvideo(pb::Video {
-            media_id: media_id.clone(),
-            thumb_media_id: thumb_media_id.clone(),
+            media_id,
+            thumb_media_id,
         }),
         MessageKind::Location {
             latitude,
@@ -153,54 +150,46 @@ fn payload(kind: &MessageKind) -> Option<pb::event::Payload> {
             scale,
             label,
         } => P::Location(pb::Location {
-            location_x: *latitude,
-            location_y: *longitude,
-            scale: i64::from(*scale),
-            label: label.clone(),
+            location_x: latitude,
+            location_y: longitude,
+            scale: i64::from(scale),
+            label,
         }),
         MessageKind::Link {
             title,
             description,
             url,
         } => P::Link(pb::Link {
-            title: title.clone(),
-            description: description.clone(),
-            url: url.clone(),
+            title,
+            description,
+            url,
         }),
         MessageKind::Subscribe { event_key, ticket } => P::Subscribe(pb::Subscribe {
-            event_key: event_key.clone().unwrap_or_default(),
-            ticket: ticket.clone().unwrap_or_default(),
+            event_key: event_key.unwrap_or_default(),
+            ticket: ticket.unwrap_or_default(),
         }),
         MessageKind::Unsubscribe => P::Unsubscribe(pb::Unsubscribe {}),
-        MessageKind::Scan { event_key, ticket } => P::Scan(pb::Scan {
-            event_key: event_key.clone(),
-            ticket: ticket.clone(),
-        }),
+        MessageKind::Scan { event_key, ticket } => P::Scan(pb::Scan { event_key, ticket }),
         MessageKind::LocationReport {
             latitude,
             longitude,
             precision,
         } => P::LocationReport(pb::LocationReport {
-            latitude: *latitude,
-            longitude: *longitude,
-            precision: *precision,
+            latitude,
+            longitude,
+            precision,
         }),
-        MessageKind::Click { event_key } => P::Click(pb::MenuClick {
-            event_key: event_key.clone(),
-        }),
-        MessageKind::View { event_key, menu_id } => P::View(pb::MenuView {
-            event_key: event_key.clone(),
-            menu_id: menu_id.clone(),
-        }),
+        MessageKind::Click { event_key } => P::Click(pb::MenuClick { event_key }),
+        MessageKind::View { event_key, menu_id } => P::View(pb::MenuView { event_key, menu_id }),
         MessageKind::ScanCode {
             event_key,
             scan_type,
             scan_result,
             ..
         } => P::Scancode(pb::ScanCodeEvent {
-            event_key: event_key.clone(),
-            scan_type: scan_type.clone(),
-            scan_result: scan_result.clone(),
+            event_key,
+            scan_type,
+            scan_result,
         }),
         MessageKind::Pics {
             event_key,
@@ -208,9 +197,9 @@ fn payload(kind: &MessageKind) -> Option<pb::event::Payload> {
             pic_md5_sums,
             ..
         } => P::Pics(pb::PicsEvent {
-            event_key: event_key.clone(),
-            count: i64::from(*count),
-            pic_md5_sums: pic_md5_sums.clone(),
+            event_key,
+            count: i64::from(count),
+            pic_md5_sums,
         }),
         MessageKind::LocationSelect {
             event_key,
@@ -220,21 +209,18 @@ fn payload(kind: &MessageKind) -> Option<pb::event::Payload> {
             label,
             poiname,
         } => P::LocationSelect(pb::LocationSelect {
-            event_key: event_key.clone(),
-            location_x: location_x.clone(),
-            location_y: location_y.clone(),
-            scale: scale.clone(),
-            label: label.clone(),
-            poiname: poiname.clone(),
+            event_key,
+            location_x,
+            location_y,
+            scale,
+            label,
+            poiname,
         }),
-        MessageKind::ViewMiniprogram { event_key, menu_id } => P::ViewMiniprogram(pb::MenuView {
-            event_key: event_key.clone(),
-            menu_id: menu_id.clone(),
-        }),
+        MessageKind::ViewMiniprogram { event_key, menu_id } => {
+            P::ViewMiniprogram(pb::MenuView { event_key, menu_id })
+        }
         MessageKind::TemplateSendJobFinish { status } => {
-            P::TemplateSendJobFinish(pb::TemplateSendJobFinish {
-                status: status.clone(),
-            })
+            P::TemplateSendJobFinish(pb::TemplateSendJobFinish { status })
         }
         MessageKind::MassSendJobFinish {
             status,
@@ -243,11 +229,11 @@ fn payload(kind: &MessageKind) -> Option<pb::event::Payload> {
             sent_count,
             error_count,
         } => P::MassSendJobFinish(pb::MassSendJobFinish {
-            status: status.clone(),
-            total_count: i64::try_from(*total_count).unwrap_or(i64::MAX),
-            filter_count: i64::try_from(*filter_count).unwrap_or(i64::MAX),
-            sent_count: i64::try_from(*sent_count).unwrap_or(i64::MAX),
-            error_count: i64::try_from(*error_count).unwrap_or(i64::MAX),
+            status,
+            total_count: i64::try_from(total_count).unwrap_or(i64::MAX),
+            filter_count: i64::try_from(filter_count).unwrap_or(i64::MAX),
+            sent_count: i64::try_from(sent_count).unwrap_or(i64::MAX),
+            error_count: i64::try_from(error_count).unwrap_or(i64::MAX),
         }),
         MessageKind::KfSession {
             kf_account,
@@ -255,20 +241,20 @@ fn payload(kind: &MessageKind) -> Option<pb::event::Payload> {
             to_kf_account,
             ..
         } => P::KfSession(pb::KfSession {
-            kf_account: kf_account.clone(),
-            from_kf_account: from_kf_account.clone(),
-            to_kf_account: to_kf_account.clone(),
+            kf_account,
+            from_kf_account,
+            to_kf_account,
         }),
         MessageKind::SubscribeMsg { items, .. } => P::SubscribeMsg(pb::SubscribeMsgEvent {
             items: items
-                .iter()
+                .into_iter()
                 .map(|i| pb::SubscribeMsgItem {
-                    template_id: i.template_id.clone(),
-                    subscribe_status_string: i.subscribe_status.clone(),
+                    template_id: i.template_id,
+                    subscribe_status_string: i.subscribe_status,
                     popup_scene: i.popup_scene.parse().unwrap_or(0),
-                    msg_id: i.msg_id.clone(),
-                    error_code: i.error_code.clone(),
-                    error_status: i.error_status.clone(),
+                    msg_id: i.msg_id,
+                    error_code: i.error_code,
+                    error_status: i.error_status,
                 })
                 .collect(),
         }),
@@ -278,9 +264,9 @@ fn payload(kind: &MessageKind) -> Option<pb::event::Payload> {
             article_id,
             ..
         } => P::PublishJobFinish(pb::PublishJobFinish {
-            publish_id: publish_id.clone(),
+            publish_id,
             publish_status: publish_status.unwrap_or(0),
-            article_id: article_id.clone(),
+            article_id,
         }),
         MessageKind::Other => return None,
     })

@@ -344,22 +344,42 @@ pub async fn handle_post(
         Decision::Reply(reply) => Some(reply),
         Decision::Nothing => None,
     };
-    let event = event::to_proto(
-        msg,
-        &event::Envelope {
-            event_id: event_id.as_str(),
-            account_id: account.id.as_str(),
-            appid: &account.appid,
-            raw_xml: &opened.raw_xml,
-            received_at_ms,
-            passive_reply: reply.as_ref(),
-            arrival: opened.arrival,
-        },
-    );
+    // The answer is computed before the event takes the message apart; it is only sent
+    // after the confirm.
+    let body = match &reply {
+        None => Bytes::from_static(b"success"),
+        Some(reply) => {
+            let xml = wechat::render(reply, &msg.from_user_name, &msg.to_user_name, now_s);
+            Bytes::from(match &opened.seal {
+                None => xml,
+                Some((key, token)) => wechat::seal_reply(
+                    key,
+                    &account.appid,
+                    token,
+                    rand::random::<[u8; 16]>(),
+                    query.timestamp.as_deref().unwrap_or(""),
+                    query.nonce.as_deref().unwrap_or(""),
+                    &xml,
+                ),
+            })
+        }
+    };
     let routing_key = wxgate_core::topology::routing_key(
         account.id.as_str(),
         &msg.msg_type,
         msg.event.as_deref(),
+    );
+    let event = event::to_proto(
+        opened.msg,
+        event::Envelope {
+            event_id: event_id.as_str(),
+            account_id: account.id.as_str(),
+            appid: &account.appid,
+            raw_xml: opened.raw_xml,
+            received_at_ms,
+            passive_reply: reply.as_ref(),
+            arrival: opened.arrival,
+        },
     );
     let message = Message {
         body: Bytes::from(event.encode_to_vec()),
@@ -405,32 +425,17 @@ pub async fn handle_post(
             result: "confirmed",
         })
         .inc();
-
-    let (body, outcome) = match &reply {
-        None => (Bytes::from_static(b"success"), "ok"),
-        Some(reply) => {
-            gateway
-                .metrics
-                .passive_replies
-                .get_or_create(&wxgate_core::metrics::AccountLabel {
-                    account: gateway.metrics.account_label(account.id.as_str()),
-                })
-                .inc();
-            let xml = wechat::render(reply, &msg.from_user_name, &msg.to_user_name, now_s);
-            let body = match &opened.seal {
-                None => xml,
-                Some((key, token)) => wechat::seal_reply(
-                    key,
-                    &account.appid,
-                    token,
-                    rand::random::<[u8; 16]>(),
-                    query.timestamp.as_deref().unwrap_or(""),
-                    query.nonce.as_deref().unwrap_or(""),
-                    &xml,
-                ),
-            };
-            (Bytes::from(body), "passive")
-        }
+    let outcome = if reply.is_some() {
+        gateway
+            .metrics
+            .passive_replies
+            .get_or_create(&wxgate_core::metrics::AccountLabel {
+                account: gateway.metrics.account_label(account.id.as_str()),
+            })
+            .inc();
+        "passive"
+    } else {
+        "ok"
     };
     // The event is confirmed: from here on a failure must not turn into a non-2xx answer,
     // or WeChat's retry would publish a duplicate for nothing. A lost answer record only

@@ -32,22 +32,39 @@ pub(crate) struct Leaf<'p> {
 struct Frame {
     path_len: usize,
     has_children: bool,
-    child_names: Vec<(String, u32)>,
+    /// The distinct child names seen so far, back to back (one allocation, not one per name).
+    names: String,
+    /// Per distinct child name: its range in `names` and how often it came.
+    child_names: Vec<(usize, usize, u32)>,
 }
 
 impl Frame {
     /// Counts one more child called `name` and returns how many came before.
     fn count_child(&mut self, name: &str) -> u32 {
         self.has_children = true;
-        for (seen, count) in &mut self.child_names {
-            if seen == name {
+        for (start, end, count) in &mut self.child_names {
+            if self.names.get(*start..*end) == Some(name) {
                 let before = *count;
                 *count = count.saturating_add(1);
                 return before;
             }
         }
-        self.child_names.push((name.to_owned(), 1));
+        if self.child_names.capacity() == 0 {
+            // A callback's root has a dozen children with short names.
+            self.names.reserve(192);
+            self.child_names.reserve(16);
+        }
+        let start = self.names.len();
+        self.names.push_str(name);
+        self.child_names.push((start, self.names.len(), 1));
         0
+    }
+
+    fn reset(&mut self, path_len: usize) {
+        self.path_len = path_len;
+        self.has_children = false;
+        self.names.clear();
+        self.child_names.clear();
     }
 }
 
@@ -255,11 +272,7 @@ impl WalkState<'_> {
             return Err(ParseError::TooDeep);
         }
         match self.frames.get_mut(self.depth) {
-            Some(frame) => {
-                frame.path_len = path_len;
-                frame.has_children = false;
-                frame.child_names.clear();
-            }
+            Some(frame) => frame.reset(path_len),
             None => self.frames.push(Frame {
                 path_len,
                 ..Frame::default()
