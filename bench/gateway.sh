@@ -20,6 +20,7 @@
 #   AMQP_URL          (default amqp://guest:guest@127.0.0.1:5672/%2f)
 #   RUST_LOG          gateway log filter        (default warn: no per-request logging)
 #   SKIP_BUILD=1      use the binaries already in $CARGO_TARGET_DIR/release
+#   GATEWAY_BIN       run this wx-gateway binary instead (e.g. an older build, to compare)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,7 +63,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     log "building wx-gateway and wxgate-load (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
     (cd "$ROOT" && cargo build --release -p wx-gateway -p wxgate-bench)
 fi
-GATEWAY_BIN=$CARGO_TARGET_DIR/release/wx-gateway
+GATEWAY_BIN=${GATEWAY_BIN:-$CARGO_TARGET_DIR/release/wx-gateway}
 LOAD_BIN=$CARGO_TARGET_DIR/release/wxgate-load
 [[ -x "$GATEWAY_BIN" && -x "$LOAD_BIN" ]] || die "binaries missing in $CARGO_TARGET_DIR/release"
 
