@@ -151,7 +151,7 @@ mode = "safe"
 EOF
         local i
         for ((i = 0; i < extra; i++)); do
-            printf '\n[[accounts]]\nid = "acc%d"\nappid = "wx%016x"\ntoken = "%s"\nencoding_aes_key = "%s"\nmode = "safe"\n' \
+            printf '\n[[accounts]]\nid = "acc%d"\nappid = "wx%016x"\ntoken = "%s"\nencoding_aes_key = "%s"\nmode = "safe"\n[[accounts.custom]]\nmatch = { msg_type = "text" }\nreply = { echo = true }\n' \
                 "$i" "$i" "$TOKEN" "$AES_KEY"
         done
     } >"$file"

@@ -149,8 +149,7 @@ async fn callback(
     req: Request<Incoming>,
 ) -> Result<(Bytes, &'static str), CallbackError> {
     let account = gateway
-        .accounts
-        .get(account_id)
+        .account(account_id)
         .ok_or(CallbackError::UnknownAccount)?;
     let query = CallbackQuery::parse(req.uri().query().unwrap_or(""));
     if req.method() == Method::GET {

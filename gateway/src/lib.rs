@@ -65,7 +65,7 @@ pub async fn serve_with(
 ) {
     let gateway = Arc::new(Gateway::new(config, store, bus));
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, accounts = gateway.accounts.len(), "wx-gateway listening");
+        tracing::info!(%addr, accounts = gateway.config.accounts.len(), "wx-gateway listening");
     }
     if !gateway.bus.wait_ready(Duration::from_secs(5)).await {
         tracing::warn!("broker not ready yet; answering 503 until it is");

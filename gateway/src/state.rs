@@ -1,6 +1,5 @@
 //! The gateway's shared state: config, accounts by id, the store and the bus.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use wechat::Limits;
@@ -14,8 +13,6 @@ use wxgate_core::{Bus, Store};
 pub struct Gateway {
     /// The validated config.
     pub config: Arc<Config>,
-    /// Accounts by id.
-    pub accounts: HashMap<String, Account>,
     /// Dedup store.
     pub store: Arc<dyn Store>,
     /// Event bus.
@@ -33,11 +30,6 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the state from a config and the store/bus to use.
     pub fn new(config: Arc<Config>, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
-        let accounts = config
-            .accounts
-            .iter()
-            .map(|a| (a.id.as_str().to_owned(), a.clone()))
-            .collect();
         let limits = Limits {
             max_bytes: config.gateway.max_body_bytes,
             ..Limits::default()
@@ -46,12 +38,17 @@ impl Gateway {
             keys: Keys::new(&config.namespace),
             exchange: Names::new(&config.namespace).events_exchange(),
             metrics: GatewayMetrics::new(config.gateway.metrics_per_account),
-            accounts,
             store,
             bus,
             limits,
             config,
         }
+    }
+
+    /// The account `/wx/{id}` names (looked up in the config's index; accounts are not
+    /// copied, 10,000 of them are a test case).
+    pub fn account(&self, id: &str) -> Option<&Account> {
+        self.config.account(id)
     }
 
     /// Whether callbacks can be accepted: store reachable, broker connected, topology declared.

@@ -8,6 +8,11 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use wxgate_core::config::Config;
 
+/// jemalloc, as in wx-gateway: freed pages (the config's transient TOML tree, bursts of
+/// in-flight events) go back to the system.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Consumes wxgate events and answers them through WeChat's customer-service API.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -25,6 +30,10 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // Purge freed pages from a background thread, so RSS follows the live heap when idle.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "jemalloc background purging not enabled");
+    }
     let args = Args::parse();
     let config = match Config::load(&args.config, |k| std::env::var(k).ok()) {
         Ok(config) => Arc::new(config),
