@@ -65,6 +65,8 @@ E2E_PID=""
 
 log() { printf '[e2e.sh] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 for tool in curl jq redis-cli rabbitmqctl; do
     command -v "$tool" >/dev/null || die "$tool not found"
@@ -96,55 +98,12 @@ GATEWAY_BIN=$WORK/wx-gateway
 WORKER_BIN=$WORK/wx-worker
 E2E_BIN=$WORK/wxgate-e2e
 
-# stop NAME PID: SIGTERM, then KILL if it has not exited 15 s later.
-stop() {
-    local name=$1 pid=$2
-    [[ -n "$pid" ]] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid"
-        # Gateway and worker drain for up to 10 s on SIGTERM (DESIGN.md §1.1, §1.3).
-        local deadline=$((SECONDS + 15))
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "$name did not exit within 15 s of SIGTERM; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || log "$name exited with status $?"
-}
-
-delete_exchange() {
-    local exchange=$1
-    # rabbitmqctl cannot delete exchanges; use the management API when it is enabled, else
-    # the broker's own delete function through eval (RabbitMQ 3.x signature).
-    if command -v rabbitmqadmin >/dev/null &&
-        rabbitmqadmin delete exchange name="$exchange" >/dev/null 2>&1; then
-        return 0
-    fi
-    local result
-    result=$(rabbitmqctl eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange\">>), false, <<\"wxgate-bench\">>)." 2>&1) || true
-    case "$result" in
-    *ok* | *not_found*) ;;
-    *) log "could not delete exchange $exchange (delete it by hand): $result" ;;
-    esac
-}
-
 cleanup() {
     local status=$?
     stop wxgate-e2e "$E2E_PID"
     stop wx-worker "$WORKER_PID"
     stop wx-gateway "$GATEWAY_PID"
-    log "removing RabbitMQ queues and exchange $NS.*"
-    local queues
-    queues=$(rabbitmqctl -q list_queues name 2>/dev/null | grep -E "^${NS}\." || true)
-    for queue in $queues; do
-        rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || log "could not delete queue $queue"
-    done
-    if rabbitmqctl -q list_exchanges name 2>/dev/null | grep -qx "${NS}.events"; then
-        delete_exchange "${NS}.events"
-    fi
-    log "removing Redis keys $NS:*"
-    redis-cli -u "$REDIS_URL" --scan --pattern "${NS}:*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
+    remove_namespace "$NS" "$REDIS_URL"
     rm -rf "$WORK"
     exit "$status"
 }

@@ -46,6 +46,8 @@ GATEWAY_PID=""
 
 log() { printf '[gateway.sh] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 for tool in curl jq redis-cli rabbitmqctl; do
     command -v "$tool" >/dev/null || die "$tool not found"
@@ -68,51 +70,14 @@ LOAD_BIN=$CARGO_TARGET_DIR/release/wxgate-load
 [[ -x "$GATEWAY_BIN" && -x "$LOAD_BIN" ]] || die "binaries missing in $CARGO_TARGET_DIR/release"
 
 stop_gateway() {
-    [[ -n "$GATEWAY_PID" ]] || return 0
-    if kill -0 "$GATEWAY_PID" 2>/dev/null; then
-        kill -TERM "$GATEWAY_PID"
-        # The gateway drains for up to 10 s on SIGTERM (DESIGN.md §1.1).
-        local deadline=$((SECONDS + 15))
-        while kill -0 "$GATEWAY_PID" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-        if kill -0 "$GATEWAY_PID" 2>/dev/null; then
-            log "gateway did not exit within 15 s of SIGTERM; killing it"
-            kill -KILL "$GATEWAY_PID" 2>/dev/null || true
-        fi
-    fi
-    wait "$GATEWAY_PID" 2>/dev/null || log "gateway exited with status $?"
+    stop wx-gateway "$GATEWAY_PID"
     GATEWAY_PID=""
-}
-
-delete_exchange() {
-    local exchange=$1
-    # rabbitmqctl cannot delete exchanges; use the management API when it is enabled, else
-    # the broker's own delete function through eval (RabbitMQ 3.x signature).
-    if command -v rabbitmqadmin >/dev/null &&
-        rabbitmqadmin delete exchange name="$exchange" >/dev/null 2>&1; then
-        return 0
-    fi
-    local result
-    result=$(rabbitmqctl eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange\">>), false, <<\"wxgate-bench\">>)." 2>&1) || true
-    case "$result" in
-    *ok* | *not_found*) ;;
-    *) log "could not delete exchange $exchange (delete it by hand): $result" ;;
-    esac
 }
 
 cleanup() {
     local status=$?
     stop_gateway
-    log "removing RabbitMQ queues and exchange $NS.*"
-    local queues
-    queues=$(rabbitmqctl -q list_queues name 2>/dev/null | grep -E "^${NS}\." || true)
-    for queue in $queues; do
-        rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || log "could not delete queue $queue"
-    done
-    if rabbitmqctl -q list_exchanges name 2>/dev/null | grep -qx "${NS}.events"; then
-        delete_exchange "${NS}.events"
-    fi
-    log "removing Redis keys $NS:*"
-    redis-cli -u "$REDIS_URL" --scan --pattern "${NS}:*" | xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null
+    remove_namespace "$NS" "$REDIS_URL"
     rm -rf "$WORK"
     exit "$status"
 }

@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use wechat::crypto::{AesKey, encrypt};
 use wechat::signature::{msg_signature, url_signature};
+use wxgate_bench::{parse_duration, process_cpu_us, status_kib, ticks_per_second};
 
 /// Above this many `--requests`, bodies are generated in the tasks instead of up front
 /// (about 1 KiB each in safe mode).
@@ -155,28 +156,6 @@ impl Mode {
             Self::Compat => "compat",
         }
     }
-}
-
-/// Parses `500ms`, `10s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = text.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (text, 1.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration `{text}` (examples: 500ms, 10s, 2m)"))?;
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|e| format!("invalid duration `{text}`: {e}"))
 }
 
 /// One ready-to-send callback.
@@ -653,55 +632,6 @@ async fn open_idle_connections(
     }
 }
 
-/// CPU time of a process in µs (utime + stime of all its threads), from `/proc/{pid}/stat`.
-fn process_cpu_us(pid: &str, ticks_per_second: u64) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // `comm` (field 2) may hold spaces and parentheses; the fields after its last `)` start
-    // with `state` (field 3), so utime (14) and stime (15) are at indexes 11 and 12.
-    let after_comm = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("malformed /proc stat")?;
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let parse = |index: usize| -> anyhow::Result<u64> {
-        fields
-            .get(index)
-            .context("short /proc stat")?
-            .parse::<u64>()
-            .context("malformed /proc stat field")
-    };
-    let ticks = parse(11)? + parse(12)?;
-    Ok(ticks.saturating_mul(1_000_000) / ticks_per_second.max(1))
-}
-
-/// `VmRSS` of a process in KiB, from `/proc/{pid}/status`.
-fn process_rss_kib(pid: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .context("no VmRSS line")?;
-    line.trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .context("malformed VmRSS")
-}
-
-/// `USER_HZ`, the unit of `/proc/*/stat` CPU times (100 on every common Linux build).
-fn ticks_per_second() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .filter(|&hz| hz > 0)
-        .unwrap_or(100)
-}
-
 /// Nearest-rank percentile of sorted samples, in ms.
 fn percentile_ms(sorted_us: &[u32], fraction: f64) -> f64 {
     if sorted_us.is_empty() {
@@ -855,7 +785,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let idle_failed = idle.failed;
     // Read right after opening, before any load: RSS attributable to the open connections.
     let gateway_rss_idle_kib = match (&gateway_pid, args.idle_connections) {
-        (Some(pid), 1..) => Some(process_rss_kib(pid)?),
+        (Some(pid), 1..) => Some(rss_kib(pid)?),
         _ => None,
     };
 
@@ -905,7 +835,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (gateway_cpu_us, gateway_rss_kib) = match (&gateway_pid, gateway_cpu_before) {
         (Some(pid), Some(before)) => (
             Some(process_cpu_us(pid, hz)?.saturating_sub(before)),
-            Some(process_rss_kib(pid)?),
+            Some(rss_kib(pid)?),
         ),
         _ => (None, None),
     };
@@ -1028,4 +958,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bail!("no request succeeded");
     }
     Ok(())
+}
+
+/// `VmRSS` of a process in KiB.
+fn rss_kib(pid: &str) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS:")
 }

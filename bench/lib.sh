@@ -1,0 +1,51 @@
+# Shell helpers shared by gateway.sh and e2e.sh; source it after defining log().
+
+# stop NAME PID: SIGTERM, then KILL if it has not exited 15 s later (the gateway and the worker
+# drain for up to 10 s on SIGTERM, DESIGN.md §1.1, §1.3).
+stop() {
+    local name=$1 pid=$2
+    [[ -n "$pid" ]] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        local deadline=$((SECONDS + 15))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "$name did not exit within 15 s of SIGTERM; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || log "$name exited with status $?"
+}
+
+# delete_exchange NAME
+delete_exchange() {
+    local exchange=$1
+    # rabbitmqctl cannot delete exchanges; use the management API when it is enabled, else
+    # the broker's own delete function through eval (RabbitMQ 3.x signature).
+    if command -v rabbitmqadmin >/dev/null &&
+        rabbitmqadmin delete exchange name="$exchange" >/dev/null 2>&1; then
+        return 0
+    fi
+    local result
+    result=$(rabbitmqctl eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange\">>), false, <<\"wxgate-bench\">>)." 2>&1) || true
+    case "$result" in
+    *ok* | *not_found*) ;;
+    *) log "could not delete exchange $exchange (delete it by hand): $result" ;;
+    esac
+}
+
+# remove_namespace NS REDIS_URL: every {NS}.* queue, the {NS}.events exchange, every {NS}:* key.
+remove_namespace() {
+    local ns=$1 redis_url=$2
+    log "removing RabbitMQ queues and exchange $ns.*"
+    local queues queue
+    queues=$(rabbitmqctl -q list_queues name 2>/dev/null | grep -E "^${ns}\." || true)
+    for queue in $queues; do
+        rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || log "could not delete queue $queue"
+    done
+    if rabbitmqctl -q list_exchanges name 2>/dev/null | grep -qx "${ns}.events"; then
+        delete_exchange "${ns}.events"
+    fi
+    log "removing Redis keys $ns:*"
+    redis-cli -u "$redis_url" --scan --pattern "${ns}:*" | xargs -r -n 500 redis-cli -u "$redis_url" del >/dev/null
+}
