@@ -40,6 +40,10 @@ const FRAME_HEARTBEAT: u8 = 8;
 const FRAME_END: u8 = 0xCE;
 /// Largest frame we accept or send; the broker may lower it in `connection.tune`.
 const FRAME_MAX: u32 = 131_072;
+/// Most encoded bytes waiting for the socket. Reached only when the broker stops reading
+/// (`connection.blocked` on a memory or disk alarm) while callbacks keep coming; publishes
+/// then fail at once instead of queueing memory for as long as the alarm lasts.
+const MAX_UNSENT: usize = 64 * 1024 * 1024;
 /// Bound on the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -179,6 +183,11 @@ impl Publisher {
             let mut state = lock(&self.shared);
             if let Some(failure) = &state.failure {
                 return Err(PublishError::Failed(failure.clone()));
+            }
+            if state.out.len() >= MAX_UNSENT {
+                return Err(PublishError::Failed(
+                    "broker is not reading (blocked?): publish buffer full".into(),
+                ));
             }
             let was_empty = state.out.is_empty();
             let start = state.out.len();

@@ -12,6 +12,7 @@ mod callbacks;
 mod dedup;
 mod outage;
 mod passive;
+mod publisher;
 mod rotation;
 mod shutdown;
 mod vectors;
