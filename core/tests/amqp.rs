@@ -78,15 +78,41 @@ impl Broker {
     }
 
     async fn finish(self) {
-        self.channel
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .unwrap();
-        self.channel
-            .exchange_delete(self.exchange.as_str().into(), Default::default())
-            .await
-            .unwrap();
         let _ = self.connection.close(200, "done".into()).await;
+        // Drop deletes the queue and the exchange.
+    }
+}
+
+/// Deletes the test's queue and exchange however the test ends, on a runtime of its own
+/// (a panicking test's runtime may be unusable).
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let (queue, exchange) = (self.queue.clone(), self.exchange.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(connection) =
+                    Connection::connect(&url(), ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                if let Ok(channel) = connection.create_channel().await {
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), Default::default())
+                        .await;
+                }
+                let _ = connection.close(200, "cleanup".into()).await;
+            });
+        })
+        .join();
     }
 }
 
