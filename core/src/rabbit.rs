@@ -39,6 +39,8 @@ pub struct RabbitBus {
 struct Shared {
     live: RwLock<Option<Arc<Live>>>,
     ready: AtomicBool,
+    /// Set by [`RabbitBus::close`]: the supervisor stops instead of reconnecting.
+    closing: AtomicBool,
     /// Woken when a publish sees a broken channel, so the supervisor reconnects at once.
     broken: Notify,
     /// Woken when a new connection is live, for consumers waiting to resubscribe.
@@ -78,6 +80,7 @@ impl RabbitBus {
         let shared = Arc::new(Shared {
             live: RwLock::new(None),
             ready: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             broken: Notify::new(),
             connected: Notify::new(),
             shutdown,
@@ -93,6 +96,7 @@ impl RabbitBus {
     /// Closes the connection (after in-flight confirms settle or 2 s pass). Use at shutdown,
     /// after the last publish.
     pub async fn close(&self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
         self.shared.ready.store(false, Ordering::Relaxed);
         let live = self.shared.live.write().ok().and_then(|mut l| l.take());
         if let Some(live) = live {
@@ -130,7 +134,7 @@ fn with_heartbeat(url: &str) -> String {
 async fn supervise(url: String, topology: Topology, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        if shared.shutdown.is_cancelled() {
+        if shared.shutdown.is_cancelled() || shared.closing.load(Ordering::Relaxed) {
             return;
         }
         match establish(&url, &topology, &shared.shutdown).await {
@@ -149,6 +153,10 @@ async fn supervise(url: String, topology: Topology, shared: Arc<Shared>) {
                         () = shared.broken.notified() => {}
                         () = live.publisher_died() => {}
                         () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                    if shared.closing.load(Ordering::Relaxed) {
+                        // `close` owns the connection from here.
+                        return;
                     }
                     if !live.healthy() {
                         break;
