@@ -49,14 +49,7 @@ die() { log "error: $*"; exit 1; }
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-for tool in curl jq redis-cli rabbitmqctl; do
-    command -v "$tool" >/dev/null || die "$tool not found"
-done
-redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 ||
-    die "Redis not reachable at $REDIS_URL (start it: docker compose up -d redis, or service redis-server start)"
-(exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null ||
-    die "RabbitMQ not reachable on 127.0.0.1:5672 (start it: docker compose up -d rabbitmq, or service rabbitmq-server start)"
-case "$QUEUE_TYPE" in classic | quorum) ;; *) die "QUEUE_TYPE must be classic or quorum" ;; esac
+check_prerequisites
 
 # 1,000 idle connections on both ends of one machine need more than the usual 1,024 fds.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -1,5 +1,19 @@
 # Shell helpers shared by gateway.sh and e2e.sh; source it after defining log().
 
+# check_prerequisites: the tools the scripts use, Redis at $REDIS_URL, RabbitMQ on
+# 127.0.0.1:5672, and a valid $QUEUE_TYPE; dies naming what is missing.
+check_prerequisites() {
+    local tool
+    for tool in curl jq redis-cli rabbitmqctl; do
+        command -v "$tool" >/dev/null || die "$tool not found"
+    done
+    redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 ||
+        die "Redis not reachable at $REDIS_URL (start it: docker compose up -d redis, or service redis-server start)"
+    (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null ||
+        die "RabbitMQ not reachable on 127.0.0.1:5672 (start it: docker compose up -d rabbitmq, or service rabbitmq-server start)"
+    case "$QUEUE_TYPE" in classic | quorum) ;; *) die "QUEUE_TYPE must be classic or quorum" ;; esac
+}
+
 # stop NAME PID: SIGTERM, then KILL if it has not exited 15 s later (the gateway and the worker
 # drain for up to 10 s on SIGTERM, DESIGN.md §1.1, §1.3).
 stop() {
