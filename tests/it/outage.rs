@@ -86,17 +86,8 @@ async fn broker_outage_answers_503_and_keeps_every_accepted_callback() {
         })
         .await;
         proxy.cut();
-        eventually(
-            NOTICE,
-            "/readyz 503 with the broker cut off",
-            || async move {
-                match env.readyz().await {
-                    503 => Ok(()),
-                    status => Err(status),
-                }
-            },
-        )
-        .await;
+        env.wait_readyz(503, NOTICE, "/readyz 503 with the broker cut off")
+            .await;
         let down = Instant::now();
         eventually(
             NOTICE,
@@ -110,17 +101,8 @@ async fn broker_outage_answers_503_and_keeps_every_accepted_callback() {
         assert_eq!(env.readyz().await, 503, "still not ready while cut off");
         let restored = Instant::now();
         proxy.restore();
-        eventually(
-            NOTICE,
-            "/readyz 200 after the broker is back",
-            || async move {
-                match env.readyz().await {
-                    200 => Ok(()),
-                    status => Err(status),
-                }
-            },
-        )
-        .await;
+        env.wait_readyz(200, NOTICE, "/readyz 200 after the broker is back")
+            .await;
         let up = Instant::now();
         eventually(
             NOTICE,
@@ -204,14 +186,8 @@ async fn redis_outage_answers_503_publishes_nothing_and_recovers() {
     assert!(others.is_empty());
 
     proxy.cut();
-    let env_ref = &env;
-    eventually(NOTICE, "/readyz 503 with Redis cut off", || async move {
-        match env_ref.readyz().await {
-            503 => Ok(()),
-            status => Err(status),
-        }
-    })
-    .await;
+    env.wait_readyz(503, NOTICE, "/readyz 503 with Redis cut off")
+        .await;
     let mut refused = Vec::new();
     for i in 0..5 {
         let xml = env.text(&env.plain, &format!("during the outage {i}"));
@@ -221,13 +197,8 @@ async fn redis_outage_answers_503_publishes_nothing_and_recovers() {
     }
 
     proxy.restore();
-    eventually(NOTICE, "/readyz 200 after Redis is back", || async move {
-        match env_ref.readyz().await {
-            200 => Ok(()),
-            status => Err(status),
-        }
-    })
-    .await;
+    env.wait_readyz(200, NOTICE, "/readyz 200 after Redis is back")
+        .await;
     let after = env.text(&env.plain, "after the outage");
     assert_eq!(env.push(&env.plain, &after).await.statuses, [200]);
     let (others, _) = events.until(&event_id_of("plain", &after), WAIT).await;
@@ -267,27 +238,16 @@ async fn redis_partition_answers_503_within_the_budget_and_recovers() {
         [503],
         "answered within the budget, not held"
     );
-    let env_ref = &env;
-    eventually(NOTICE, "/readyz 503 with Redis silent", || async move {
-        match env_ref.readyz().await {
-            503 => Ok(()),
-            status => Err(status),
-        }
-    })
-    .await;
+    env.wait_readyz(503, NOTICE, "/readyz 503 with Redis silent")
+        .await;
     let outcome = env
         .push(&env.plain, &env.text(&env.plain, "still silent"))
         .await;
     assert_eq!(outcome.statuses, [503]);
 
     proxy.resume();
-    eventually(NOTICE, "/readyz 200 after the partition", || async move {
-        match env_ref.readyz().await {
-            200 => Ok(()),
-            status => Err(status),
-        }
-    })
-    .await;
+    env.wait_readyz(200, NOTICE, "/readyz 200 after the partition")
+        .await;
     let after = env.text(&env.plain, "after the partition");
     assert_eq!(env.push(&env.plain, &after).await.statuses, [200]);
     let (others, _) = events.until(&event_id_of("plain", &after), WAIT).await;
@@ -317,26 +277,12 @@ async fn broker_partition_is_noticed_and_recovered() {
     let silent = env.text(&env.plain, "while the broker is silent");
     assert_eq!(env.push(&env.plain, &silent).await.statuses, [503]);
     let env_ref = &env;
-    eventually(
-        NOTICE,
-        "/readyz 503 with the broker silent",
-        || async move {
-            match env_ref.readyz().await {
-                503 => Ok(()),
-                status => Err(status),
-            }
-        },
-    )
-    .await;
+    env.wait_readyz(503, NOTICE, "/readyz 503 with the broker silent")
+        .await;
 
     proxy.resume();
-    eventually(NOTICE, "/readyz 200 after the partition", || async move {
-        match env_ref.readyz().await {
-            200 => Ok(()),
-            status => Err(status),
-        }
-    })
-    .await;
+    env.wait_readyz(200, NOTICE, "/readyz 200 after the partition")
+        .await;
     let after = env.text(&env.plain, "after the partition");
     eventually(WAIT, "a callback accepted after the partition", || async {
         match env_ref

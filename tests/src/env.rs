@@ -311,14 +311,8 @@ listen = "127.0.0.1:0"
         {
             panic!("the gateway stopped: {:?}", server.await);
         }
-        let this = &*self;
-        eventually(STARTUP, "/readyz to answer 200", || async move {
-            match this.readyz().await {
-                200 => Ok(()),
-                status => Err(status),
-            }
-        })
-        .await;
+        self.wait_readyz(200, STARTUP, "/readyz to answer 200")
+            .await;
     }
 
     /// The callback base URL, `http://{addr}/wx`.
@@ -404,6 +398,18 @@ listen = "127.0.0.1:0"
     /// The status of `GET /readyz`.
     pub async fn readyz(&self) -> u16 {
         self.get("/readyz").await.0
+    }
+
+    /// Polls `/readyz` until it answers `status`, within `within`; `what` names the wait in
+    /// the panic message.
+    pub async fn wait_readyz(&self, status: u16, within: Duration, what: &str) {
+        eventually(within, what, || async move {
+            match self.readyz().await {
+                s if s == status => Ok(()),
+                other => Err(other),
+            }
+        })
+        .await;
     }
 
     /// The value of the unlabelled sample `name` in `/metrics` (e.g.
