@@ -435,10 +435,11 @@ async fn push_one(ctx: &Ctx, phase: usize, scheduled: Option<Instant>) -> anyhow
 async fn push_open_loop(
     ctx: &Arc<Ctx>,
     phase: usize,
-    interval: Duration,
+    per_s: f64,
     count: u64,
     max_in_flight: usize,
 ) -> anyhow::Result<Vec<Sent>> {
+    let interval = Duration::from_secs_f64(1.0 / per_s);
     let start = Instant::now();
     let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
@@ -811,25 +812,11 @@ async fn run_phase(
                 clippy::cast_sign_loss
             )] // A positive rate times a duration, far below 2^52.
             let count = (per_s * duration.as_secs_f64()).round() as u64;
-            push_open_loop(
-                ctx,
-                index,
-                Duration::from_secs_f64(1.0 / per_s),
-                count,
-                args.max_in_flight,
-            )
-            .await?
+            push_open_loop(ctx, index, per_s, count, args.max_in_flight).await?
         }
         Load::Each { per_s } => {
             let count = u64::try_from(ctx.accounts.len()).unwrap_or(u64::MAX);
-            push_open_loop(
-                ctx,
-                index,
-                Duration::from_secs_f64(1.0 / per_s),
-                count,
-                args.max_in_flight,
-            )
-            .await?
+            push_open_loop(ctx, index, per_s, count, args.max_in_flight).await?
         }
         Load::Closed {
             concurrency,
