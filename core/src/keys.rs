@@ -14,7 +14,12 @@ impl Keys {
 
     /// `{ns}:dedup:{event_id}`: the gateway's dedup record.
     pub fn dedup(&self, event_id: &str) -> String {
-        format!("{}:dedup:{event_id}", self.ns)
+        // On every callback: built without the formatting machinery.
+        let mut key = String::with_capacity(self.ns.len() + 7 + event_id.len());
+        key.push_str(&self.ns);
+        key.push_str(":dedup:");
+        key.push_str(event_id);
+        key
     }
 
     /// `{ns}:sent:{event_id}`: the worker's sent marker.

@@ -46,6 +46,13 @@ pub trait Store: Send + Sync + 'static {
     async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError>;
     /// `SET key value XX PX ttl`; true when the key existed and was overwritten.
     async fn set_xx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError>;
+    /// `SET key value XX PX ttl` for every entry, sent together (one round trip for Redis);
+    /// returns how many keys existed and were overwritten.
+    async fn set_xx_many(
+        &self,
+        entries: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<usize, StoreError>;
     /// `SET key value [PX ttl]` unconditionally.
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError>;
     /// `DEL key`; true when a key was removed.
@@ -184,6 +191,14 @@ impl RedisStore {
     }
 }
 
+/// `SET key value` with room for `args` arguments in all, sized up front: growing a command
+/// argument by argument cost a dozen reallocations per callback.
+fn set_cmd(key: &str, value: &[u8], args: usize) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(args, 3 + key.len() + value.len() + 32);
+    cmd.arg("SET").arg(key).arg(value);
+    cmd
+}
+
 fn px(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -202,9 +217,7 @@ impl Store for RedisStore {
     ) -> Result<SetNx, StoreError> {
         let old: Option<Vec<u8>> = self
             .query(
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
+                set_cmd(key, value, 7)
                     .arg("NX")
                     .arg("GET")
                     .arg("PX")
@@ -220,9 +233,7 @@ impl Store for RedisStore {
     async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
         let r: Option<String> = self
             .query(
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
+                set_cmd(key, value, 6)
                     .arg("NX")
                     .arg("PX")
                     .arg(px(ttl)),
@@ -234,15 +245,39 @@ impl Store for RedisStore {
     async fn set_xx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
         let r: Option<String> = self
             .query(
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
+                set_cmd(key, value, 6)
                     .arg("XX")
                     .arg("PX")
                     .arg(px(ttl)),
             )
             .await?;
         Ok(r.is_some())
+    }
+
+    async fn set_xx_many(
+        &self,
+        entries: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<usize, StoreError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let px = px(ttl);
+        let mut pipe = redis::pipe();
+        for (key, value) in entries {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("XX")
+                .arg("PX")
+                .arg(px);
+        }
+        let mut manager = self.manager()?;
+        let replies: Vec<Option<String>> = pipe.query_async(&mut manager).await.map_err(|e| {
+            self.shared.ready.store(false, Ordering::Relaxed);
+            StoreError::Command(e.to_string())
+        })?;
+        Ok(replies.iter().filter(|r| r.is_some()).count())
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
@@ -404,6 +439,20 @@ impl Store for MemoryStore {
                 Ok(true)
             }
         })
+    }
+
+    async fn set_xx_many(
+        &self,
+        entries: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<usize, StoreError> {
+        let mut set = 0;
+        for (key, value) in entries {
+            if self.set_xx(key, value, ttl).await? {
+                set += 1;
+            }
+        }
+        Ok(set)
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {

@@ -76,19 +76,20 @@ impl Names {
 /// `msg_type` and `event` come from the callback: characters that would change the meaning
 /// of a topic pattern (`.`, `*`, `#`) are replaced by `_`.
 pub fn routing_key(account_id: &str, msg_type: &str, event: Option<&str>) -> String {
-    fn clean(s: &str, lower: bool) -> String {
-        s.chars()
-            .map(|c| match c {
-                '.' | '*' | '#' => '_',
-                c if lower => c.to_ascii_lowercase(),
-                c => c,
-            })
-            .collect()
-    }
-    match (msg_type, event) {
-        ("event", Some(event)) => format!("{account_id}.event.{}", clean(event, true)),
-        _ => format!("{account_id}.msg.{}", clean(msg_type, false)),
-    }
+    // On every callback: one allocation, no formatting machinery.
+    let (kind, name, lower) = match (msg_type, event) {
+        ("event", Some(event)) => (".event.", event, true),
+        _ => (".msg.", msg_type, false),
+    };
+    let mut key = String::with_capacity(account_id.len() + kind.len() + name.len());
+    key.push_str(account_id);
+    key.push_str(kind);
+    key.extend(name.chars().map(|c| match c {
+        '.' | '*' | '#' => '_',
+        c if lower => c.to_ascii_lowercase(),
+        c => c,
+    }));
+    key
 }
 
 impl Topology {

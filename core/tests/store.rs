@@ -71,6 +71,34 @@ async fn behaves_like_redis(store: &dyn Store, ns: &str) {
     );
     assert!(!store.del(&key).await.unwrap());
 
+    // Batched SET … XX: only existing keys are overwritten, each with the TTL.
+    let (held, gone) = (format!("{ns}:held"), format!("{ns}:gone"));
+    store
+        .set(&held, b"P", Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let entries = [
+        (held.clone(), b"Ayes".to_vec()),
+        (gone.clone(), b"Ano".to_vec()),
+    ];
+    assert_eq!(
+        store
+            .set_xx_many(&entries, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.get(&held).await.unwrap(), Some(b"Ayes".to_vec()));
+    assert!(store.pttl(&held).await.unwrap().unwrap() > Duration::from_secs(50));
+    assert_eq!(store.get(&gone).await.unwrap(), None);
+    assert_eq!(
+        store
+            .set_xx_many(&[], Duration::from_secs(1))
+            .await
+            .unwrap(),
+        0
+    );
+
     let counter = format!("{ns}:n");
     assert_eq!(
         store
@@ -112,7 +140,7 @@ async fn behaves_like_redis(store: &dyn Store, ns: &str) {
     assert!(store.hdel(&hash, "a").await.unwrap());
     assert_eq!(store.hget(&hash, "a").await.unwrap(), None);
 
-    for k in [key, counter, short, hash] {
+    for k in [key, held, counter, short, hash] {
         store.del(&k).await.unwrap();
     }
 }

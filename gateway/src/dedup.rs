@@ -4,9 +4,12 @@
 //! The `P` claim expires shortly after the request budget, before WeChat retries (5 s), so a
 //! gateway that dies mid-request never turns the retry into a drop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use wxgate_core::Store;
 use wxgate_core::store::{SetNx, StoreError};
 
 use crate::pipeline::CallbackError;
@@ -64,14 +67,130 @@ pub async fn claim(gateway: &Gateway, key: &str) -> Result<Claim, CallbackError>
     }
 }
 
-/// Records the answer for WeChat's retries (`SET … XX`, `gateway.dedup_ttl_s`).
-pub async fn store_answer(gateway: &Gateway, key: &str, body: &[u8]) -> Result<(), StoreError> {
-    let mut value = Vec::with_capacity(body.len() + 1);
-    value.push(b'A');
-    value.extend_from_slice(body);
-    gateway
-        .store
-        .set_xx(key, &value, gateway.config.gateway.dedup_ttl)
-        .await
-        .map(|_| ())
+/// Answers waiting to be recorded for WeChat's retries (`SET … XX`, `gateway.dedup_ttl_s`),
+/// written by one task in batches: one Redis round trip for every answer queued meanwhile,
+/// and no request waits for it.
+///
+/// Recording after the answer is safe: until the record lands (well under a millisecond), a
+/// retry finds the claim and waits for it; if the gateway dies first, the claim expires and
+/// the retry publishes again (at-least-once, never a drop). A full queue or a Redis failure
+/// loses records the same way, with a warning.
+pub struct AnswerLog {
+    queue: mpsc::Sender<Record>,
+}
+
+enum Record {
+    Answer { key: String, value: Vec<u8> },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Answers queued at most; beyond, records are dropped (see [`AnswerLog`]).
+const QUEUE: usize = 16_384;
+/// Answers per Redis pipeline at most.
+const BATCH: usize = 512;
+
+impl AnswerLog {
+    /// Starts the writer task on the current runtime; it ends when the log is dropped.
+    pub fn start(store: Arc<dyn Store>, ttl: Duration) -> Self {
+        let (queue, records) = mpsc::channel(QUEUE);
+        tokio::spawn(write_records(store, ttl, records));
+        Self { queue }
+    }
+
+    /// Queues `body` as the answer stored under `key`. Never waits.
+    pub fn record(&self, key: String, body: &[u8]) {
+        let mut value = Vec::with_capacity(body.len() + 1);
+        value.push(b'A');
+        value.extend_from_slice(body);
+        if self.queue.try_send(Record::Answer { key, value }).is_err() {
+            tracing::warn!("answer log full; a retry of this event will be published again");
+        }
+    }
+
+    /// Waits until every answer queued before this call was written (or failed).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.queue.send(Record::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn write_records(store: Arc<dyn Store>, ttl: Duration, mut records: mpsc::Receiver<Record>) {
+    let mut batch: Vec<(String, Vec<u8>)> = Vec::with_capacity(BATCH);
+    let mut flushed = Vec::new();
+    while let Some(first) = records.recv().await {
+        let mut next = Some(first);
+        while let Some(record) = next.take() {
+            match record {
+                Record::Answer { key, value } => batch.push((key, value)),
+                Record::Flush(done) => flushed.push(done),
+            }
+            if batch.len() < BATCH {
+                next = records.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(e) = store.set_xx_many(&batch, ttl).await {
+                tracing::warn!(error = %e, answers = batch.len(), "cannot store answers for retries; their retries will be published again");
+            }
+            batch.clear();
+        }
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wxgate_core::MemoryStore;
+
+    #[tokio::test]
+    async fn answers_are_recorded_over_claims_only() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        store
+            .set("ns:dedup:claimed", IN_PROGRESS, None)
+            .await
+            .expect("set");
+        let log = AnswerLog::start(Arc::clone(&store), Duration::from_secs(600));
+        log.record("ns:dedup:claimed".to_owned(), b"success");
+        log.record("ns:dedup:never-claimed".to_owned(), b"<xml/>");
+        log.flush().await;
+
+        assert_eq!(
+            store.get("ns:dedup:claimed").await.expect("get").as_deref(),
+            Some(b"Asuccess".as_slice())
+        );
+        let ttl = store.pttl("ns:dedup:claimed").await.expect("pttl");
+        assert!(ttl.is_some_and(|t| t > Duration::from_secs(590)), "{ttl:?}");
+        // SET … XX: a claim that vanished (expired, released) is not brought back.
+        assert_eq!(
+            store.get("ns:dedup:never-claimed").await.expect("get"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn many_answers_queued_at_once_are_all_recorded() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        for i in 0..2000 {
+            store
+                .set(&format!("k{i}"), IN_PROGRESS, None)
+                .await
+                .expect("set");
+        }
+        let log = AnswerLog::start(Arc::clone(&store), Duration::from_secs(60));
+        for i in 0..2000 {
+            log.record(format!("k{i}"), format!("answer {i}").as_bytes());
+        }
+        log.flush().await;
+        for i in 0..2000 {
+            assert_eq!(
+                store.get(&format!("k{i}")).await.expect("get"),
+                Some(format!("Aanswer {i}").into_bytes()),
+            );
+        }
+    }
 }

@@ -70,5 +70,7 @@ pub async fn serve_with(
     if !gateway.bus.wait_ready(Duration::from_secs(5)).await {
         tracing::warn!("broker not ready yet; answering 503 until it is");
     }
-    http::serve(gateway, listener, shutdown).await;
+    http::serve(Arc::clone(&gateway), listener, shutdown).await;
+    // Answers of the last requests are still on their way to the store.
+    gateway.answers.flush().await;
 }

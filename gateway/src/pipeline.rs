@@ -440,9 +440,7 @@ pub async fn handle_post(
     // The event is confirmed: from here on a failure must not turn into a non-2xx answer,
     // or WeChat's retry would publish a duplicate for nothing. A lost answer record only
     // means a retry gets published again (at-least-once).
-    if let Err(e) = dedup::store_answer(gateway, &dedup_key, &body).await {
-        tracing::warn!(error = %e, "cannot store answer for retries");
-    }
+    gateway.answers.record(dedup_key, &body);
     Ok(Answer { body, outcome })
 }
 

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use wechat::Limits;
+
+use crate::dedup::AnswerLog;
 use wxgate_core::config::{Account, Config};
 use wxgate_core::keys::Keys;
 use wxgate_core::metrics::GatewayMetrics;
@@ -25,10 +27,13 @@ pub struct Gateway {
     pub limits: Limits,
     /// Metrics.
     pub metrics: GatewayMetrics,
+    /// Answers being recorded for WeChat's retries.
+    pub answers: AnswerLog,
 }
 
 impl Gateway {
-    /// Builds the state from a config and the store/bus to use.
+    /// Builds the state from a config and the store/bus to use. Must be called on a tokio
+    /// runtime (it starts the answer log's writer task).
     pub fn new(config: Arc<Config>, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
         let limits = Limits {
             max_bytes: config.gateway.max_body_bytes,
@@ -38,6 +43,7 @@ impl Gateway {
             keys: Keys::new(&config.namespace),
             exchange: Names::new(&config.namespace).events_exchange(),
             metrics: GatewayMetrics::new(config.gateway.metrics_per_account),
+            answers: AnswerLog::start(Arc::clone(&store), config.gateway.dedup_ttl),
             store,
             bus,
             limits,

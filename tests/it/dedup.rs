@@ -41,7 +41,7 @@ async fn duplicate_msg_id_is_published_once_and_answered_alike() {
     );
 
     let key = env.dedup_key(&event_id);
-    let stored = env.redis_get(&key).await.expect("the answer is stored");
+    let stored = env.stored_answer(&key).await;
     assert_eq!(stored, [b"A".as_slice(), &first.body].concat());
     let ttl_ms = env.redis_pttl(&key).await;
     assert!(
@@ -142,8 +142,8 @@ async fn claim_of_a_vanished_gateway_is_taken_over_when_it_expires() {
     let (before, _) = events.until(&event_id, WAIT).await;
     assert!(before.is_empty());
     assert_eq!(
-        env.redis_get(&env.dedup_key(&event_id)).await.as_deref(),
-        Some(b"Asuccess".as_slice())
+        env.stored_answer(&env.dedup_key(&event_id)).await,
+        b"Asuccess"
     );
     env.cleanup().await;
 }

@@ -454,6 +454,23 @@ listen = "127.0.0.1:0"
         .expect("Redis GET")
     }
 
+    /// Polls `GET key` until it holds an answer record (`A…`) and returns it; the gateway
+    /// records answers just after sending them. Panics after [`WAIT`].
+    pub async fn stored_answer(&self, key: &str) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let value = self.redis_get(key).await;
+            if let Some(value) = value.filter(|v| v.starts_with(b"A")) {
+                return value;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no answer recorded under {key} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// `SET key value PX ttl` on the real Redis (to stand in for another gateway).
     pub async fn redis_set(&self, key: &str, value: &[u8], ttl: Duration) {
         let mut redis = self.redis.clone();
