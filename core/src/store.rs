@@ -232,24 +232,14 @@ impl Store for RedisStore {
 
     async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
         let r: Option<String> = self
-            .query(
-                set_cmd(key, value, 6)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(px(ttl)),
-            )
+            .query(set_cmd(key, value, 6).arg("NX").arg("PX").arg(px(ttl)))
             .await?;
         Ok(r.is_some())
     }
 
     async fn set_xx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
         let r: Option<String> = self
-            .query(
-                set_cmd(key, value, 6)
-                    .arg("XX")
-                    .arg("PX")
-                    .arg(px(ttl)),
-            )
+            .query(set_cmd(key, value, 6).arg("XX").arg("PX").arg(px(ttl)))
             .await?;
         Ok(r.is_some())
     }
@@ -265,12 +255,9 @@ impl Store for RedisStore {
         let px = px(ttl);
         let mut pipe = redis::pipe();
         for (key, value) in entries {
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("XX")
-                .arg("PX")
-                .arg(px);
+            let mut set = set_cmd(key, value, 6);
+            set.arg("XX").arg("PX").arg(px);
+            pipe.add_command(set);
         }
         let mut manager = self.manager()?;
         let replies: Vec<Option<String>> = pipe.query_async(&mut manager).await.map_err(|e| {

@@ -151,13 +151,14 @@ async fn callback(
     let account = gateway
         .account(account_id)
         .ok_or(CallbackError::UnknownAccount)?;
-    let query = CallbackQuery::parse(req.uri().query().unwrap_or(""));
-    if req.method() == Method::GET {
+    let (head, body) = req.into_parts();
+    let query = CallbackQuery::parse(head.uri.query().unwrap_or(""));
+    if head.method == Method::GET {
         return pipeline::verify_get(account, &query).map(|body| (body, "verified"));
     }
     let max = gateway.config.gateway.max_body_bytes;
-    let declared = req
-        .headers()
+    let declared = head
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
@@ -166,7 +167,7 @@ async fn callback(
     }
     let budget = gateway.config.gateway.request_budget;
     let work = async {
-        let body = Limited::new(req.into_body(), max)
+        let body = Limited::new(body, max)
             .collect()
             .await
             .map_err(|e| {

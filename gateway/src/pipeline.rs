@@ -1,6 +1,7 @@
 //! The callback pipeline of DESIGN.md §1.1, steps 3–9, and the mapping of its errors to HTTP
 //! answers (the one place that decides status codes).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -92,26 +93,27 @@ impl CallbackError {
     }
 }
 
-/// The query parameters WeChat signs, as received (percent-decoded).
+/// The query parameters WeChat signs, as received (percent-decoded), borrowed from the
+/// request line unless decoding changed them.
 #[derive(Debug, Default)]
-pub struct CallbackQuery {
+pub struct CallbackQuery<'q> {
     /// `signature`.
-    pub signature: Option<String>,
+    pub signature: Option<Cow<'q, str>>,
     /// `timestamp`.
-    pub timestamp: Option<String>,
+    pub timestamp: Option<Cow<'q, str>>,
     /// `nonce`.
-    pub nonce: Option<String>,
+    pub nonce: Option<Cow<'q, str>>,
     /// `echostr` (GET verification).
-    pub echostr: Option<String>,
+    pub echostr: Option<Cow<'q, str>>,
     /// `encrypt_type`.
-    pub encrypt_type: Option<String>,
+    pub encrypt_type: Option<Cow<'q, str>>,
     /// `msg_signature`.
-    pub msg_signature: Option<String>,
+    pub msg_signature: Option<Cow<'q, str>>,
 }
 
-impl CallbackQuery {
+impl<'q> CallbackQuery<'q> {
     /// Parses a raw query string; unknown parameters are ignored.
-    pub fn parse(query: &str) -> Self {
+    pub fn parse(query: &'q str) -> Self {
         let mut q = Self::default();
         for pair in query.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -136,9 +138,9 @@ impl CallbackQuery {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    if !s.contains(['%', '+']) {
-        return s.to_owned();
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
     }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -163,7 +165,7 @@ fn percent_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// A successful answer.
@@ -216,7 +218,7 @@ struct Opened {
 
 fn check_timestamp(
     gateway: &Gateway,
-    query: &CallbackQuery,
+    query: &CallbackQuery<'_>,
     now_s: i64,
 ) -> Result<(), CallbackError> {
     let ts: i64 = query
@@ -235,7 +237,7 @@ fn check_timestamp(
 
 fn open(
     account: &Account,
-    query: &CallbackQuery,
+    query: &CallbackQuery<'_>,
     body: &[u8],
     limits: &Limits,
 ) -> Result<Opened, CallbackError> {
@@ -252,10 +254,13 @@ fn open(
         tokens(account)
             .find(|token| wechat::verify_url_signature(token, timestamp, nonce, signature).is_ok())
             .ok_or(CallbackError::BadSignature)?;
-        let raw_xml = std::str::from_utf8(body)
-            .map_err(|_| CallbackError::BadXml(ParseError::BadUtf8))?
-            .to_owned();
-        let msg = wechat::parse(body, limits).map_err(CallbackError::BadXml)?;
+        if body.len() > limits.max_bytes {
+            return Err(CallbackError::BadXml(ParseError::TooLarge));
+        }
+        let text =
+            std::str::from_utf8(body).map_err(|_| CallbackError::BadXml(ParseError::BadUtf8))?;
+        let msg = wechat::parse_str(text, limits).map_err(CallbackError::BadXml)?;
+        let raw_xml = text.to_owned();
         return Ok(Opened {
             msg,
             raw_xml,
@@ -283,8 +288,7 @@ fn open(
     for key in keys(account) {
         match wechat::decrypt_utf8(key, &account.appid, &encrypt) {
             Ok(raw_xml) => {
-                let msg =
-                    wechat::parse(raw_xml.as_bytes(), limits).map_err(CallbackError::BadXml)?;
+                let msg = wechat::parse_str(&raw_xml, limits).map_err(CallbackError::BadXml)?;
                 let arrival = if memchr(body, b"<MsgType") {
                     Arrival::Compat
                 } else {
@@ -317,7 +321,7 @@ fn memchr(haystack: &[u8], needle: &[u8]) -> bool {
 pub async fn handle_post(
     gateway: &Arc<Gateway>,
     account: &Account,
-    query: &CallbackQuery,
+    query: &CallbackQuery<'_>,
     body: &[u8],
 ) -> Result<Answer, CallbackError> {
     let received_at_ms = wxgate_core::now_ms();

@@ -26,7 +26,7 @@ pub use crypto::{
 pub use event_id::{EventId, event_id};
 pub use message::{
     Envelope, InboundMessage, KfSessionEvent, Limits, MessageKind, ParseError, PicsEvent,
-    ScanCodeEvent, SubscribeMsgEvent, SubscribeMsgItem, parse, parse_envelope,
+    ScanCodeEvent, SubscribeMsgEvent, SubscribeMsgItem, parse, parse_envelope, parse_str,
 };
 pub use reply::{Article, RenderedReply, Reply, parse_reply, render};
 pub use rules::{

@@ -413,6 +413,18 @@ pub enum MessageKind {
 /// DOCTYPE and entity declarations, documents over `limits`, invalid UTF-8,
 /// and a present but unparsable `MsgId`/`MsgID` or type-specific number.
 pub fn parse(xml: &[u8], limits: &Limits) -> Result<InboundMessage, ParseError> {
+    if xml.len() > limits.max_bytes {
+        return Err(ParseError::TooLarge);
+    }
+    parse_str(
+        std::str::from_utf8(xml).map_err(|_| ParseError::BadUtf8)?,
+        limits,
+    )
+}
+
+/// [`parse`] for a message already held as text (a decrypted one, or a body the caller has
+/// checked to be UTF-8), which is then not validated a second time.
+pub fn parse_str(xml: &str, limits: &Limits) -> Result<InboundMessage, ParseError> {
     let mut to_user_name = None;
     let mut from_user_name = None;
     let mut create_time = None;
@@ -420,7 +432,7 @@ pub fn parse(xml: &[u8], limits: &Limits) -> Result<InboundMessage, ParseError> 
     let mut event = None;
     let mut msg_id = None;
     let mut fields = Vec::with_capacity(8);
-    xml::walk(xml, limits, |leaf: Leaf<'_>| {
+    xml::walk_str(xml, limits, |leaf: Leaf<'_>| {
         if leaf.top_level {
             let slot = match leaf.path {
                 "ToUserName" => &mut to_user_name,
@@ -1613,7 +1625,9 @@ mod tests {
         #[test]
         fn parse_never_panics_on_xmlish_text(text in "[<>/!?\\[\\]&;#a-zA-Z0-9 \"'=-]{0,200}") {
             let xml = format!("<xml>{text}</xml>");
-            let _ = parse(xml.as_bytes(), &Limits::default());
+            let from_bytes = parse(xml.as_bytes(), &Limits::default());
+            let from_text = super::parse_str(&xml, &Limits::default());
+            prop_assert_eq!(format!("{from_bytes:?}"), format!("{from_text:?}"));
             let _ = parse_envelope(xml.as_bytes(), &Limits::default());
         }
 

@@ -144,12 +144,25 @@ enum Phase {
 pub(crate) fn walk(
     xml: &[u8],
     limits: &Limits,
-    mut on_leaf: impl FnMut(Leaf<'_>) -> Result<(), ParseError>,
+    on_leaf: impl FnMut(Leaf<'_>) -> Result<(), ParseError>,
 ) -> Result<(), ParseError> {
     if xml.len() > limits.max_bytes {
         return Err(ParseError::TooLarge);
     }
     let text = std::str::from_utf8(xml).map_err(|_| ParseError::BadUtf8)?;
+    walk_str(text, limits, on_leaf)
+}
+
+/// [`walk`] for text already known to be UTF-8 (a decrypted message, a body the caller
+/// validated): the same checks but the UTF-8 one.
+pub(crate) fn walk_str(
+    text: &str,
+    limits: &Limits,
+    mut on_leaf: impl FnMut(Leaf<'_>) -> Result<(), ParseError>,
+) -> Result<(), ParseError> {
+    if text.len() > limits.max_bytes {
+        return Err(ParseError::TooLarge);
+    }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
 
     let mut reader = Reader::from_str(text);
@@ -164,7 +177,12 @@ pub(crate) fn walk(
         frames: Vec::with_capacity(limits.max_depth.min(16)),
         depth: 0,
         path: String::with_capacity(64),
-        acc: TextAcc::default(),
+        acc: TextAcc {
+            // Sized for a callback's longest usual value, so it rarely grows.
+            buf: String::with_capacity(256),
+            has_cdata: false,
+            whitespace_runs: Vec::with_capacity(4),
+        },
     };
     let mut phase = Phase::Prolog;
     let mut first_event = true;
