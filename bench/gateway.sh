@@ -143,6 +143,23 @@ purge_worker_queue() {
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
+# settled_rss_kib PID: RSS once it has stopped falling (two readings 0.5 s apart within
+# 256 KiB, at most 15 s): the config's transient parse tree is freed at start and jemalloc
+# returns those pages over the next second, so a reading taken at readiness can include it.
+settled_rss_kib() {
+    local pid=$1 previous current deadline=$((SECONDS + 15))
+    previous=$(rss_kib "$pid")
+    while ((SECONDS < deadline)); do
+        sleep 0.5
+        current=$(rss_kib "$pid")
+        if ((previous - current < 256 && current - previous < 256)); then
+            break
+        fi
+        previous=$current
+    done
+    rss_kib "$pid"
+}
+
 # run_load NAME ARGS... : runs wxgate-load, keeps its JSON line in $WORK/NAME.json
 run_load() {
     local name=$1
@@ -177,9 +194,13 @@ stop_gateway
 # --- the RSS run: many accounts, many idle connections --------------------------------------
 write_config "$WORK/rss.toml" "$RSS_ACCOUNTS"
 start_gateway "$WORK/rss.toml"
-RSS_IDLE=$(rss_kib "$GATEWAY_PID")
+RSS_READY=$(rss_kib "$GATEWAY_PID")
+RSS_IDLE=$(settled_rss_kib "$GATEWAY_PID")
+# Peak from here on: the connections and the load, not the config parsing at start.
+echo 5 >"/proc/$GATEWAY_PID/clear_refs" 2>/dev/null || log "cannot reset the peak RSS; it includes the start"
 run_load rss --url "http://127.0.0.1:$PORT/wx/benchsafe" --mode safe --connections 32 \
     --idle-connections "$IDLE_CONNECTIONS"
+RSS_PEAK=$(awk '/^VmHWM:/ { print $2 }' "/proc/$GATEWAY_PID/status")
 stop_gateway
 
 # --- report --------------------------------------------------------------------------------
@@ -202,10 +223,10 @@ cat <<EOF
 
 ### RSS with $((RSS_ACCOUNTS + 2)) accounts and $IDLE_CONNECTIONS idle connections
 
-| accounts | idle connections (open at end) | RSS at start MiB | RSS with idle connections MiB | RSS at end of load MiB | req/s (safe, 32 conns) | p99 ms | errors |
-|---|---|---|---|---|---|---|---|
+| accounts | idle connections (open at end) | RSS at readiness MiB | RSS settled MiB | RSS with idle connections MiB | RSS at end of load MiB | peak RSS MiB | req/s (safe, 32 conns) | p99 ms | errors |
+|---|---|---|---|---|---|---|---|---|---|
 EOF
-jq -r --arg accounts "$((RSS_ACCOUNTS + 2))" --arg idle "$RSS_IDLE" '"| \($accounts) | \(.idle_connections.requested // "?") (\(.idle_connections.open_at_end // "?")) | \($idle | tonumber / 1024 * 10 | round / 10) | \(if .gateway_rss_after_idle_open_kib then (.gateway_rss_after_idle_open_kib / 1024 * 10 | round / 10) else "-" end) | \(if .gateway_rss_kib then (.gateway_rss_kib / 1024 * 10 | round / 10) else "-" end) | \(.req_per_s // "-") | \(.latency_ms.p99 // "-") | \(.errors.total // "-") |"' "$WORK/rss.json"
+jq -r --arg accounts "$((RSS_ACCOUNTS + 2))" --arg ready "$RSS_READY" --arg idle "$RSS_IDLE" --arg peak "$RSS_PEAK" '"| \($accounts) | \(.idle_connections.requested // "?") (\(.idle_connections.open_at_end // "?")) | \($ready | tonumber / 1024 * 10 | round / 10) | \($idle | tonumber / 1024 * 10 | round / 10) | \(if .gateway_rss_after_idle_open_kib then (.gateway_rss_after_idle_open_kib / 1024 * 10 | round / 10) else "-" end) | \(if .gateway_rss_kib then (.gateway_rss_kib / 1024 * 10 | round / 10) else "-" end) | \($peak | tonumber / 1024 * 10 | round / 10) | \(.req_per_s // "-") | \(.latency_ms.p99 // "-") | \(.errors.total // "-") |"' "$WORK/rss.json"
 echo
 if grep -qiE 'error|panic' "$WORK/gateway.log"; then
     log "the gateway logged errors; last lines:"
