@@ -1,5 +1,5 @@
 //! Graceful shutdown (DESIGN.md §1.1, "SIGTERM"): stop accepting, finish the callbacks in
-//! flight, then return.
+//! flight, record their answers, then return.
 
 use std::time::Duration;
 
@@ -60,8 +60,16 @@ async fn shutdown_finishes_the_callback_in_flight() {
     env.stopped(WAIT)
         .await
         .expect("serve returns Ok after draining");
-    let (before, received) = events.until(&event_id_of("plain", &xml), WAIT).await;
+    let event_id = event_id_of("plain", &xml);
+    let (before, received) = events.until(&event_id, WAIT).await;
     assert!(before.is_empty());
     assert_eq!(received.event.raw_xml, xml);
+    // Answers are recorded after they are sent; stopping flushes them, so WeChat's retry
+    // of the last callback finds its answer instead of being published again.
+    assert_eq!(
+        env.redis_get(&env.dedup_key(&event_id)).await.as_deref(),
+        Some(b"Asuccess".as_slice()),
+        "the answer was recorded before the gateway stopped"
+    );
     env.cleanup().await;
 }
