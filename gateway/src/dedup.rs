@@ -5,6 +5,7 @@
 //! gateway that dies mid-request never turns the retry into a drop.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -77,6 +78,8 @@ pub async fn claim(gateway: &Gateway, key: &str) -> Result<Claim, CallbackError>
 /// loses records the same way, with a warning.
 pub struct AnswerLog {
     queue: mpsc::Sender<Record>,
+    /// Records dropped on a full queue since the writer last reported them.
+    dropped: Arc<AtomicU64>,
 }
 
 enum Record {
@@ -92,9 +95,14 @@ const BATCH: usize = 512;
 impl AnswerLog {
     /// Starts the writer task on the current runtime; it ends when the log is dropped.
     pub fn start(store: Arc<dyn Store>, ttl: Duration) -> Self {
-        let (queue, records) = mpsc::channel(QUEUE);
-        tokio::spawn(write_records(store, ttl, records));
-        Self { queue }
+        Self::with_capacity(store, ttl, QUEUE)
+    }
+
+    fn with_capacity(store: Arc<dyn Store>, ttl: Duration, capacity: usize) -> Self {
+        let (queue, records) = mpsc::channel(capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(write_records(store, ttl, records, Arc::clone(&dropped)));
+        Self { queue, dropped }
     }
 
     /// Queues `body` as the answer stored under `key`. Never waits.
@@ -103,7 +111,8 @@ impl AnswerLog {
         value.push(b'A');
         value.extend_from_slice(body);
         if self.queue.try_send(Record::Answer { key, value }).is_err() {
-            tracing::warn!("answer log full; a retry of this event will be published again");
+            // Counted, not logged here: a stalled Redis would make this one line per callback.
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -116,7 +125,12 @@ impl AnswerLog {
     }
 }
 
-async fn write_records(store: Arc<dyn Store>, ttl: Duration, mut records: mpsc::Receiver<Record>) {
+async fn write_records(
+    store: Arc<dyn Store>,
+    ttl: Duration,
+    mut records: mpsc::Receiver<Record>,
+    dropped: Arc<AtomicU64>,
+) {
     let mut batch: Vec<(String, Vec<u8>)> = Vec::with_capacity(BATCH);
     let mut flushed = Vec::new();
     while let Some(first) = records.recv().await {
@@ -135,6 +149,13 @@ async fn write_records(store: Arc<dyn Store>, ttl: Duration, mut records: mpsc::
                 tracing::warn!(error = %e, answers = batch.len(), "cannot store answers for retries; their retries will be published again");
             }
             batch.clear();
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            tracing::warn!(
+                answers = lost,
+                "answer log was full; retries of these events will be published again"
+            );
         }
         for done in flushed.drain(..) {
             let _ = done.send(());
@@ -169,6 +190,38 @@ mod tests {
         assert_eq!(
             store.get("ns:dedup:never-claimed").await.expect("get"),
             None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_records_and_counts_them() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        for i in 0..10 {
+            store
+                .set(&format!("k{i}"), IN_PROGRESS, None)
+                .await
+                .expect("set");
+        }
+        let log = AnswerLog::with_capacity(Arc::clone(&store), Duration::from_secs(60), 1);
+        // One runtime thread and no await in between: the writer cannot drain the queue.
+        for i in 0..10 {
+            log.record(format!("k{i}"), b"success");
+        }
+        assert_eq!(log.dropped.load(Ordering::Relaxed), 9);
+        log.flush().await;
+        assert_eq!(
+            store.get("k0").await.expect("get").as_deref(),
+            Some(b"Asuccess".as_slice())
+        );
+        assert_eq!(
+            store.get("k9").await.expect("get").as_deref(),
+            Some(IN_PROGRESS),
+            "a dropped record leaves the claim to expire"
+        );
+        assert_eq!(
+            log.dropped.load(Ordering::Relaxed),
+            0,
+            "reported by the writer"
         );
     }
 
