@@ -106,18 +106,8 @@ trap 'exit 130' INT TERM
 # --- config ---------------------------------------------------------------------------------
 CONFIG=$WORK/e2e.toml
 {
+    config_head "$NS" "$PORT"
     cat <<EOF
-namespace = "$NS"
-
-[redis]
-url = "$REDIS_URL"
-
-[rabbitmq]
-url = "$AMQP_URL"
-queue_type = "$QUEUE_TYPE"
-
-[gateway]
-listen = "127.0.0.1:$PORT"
 metrics_per_account = $METRICS_PER_ACCOUNT
 
 [worker]
@@ -138,24 +128,6 @@ EOF
 } >"$CONFIG"
 
 # --- processes ------------------------------------------------------------------------------
-# wait_ready NAME PID URL LOG
-wait_ready() {
-    local name=$1 pid=$2 url=$3 logfile=$4
-    local deadline=$((SECONDS + 60))
-    until curl -fsS -o /dev/null "$url" 2>/dev/null; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 20 "$logfile" >&2
-            die "$name exited before becoming ready"
-        fi
-        if ((SECONDS >= deadline)); then
-            tail -n 20 "$logfile" >&2
-            die "$name not ready within 60 s"
-        fi
-        sleep 0.2
-    done
-    log "$name ready (pid $pid)"
-}
-
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 log "starting wx-gateway and wx-worker (namespace $NS, $ACCOUNTS $MODE accounts, queue type $QUEUE_TYPE)"

@@ -81,18 +81,8 @@ trap 'exit 130' INT TERM
 write_config() {
     local file=$1 extra=$2
     {
+        config_head "$NS" "$PORT"
         cat <<EOF
-namespace = "$NS"
-
-[redis]
-url = "$REDIS_URL"
-
-[rabbitmq]
-url = "$AMQP_URL"
-queue_type = "$QUEUE_TYPE"
-
-[gateway]
-listen = "127.0.0.1:$PORT"
 
 [[accounts]]
 id = "bench"
@@ -120,20 +110,7 @@ start_gateway() {
     log "starting wx-gateway (namespace $NS, queue type $QUEUE_TYPE, $config)"
     "$GATEWAY_BIN" --config "$config" >>"$WORK/gateway.log" 2>&1 &
     GATEWAY_PID=$!
-    local deadline=$((SECONDS + 60))
-    until curl -fsS -o /dev/null "http://127.0.0.1:$PORT/readyz" 2>/dev/null; do
-        if ! kill -0 "$GATEWAY_PID" 2>/dev/null; then
-            tail -n 20 "$WORK/gateway.log" >&2
-            GATEWAY_PID=""
-            die "wx-gateway exited before becoming ready"
-        fi
-        if ((SECONDS >= deadline)); then
-            tail -n 20 "$WORK/gateway.log" >&2
-            die "wx-gateway not ready within 60 s"
-        fi
-        sleep 0.2
-    done
-    log "wx-gateway ready (pid $GATEWAY_PID)"
+    wait_ready wx-gateway "$GATEWAY_PID" "http://127.0.0.1:$PORT/readyz" "$WORK/gateway.log"
 }
 
 purge_worker_queue() {

@@ -63,3 +63,40 @@ remove_namespace() {
     log "removing Redis keys $ns:*"
     redis-cli -u "$redis_url" --scan --pattern "${ns}:*" | xargs -r -n 500 redis-cli -u "$redis_url" del >/dev/null
 }
+
+# wait_ready NAME PID URL LOG [SECONDS]: polls URL until it answers 2xx; dies with the tail of
+# LOG if PID exits first or SECONDS (60) pass.
+wait_ready() {
+    local name=$1 pid=$2 url=$3 logfile=$4 limit=${5:-60}
+    local deadline=$((SECONDS + limit))
+    until curl -fsS -o /dev/null "$url" 2>/dev/null; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$logfile" >&2
+            die "$name exited before becoming ready"
+        fi
+        if ((SECONDS >= deadline)); then
+            tail -n 20 "$logfile" >&2
+            die "$name not ready within $limit s"
+        fi
+        sleep 0.2
+    done
+    log "$name ready (pid $pid)"
+}
+
+# config_head NS PORT: the start of a benchmark config: namespace, Redis, RabbitMQ with
+# $QUEUE_TYPE, and the [gateway] table listening on 127.0.0.1:PORT (open for more keys).
+config_head() {
+    cat <<EOF
+namespace = "$1"
+
+[redis]
+url = "$REDIS_URL"
+
+[rabbitmq]
+url = "$AMQP_URL"
+queue_type = "$QUEUE_TYPE"
+
+[gateway]
+listen = "127.0.0.1:$2"
+EOF
+}

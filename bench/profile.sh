@@ -69,18 +69,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cat >"$WORK/config.toml" <<EOF
-namespace = "$NS"
-
-[redis]
-url = "$REDIS_URL"
-
-[rabbitmq]
-url = "$AMQP_URL"
-queue_type = "$QUEUE_TYPE"
-
-[gateway]
-listen = "127.0.0.1:$PORT"
+{
+    config_head "$NS" "$PORT"
+    cat <<EOF
 
 [[accounts]]
 id = "bench"
@@ -89,18 +80,14 @@ token = "benchtoken"
 encoding_aes_key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 mode = "$MODE"
 EOF
+} >"$WORK/config.toml"
 URL="http://127.0.0.1:$PORT/wx/bench"
 
 # start_gateway WRAPPER... BIN: starts BIN (under WRAPPER, e.g. valgrind) and waits for /readyz.
 start_gateway() {
     "$@" --config "$WORK/config.toml" >>"$WORK/gateway.log" 2>&1 &
     GATEWAY_PID=$!
-    local deadline=$((SECONDS + 120))
-    until curl -fsS -o /dev/null "http://127.0.0.1:$PORT/readyz" 2>/dev/null; do
-        kill -0 "$GATEWAY_PID" 2>/dev/null || { tail -n 20 "$WORK/gateway.log" >&2; die "gateway exited"; }
-        ((SECONDS < deadline)) || die "gateway not ready within 120 s"
-        sleep 0.2
-    done
+    wait_ready wx-gateway "$GATEWAY_PID" "http://127.0.0.1:$PORT/readyz" "$WORK/gateway.log" 120
 }
 
 load() { "$LOAD_BIN" --warmup 0s --url "$URL" --mode "$MODE" "$@" >/dev/null; }
