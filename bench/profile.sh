@@ -2,9 +2,12 @@
 # What one callback costs wx-gateway, in counts that do not depend on how busy the machine is:
 # system calls and context switches per callback (perf stat on the gateway process, at
 # CONNECTIONS connections) and user-space instructions per callback (callgrind, at 16
-# connections). Several gateway binaries can be compared side by side in one run.
+# connections), and CPU time per callback (task-clock; compare rows of one run only). Several
+# gateway builds, and the cost floor under them (wxgate-floor), can be compared side by side.
 #
-# Usage: bash bench/profile.sh [GATEWAY_BIN ...]   (default: $CARGO_TARGET_DIR/release/wx-gateway)
+# Usage: bash bench/profile.sh [COMMAND ...]   (default: $CARGO_TARGET_DIR/release/wx-gateway)
+#   Each COMMAND is a binary and its arguments in one word, started with --config FILE added:
+#   bash bench/profile.sh "$T/wxgate-floor --work http" "$T/wxgate-floor --work protocol" "$T/wx-gateway"
 #
 # Environment (all optional):
 #   CARGO_TARGET_DIR   build directory                       (default $HOME/.cache/wxgate-target)
@@ -50,14 +53,17 @@ fi
 case "$MODE" in plain | safe) ;; *) die "MODE must be plain or safe" ;; esac
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "building wx-gateway and wxgate-load (release)"
+    log "building wx-gateway, wxgate-load and wxgate-floor (release)"
     (cd "$ROOT" && cargo build --release -p wx-gateway -p wxgate-bench)
 fi
 LOAD_BIN=$CARGO_TARGET_DIR/release/wxgate-load
 [[ -x "$LOAD_BIN" ]] || die "$LOAD_BIN missing"
-BINS=("$@")
-((${#BINS[@]} > 0)) || BINS=("$CARGO_TARGET_DIR/release/wx-gateway")
-for bin in "${BINS[@]}"; do [[ -x "$bin" ]] || die "$bin is not an executable"; done
+COMMANDS=("$@")
+((${#COMMANDS[@]} > 0)) || COMMANDS=("$CARGO_TARGET_DIR/release/wx-gateway")
+for command in "${COMMANDS[@]}"; do
+    read -ra words <<<"$command"
+    [[ -x "${words[0]}" ]] || die "${words[0]} is not an executable"
+done
 
 cleanup() {
     local status=$?
@@ -90,13 +96,21 @@ start_gateway() {
     wait_ready wx-gateway "$GATEWAY_PID" "http://127.0.0.1:$PORT/readyz" "$WORK/gateway.log" 120
 }
 
-load() { "$LOAD_BIN" --warmup 0s --url "$URL" --mode "$MODE" "$@" >/dev/null; }
+# load ARGS...: runs wxgate-load; dies unless every callback was answered 200 `success`.
+load() {
+    local out errors
+    out=$("$LOAD_BIN" --json --warmup 0s --url "$URL" --mode "$MODE" "$@") || die "wxgate-load failed"
+    errors=$(jq -r '.errors.total // 0' <<<"$out")
+    ((errors == 0)) || die "$errors callbacks failed: $(jq -c .errors <<<"$out")"
+}
 
-EVENTS=raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches
+EVENTS=task-clock,raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches
 ROWS=()
-for bin in "${BINS[@]}"; do
-    log "syscalls: $bin, $REQUESTS $MODE callbacks at $CONNECTIONS connections"
-    start_gateway "$bin"
+for command in "${COMMANDS[@]}"; do
+    read -ra words <<<"$command"
+    label="$(basename "${words[0]}")${words[1]:+ ${words[*]:1}}"
+    log "syscalls: $command, $REQUESTS $MODE callbacks at $CONNECTIONS connections"
+    start_gateway "${words[@]}"
     load --requests 5000 --connections "$CONNECTIONS"
     perf stat -x, -o "$WORK/perf.txt" -e "$EVENTS" -p "$GATEWAY_PID" &
     perf_pid=$!
@@ -108,13 +122,14 @@ for bin in "${BINS[@]}"; do
     GATEWAY_PID=""
     rabbitmqctl -q purge_queue "${NS}.worker" >/dev/null 2>&1 || true
     per_req() { awk -F, -v e="$1" -v n="$REQUESTS" '$3 == e { printf "%.2f", $1 / n }' "$WORK/perf.txt"; }
-    row="| $(basename "$bin") | $(per_req raw_syscalls:sys_enter) | $(per_req syscalls:sys_enter_recvfrom) | $(per_req syscalls:sys_enter_writev) | $(per_req syscalls:sys_enter_sendto) | $(per_req syscalls:sys_enter_write) | $(per_req syscalls:sys_enter_epoll_wait) | $(per_req syscalls:sys_enter_futex) | $(per_req context-switches)"
+    cpu_us=$(awk -F, -v n="$REQUESTS" '$3 == "task-clock" { printf "%.1f", $1 * 1000 / n }' "$WORK/perf.txt")
+    row="| $label | $cpu_us | $(per_req raw_syscalls:sys_enter) | $(per_req syscalls:sys_enter_recvfrom) | $(per_req syscalls:sys_enter_writev) | $(per_req syscalls:sys_enter_sendto) | $(per_req syscalls:sys_enter_write) | $(per_req syscalls:sys_enter_epoll_wait) | $(per_req syscalls:sys_enter_futex) | $(per_req context-switches)"
 
     instructions="-"
     if ((CALLGRIND_REQUESTS > 0)); then
-        log "callgrind: $bin, $CALLGRIND_REQUESTS $MODE callbacks at 16 connections"
+        log "callgrind: $command, $CALLGRIND_REQUESTS $MODE callbacks at 16 connections"
         rm -f "$WORK"/callgrind.out*
-        start_gateway valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" "$bin"
+        start_gateway valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" "${words[@]}"
         load --requests 500 --connections 16
         callgrind_control -z "$GATEWAY_PID" >/dev/null
         load --requests "$CALLGRIND_REQUESTS" --connections 16
@@ -135,7 +150,7 @@ cat <<EOF
 
 $(date -u +%Y-%m-%dT%H:%MZ) · $(nproc) CPUs · $(uname -r) · $MODE · queue type \`$QUEUE_TYPE\` · syscalls over $REQUESTS callbacks at $CONNECTIONS connections · instructions over $CALLGRIND_REQUESTS at 16
 
-| binary | syscalls | recvfrom | writev | sendto | write | epoll_wait | futex | context switches | user instructions (callgrind) |
-|---|---|---|---|---|---|---|---|---|---|
+| command | CPU µs | syscalls | recvfrom | writev | sendto | write | epoll_wait | futex | context switches | user instructions (callgrind) |
+|---|---|---|---|---|---|---|---|---|---|---|
 EOF
 printf '%s\n' "${ROWS[@]}"
