@@ -216,6 +216,45 @@ async fn concurrent_publishes_are_confirmed_and_arrive_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_behind_unconfirmed_writes_go_out_together() {
+    let broker = Broker::new(true).await;
+    let stop = CancellationToken::new();
+    let publisher = Publisher::connect(&url(), stop.clone()).await.unwrap();
+    let writes_before = publisher.writes();
+
+    let mut tasks = Vec::new();
+    for i in 0..1000usize {
+        let publisher = publisher.clone();
+        let exchange = broker.exchange.clone();
+        tasks.push(tokio::spawn(async move {
+            publisher
+                .publish(
+                    &exchange,
+                    "demo.msg.text",
+                    &properties(&format!("id-{i}")),
+                    b"<xml>a callback</xml>",
+                )
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    // At most two writes wait for confirms; everything published meanwhile shares the next
+    // one. One write per publish would be 1,000.
+    let writes = publisher.writes() - writes_before;
+    assert!(writes <= 200, "1,000 publishes took {writes} writes");
+
+    // Nothing is held back once the confirms are in: a lone publish goes out at once.
+    publisher
+        .publish(&broker.exchange, "demo.msg.text", &properties("last"), b"x")
+        .await
+        .unwrap();
+    stop.cancel();
+    broker.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unroutable_message_is_reported_and_the_connection_stays_usable() {
     let broker = Broker::new(false).await;
     let stop = CancellationToken::new();
