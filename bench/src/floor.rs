@@ -8,8 +8,8 @@
 //! - `--work protocol`: also checks the timestamp and the URL signature against the account's
 //!   token, parses the XML and computes the event id, with no Redis and no RabbitMQ: what the
 //!   gateway costs before any I/O to its dependencies.
-//! - `--work redis`: protocol, then the gateway's two dedup commands (the claim awaited, the
-//!   answer through the gateway's `AnswerLog`), no RabbitMQ.
+//! - `--work redis`: protocol, then the gateway's two dedup commands (the claim awaited through
+//!   the gateway's `Claims`, the answer through its `AnswerLog`), no RabbitMQ.
 //! - `--work publish`: protocol, then a publish of the body to `{ns}.events` through the
 //!   gateway's bus with the confirm awaited, no Redis.
 //!
@@ -33,7 +33,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use wechat::Limits;
-use wx_gateway::dedup::AnswerLog;
+use wx_gateway::dedup::{AnswerLog, Claims, claim_ttl};
 use wx_gateway::pipeline::CallbackQuery;
 use wxgate_core::keys::Keys;
 use wxgate_core::rabbit::RabbitBus;
@@ -74,7 +74,7 @@ struct Floor {
     limits: Limits,
     keys: Keys,
     exchange: String,
-    store: Option<Arc<dyn Store>>,
+    claims: Option<Claims>,
     answers: Option<AnswerLog>,
     bus: Option<RabbitBus>,
 }
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let background = CancellationToken::new();
-        let (store, answers) = if args.work == Work::Redis {
+        let (claims, answers) = if args.work == Work::Redis {
             let store: Arc<dyn Store> = match RedisStore::connect(
                 &config.redis.url,
                 config.gateway.request_budget,
@@ -115,8 +115,10 @@ fn main() -> ExitCode {
             while !store.is_ready() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            let claims =
+                Claims::start(Arc::clone(&store), claim_ttl(config.gateway.request_budget));
             let answers = AnswerLog::start(Arc::clone(&store), config.gateway.dedup_ttl);
-            (Some(store), Some(answers))
+            (Some(claims), Some(answers))
         } else {
             (None, None)
         };
@@ -140,7 +142,7 @@ fn main() -> ExitCode {
             },
             keys: Keys::new(&config.namespace),
             exchange: Names::new(&config.namespace).events_exchange(),
-            store,
+            claims,
             answers,
             bus,
             config,
@@ -232,10 +234,9 @@ async fn handle(floor: &Floor, req: Request<Incoming>) -> Response<Full<Bytes>> 
             return text(StatusCode::BAD_REQUEST, "bad xml");
         };
         let event_id = wechat::event_id(account.id.as_str(), &msg);
-        if let (Some(store), Some(answers)) = (&floor.store, &floor.answers) {
+        if let (Some(claims), Some(answers)) = (&floor.claims, &floor.answers) {
             let key = floor.keys.dedup(event_id.as_str());
-            let ttl = floor.config.gateway.request_budget + Duration::from_millis(500);
-            if store.set_nx_get(&key, b"P", ttl).await.is_err() {
+            if claims.claim(&key).await.is_err() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "redis failed");
             }
             answers.record(key, b"success");

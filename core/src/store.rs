@@ -42,6 +42,14 @@ pub trait Store: Send + Sync + 'static {
     /// the current value.
     async fn set_nx_get(&self, key: &str, value: &[u8], ttl: Duration)
     -> Result<SetNx, StoreError>;
+    /// [`Store::set_nx_get`] for every key, sent together (one round trip for Redis); the
+    /// results in the order of `keys`.
+    async fn set_nx_get_many(
+        &self,
+        keys: &[String],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<Vec<SetNx>, StoreError>;
     /// `SET key value NX PX ttl`; true when it was set.
     async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError>;
     /// `SET key value XX PX ttl`; true when the key existed and was overwritten.
@@ -230,6 +238,36 @@ impl Store for RedisStore {
         })
     }
 
+    async fn set_nx_get_many(
+        &self,
+        keys: &[String],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<Vec<SetNx>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let px = px(ttl);
+        let mut pipe = redis::pipe();
+        for key in keys {
+            let mut set = set_cmd(key, value, 7);
+            set.arg("NX").arg("GET").arg("PX").arg(px);
+            pipe.add_command(set);
+        }
+        let mut manager = self.manager()?;
+        let replies: Vec<Option<Vec<u8>>> = pipe.query_async(&mut manager).await.map_err(|e| {
+            self.shared.ready.store(false, Ordering::Relaxed);
+            StoreError::Command(e.to_string())
+        })?;
+        Ok(replies
+            .into_iter()
+            .map(|old| match old {
+                None => SetNx::Set,
+                Some(v) => SetNx::Exists(v),
+            })
+            .collect())
+    }
+
     async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
         let r: Option<String> = self
             .query(set_cmd(key, value, 6).arg("NX").arg("PX").arg(px(ttl)))
@@ -409,6 +447,19 @@ impl Store for MemoryStore {
             );
             Ok(SetNx::Set)
         })
+    }
+
+    async fn set_nx_get_many(
+        &self,
+        keys: &[String],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<Vec<SetNx>, StoreError> {
+        let mut results = Vec::with_capacity(keys.len());
+        for key in keys {
+            results.push(self.set_nx_get(key, value, ttl).await?);
+        }
+        Ok(results)
     }
 
     async fn set_nx(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {

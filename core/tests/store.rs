@@ -71,6 +71,32 @@ async fn behaves_like_redis(store: &dyn Store, ns: &str) {
     );
     assert!(!store.del(&key).await.unwrap());
 
+    // Batched SET … NX GET: each key claimed or its value returned, in order.
+    let (fresh, taken) = (format!("{ns}:fresh"), format!("{ns}:taken"));
+    store
+        .set(&taken, b"Aok", Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .set_nx_get_many(
+                &[fresh.clone(), taken.clone()],
+                b"P",
+                Duration::from_secs(5)
+            )
+            .await
+            .unwrap(),
+        vec![SetNx::Set, SetNx::Exists(b"Aok".to_vec())]
+    );
+    assert_eq!(store.get(&fresh).await.unwrap(), Some(b"P".to_vec()));
+    assert!(
+        store
+            .set_nx_get_many(&[], b"P", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
     // Batched SET … XX: only existing keys are overwritten, each with the TTL.
     let (held, gone) = (format!("{ns}:held"), format!("{ns}:gone"));
     store
@@ -140,7 +166,7 @@ async fn behaves_like_redis(store: &dyn Store, ns: &str) {
     assert!(store.hdel(&hash, "a").await.unwrap());
     assert_eq!(store.hget(&hash, "a").await.unwrap(), None);
 
-    for k in [key, held, counter, short, hash] {
+    for k in [key, fresh, taken, held, counter, short, hash] {
         store.del(&k).await.unwrap();
     }
 }

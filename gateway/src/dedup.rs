@@ -27,8 +27,9 @@ pub enum Claim {
     Answered(Bytes),
 }
 
-fn claim_ttl(gateway: &Gateway) -> Duration {
-    gateway.config.gateway.request_budget + Duration::from_millis(500)
+/// How long a claim holds: shortly past the request budget, before WeChat retries (5 s).
+pub fn claim_ttl(request_budget: Duration) -> Duration {
+    request_budget + Duration::from_millis(500)
 }
 
 /// Claims the event, or returns the stored answer. Waits (polling) while another request
@@ -40,8 +41,8 @@ pub async fn claim(gateway: &Gateway, key: &str) -> Result<Claim, CallbackError>
     }
     loop {
         match gateway
-            .store
-            .set_nx_get(key, IN_PROGRESS, claim_ttl(gateway))
+            .claims
+            .claim(key)
             .await
             .map_err(CallbackError::Store)?
         {
@@ -65,6 +66,72 @@ pub async fn claim(gateway: &Gateway, key: &str) -> Result<Claim, CallbackError>
                 }
             }
         }
+    }
+}
+
+/// Claims of concurrent callbacks, sent to Redis together by one task (`SET … NX GET PX`,
+/// one pipeline per round): while a pipeline is on its way, the claims that come in collect
+/// and go out in the next one, so Redis reads one request per round instead of one per
+/// callback. A callback waits for its own result exactly as for a single command.
+pub struct Claims {
+    queue: mpsc::Sender<(String, oneshot::Sender<Result<SetNx, StoreError>>)>,
+}
+
+impl Claims {
+    /// Starts the claiming task on the current runtime; it ends when `Claims` is dropped.
+    /// `ttl` is [`claim_ttl`] of the request budget.
+    pub fn start(store: Arc<dyn Store>, ttl: Duration) -> Self {
+        let (queue, claims) = mpsc::channel(QUEUE);
+        tokio::spawn(send_claims(store, ttl, claims));
+        Self { queue }
+    }
+
+    /// `SET key P NX GET PX ttl`, batched with the claims of other callbacks.
+    pub async fn claim(&self, key: &str) -> Result<SetNx, StoreError> {
+        let (done, result) = oneshot::channel();
+        self.queue
+            .send((key.to_owned(), done))
+            .await
+            .map_err(|_| StoreError::Unavailable)?;
+        result.await.map_err(|_| StoreError::Unavailable)?
+    }
+}
+
+async fn send_claims(
+    store: Arc<dyn Store>,
+    ttl: Duration,
+    mut claims: mpsc::Receiver<(String, oneshot::Sender<Result<SetNx, StoreError>>)>,
+) {
+    let mut keys = Vec::with_capacity(BATCH);
+    let mut waiting = Vec::with_capacity(BATCH);
+    while let Some((key, done)) = claims.recv().await {
+        keys.push(key);
+        waiting.push(done);
+        while keys.len() < BATCH {
+            let Ok((key, done)) = claims.try_recv() else {
+                break;
+            };
+            keys.push(key);
+            waiting.push(done);
+        }
+        match store.set_nx_get_many(&keys, IN_PROGRESS, ttl).await {
+            Ok(results) => {
+                for (done, result) in waiting.drain(..).zip(results) {
+                    let _ = done.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                for done in waiting.drain(..) {
+                    let _ = done.send(Err(match &e {
+                        StoreError::Unavailable => StoreError::Unavailable,
+                        StoreError::Command(message) => StoreError::Command(message.clone()),
+                    }));
+                }
+            }
+        }
+        // A short answer (it should not happen) leaves waiters behind: they see Unavailable.
+        waiting.clear();
+        keys.clear();
     }
 }
 
@@ -167,6 +234,29 @@ async fn write_records(
 mod tests {
     use super::*;
     use wxgate_core::MemoryStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_claims_give_each_key_to_exactly_one() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let claims = Arc::new(Claims::start(Arc::clone(&store), Duration::from_secs(5)));
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let claims = Arc::clone(&claims);
+                tokio::spawn(async move { (i % 20, claims.claim(&format!("k{}", i % 20)).await) })
+            })
+            .collect();
+        let mut winners = [0; 20];
+        for task in tasks {
+            let (key, result) = task.await.expect("task");
+            match result.expect("claim") {
+                SetNx::Set => winners[key] += 1,
+                SetNx::Exists(value) => assert_eq!(value, IN_PROGRESS),
+            }
+        }
+        assert_eq!(winners, [1; 20], "one claim per key succeeds");
+        let ttl = store.pttl("k0").await.expect("pttl");
+        assert!(ttl.is_some_and(|t| t <= Duration::from_secs(5)), "{ttl:?}");
+    }
 
     #[tokio::test]
     async fn answers_are_recorded_over_claims_only() {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use wechat::Limits;
 
-use crate::dedup::AnswerLog;
+use crate::dedup::{AnswerLog, Claims, claim_ttl};
 use wxgate_core::config::{Account, Config};
 use wxgate_core::keys::Keys;
 use wxgate_core::metrics::GatewayMetrics;
@@ -27,6 +27,8 @@ pub struct Gateway {
     pub limits: Limits,
     /// Metrics.
     pub metrics: GatewayMetrics,
+    /// Dedup claims on their way to the store.
+    pub claims: Claims,
     /// Answers being recorded for WeChat's retries.
     pub answers: AnswerLog,
 }
@@ -43,6 +45,7 @@ impl Gateway {
             keys: Keys::new(&config.namespace),
             exchange: Names::new(&config.namespace).events_exchange(),
             metrics: GatewayMetrics::new(config.gateway.metrics_per_account),
+            claims: Claims::start(Arc::clone(&store), claim_ttl(config.gateway.request_budget)),
             answers: AnswerLog::start(Arc::clone(&store), config.gateway.dedup_ttl),
             store,
             bus,
