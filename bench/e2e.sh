@@ -31,6 +31,7 @@
 #   RUST_LOG            gateway and worker log filter          (default warn)
 #   E2E_JSON_OUT        also copy wxgate-e2e's JSON summary to this file
 #   SKIP_BUILD=1        use the binaries already in $CARGO_TARGET_DIR/release
+#   GATEWAY_BIN, WORKER_BIN  run these builds instead (e.g. an older one, to compare)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -80,12 +81,16 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     log "building wx-gateway, wx-worker and wxgate-e2e (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
     (cd "$ROOT" && cargo build --release -p wx-gateway -p wx-worker -p wxgate-bench)
 fi
+declare -A SOURCE=(
+    [wx-gateway]=${GATEWAY_BIN:-$CARGO_TARGET_DIR/release/wx-gateway}
+    [wx-worker]=${WORKER_BIN:-$CARGO_TARGET_DIR/release/wx-worker}
+    [wxgate-e2e]=$CARGO_TARGET_DIR/release/wxgate-e2e
+)
 for bin in wx-gateway wx-worker wxgate-e2e; do
-    [[ -x "$CARGO_TARGET_DIR/release/$bin" ]] || die "$bin missing in $CARGO_TARGET_DIR/release"
+    [[ -x "${SOURCE[$bin]}" ]] || die "${SOURCE[$bin]} missing"
     # A private link (or copy), so a build in the shared target directory during the run
     # cannot swap a binary between its build and its start.
-    ln -f "$CARGO_TARGET_DIR/release/$bin" "$WORK/$bin" 2>/dev/null ||
-        cp "$CARGO_TARGET_DIR/release/$bin" "$WORK/$bin"
+    ln -f "${SOURCE[$bin]}" "$WORK/$bin" 2>/dev/null || cp "${SOURCE[$bin]}" "$WORK/$bin"
 done
 GATEWAY_BIN=$WORK/wx-gateway
 WORKER_BIN=$WORK/wx-worker
