@@ -177,10 +177,26 @@ impl RedisStore {
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         let mut manager = self.manager()?;
-        cmd.query_async(&mut manager).await.map_err(|e| {
-            self.shared.ready.store(false, Ordering::Relaxed);
-            StoreError::Command(e.to_string())
-        })
+        cmd.query_async(&mut manager)
+            .await
+            .map_err(|e| self.failed(&e))
+    }
+
+    /// Sends `pipe` as one request; the replies in order.
+    async fn query_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut manager = self.manager()?;
+        pipe.query_async(&mut manager)
+            .await
+            .map_err(|e| self.failed(&e))
+    }
+
+    /// A failed command: not ready until the next health check says otherwise.
+    fn failed(&self, error: &redis::RedisError) -> StoreError {
+        self.shared.ready.store(false, Ordering::Relaxed);
+        StoreError::Command(error.to_string())
     }
 
     async fn script<T: redis::FromRedisValue>(
@@ -254,11 +270,7 @@ impl Store for RedisStore {
             set.arg("NX").arg("GET").arg("PX").arg(px);
             pipe.add_command(set);
         }
-        let mut manager = self.manager()?;
-        let replies: Vec<Option<Vec<u8>>> = pipe.query_async(&mut manager).await.map_err(|e| {
-            self.shared.ready.store(false, Ordering::Relaxed);
-            StoreError::Command(e.to_string())
-        })?;
+        let replies: Vec<Option<Vec<u8>>> = self.query_pipeline(&pipe).await?;
         Ok(replies
             .into_iter()
             .map(|old| match old {
@@ -297,11 +309,7 @@ impl Store for RedisStore {
             set.arg("XX").arg("PX").arg(px);
             pipe.add_command(set);
         }
-        let mut manager = self.manager()?;
-        let replies: Vec<Option<String>> = pipe.query_async(&mut manager).await.map_err(|e| {
-            self.shared.ready.store(false, Ordering::Relaxed);
-            StoreError::Command(e.to_string())
-        })?;
+        let replies: Vec<Option<String>> = self.query_pipeline(&pipe).await?;
         Ok(replies.iter().filter(|r| r.is_some()).count())
     }
 
