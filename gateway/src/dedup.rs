@@ -102,8 +102,8 @@ async fn send_claims(
     ttl: Duration,
     mut claims: mpsc::Receiver<(String, oneshot::Sender<Result<SetNx, StoreError>>)>,
 ) {
-    let mut keys = Vec::with_capacity(BATCH);
-    let mut waiting = Vec::with_capacity(BATCH);
+    let mut keys = Vec::new();
+    let mut waiting = Vec::new();
     while let Some((key, done)) = claims.recv().await {
         keys.push(key);
         waiting.push(done);
@@ -154,10 +154,13 @@ enum Record {
     Flush(oneshot::Sender<()>),
 }
 
-/// Answers queued at most; beyond, records are dropped (see [`AnswerLog`]).
+/// Claims or answers queued at most. Claims beyond it wait to be queued; answers beyond it are
+/// dropped (see [`AnswerLog`]).
 const QUEUE: usize = 16_384;
-/// Answers per Redis pipeline at most.
-const BATCH: usize = 512;
+/// Claims or answers per Redis pipeline at most. One pipeline is in flight per task at a time,
+/// so this bounds what a round trip carries: large enough that a slow Redis (say 1 s per
+/// round trip) still takes thousands of callbacks per second.
+const BATCH: usize = 4_096;
 
 impl AnswerLog {
     /// Starts the writer task on the current runtime; it ends when the log is dropped.
@@ -198,7 +201,7 @@ async fn write_records(
     mut records: mpsc::Receiver<Record>,
     dropped: Arc<AtomicU64>,
 ) {
-    let mut batch: Vec<(String, Vec<u8>)> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
     let mut flushed = Vec::new();
     while let Some(first) = records.recv().await {
         let mut next = Some(first);
