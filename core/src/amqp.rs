@@ -27,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{HeaderValue, Properties, PublishError};
@@ -52,6 +53,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITES_IN_FLIGHT: usize = 2;
 /// Unless this many bytes have collected: then they are written anyway.
 const COALESCE_BYTES: usize = 256 * 1024;
+/// Nor are frames held longer than this after the write they wait behind.
+const MAX_HOLD: Duration = Duration::from_millis(2);
 
 /// Why a publisher could not be connected.
 #[derive(Debug, thiserror::Error)]
@@ -96,9 +99,9 @@ struct State {
     out: Vec<u8>,
     /// The delivery tag of the last publish (the broker counts from 1 after `confirm.select`).
     last_tag: u64,
-    /// The last delivery tag of each write whose publishes are not all settled yet, oldest
-    /// first.
-    writes_in_flight: VecDeque<u64>,
+    /// The last delivery tag and the time of each write whose publishes are not all settled
+    /// yet, oldest first.
+    writes_in_flight: VecDeque<(u64, Instant)>,
     /// Publishes waiting for their confirm, by delivery tag.
     pending: BTreeMap<u64, Pending>,
     /// Message ids of `basic.return`ed (unroutable) messages whose confirm is still to come.
@@ -405,10 +408,18 @@ async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf, heartbeat: 
     // Heartbeats go out at half the negotiated interval whatever the traffic: cheap, and the
     // broker never has to tell a busy writer from a dead one.
     let mut beat = heartbeat.map(|hb| tokio::time::interval(hb / 2));
+    // Set while frames are held back: when to write them even if no confirm has come.
+    let mut hold_until: Option<Instant> = None;
     loop {
         let heartbeat_due = tokio::select! {
             () = shared.dead.cancelled() => break,
             () = shared.wake_writer.notified() => false,
+            () = async {
+                match hold_until {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            } => false,
             _ = async {
                 match beat.as_mut() {
                     Some(beat) => beat.tick().await,
@@ -416,28 +427,42 @@ async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf, heartbeat: 
                 }
             } => true,
         };
+        hold_until = None;
         {
             let mut state = lock(&shared);
             // Group commit: while earlier writes wait for their confirms, publishes collect
             // and go out in one write when a confirm arrives (the reader wakes us), instead
-            // of one write each. With nothing unconfirmed a publish is written at once.
+            // of one write each. With nothing unconfirmed a publish is written at once, and
+            // nothing is held past MAX_HOLD after the older unconfirmed write, so a slow
+            // broker delays a publish by at most that, not by a confirm round trip.
             let settled_below = state.pending.keys().next().copied().unwrap_or(u64::MAX);
             while state
                 .writes_in_flight
                 .front()
-                .is_some_and(|&last| last < settled_below)
+                .is_some_and(|&(last, _)| last < settled_below)
             {
                 state.writes_in_flight.pop_front();
             }
-            if !heartbeat_due
-                && state.writes_in_flight.len() >= WRITES_IN_FLIGHT
+            let now = Instant::now();
+            let hold_ends = state
+                .writes_in_flight
+                .iter()
+                .rev()
+                .nth(WRITES_IN_FLIGHT - 1)
+                .map(|&(_, written)| written + MAX_HOLD);
+            if let Some(hold_ends) = hold_ends
+                && !heartbeat_due
+                && hold_ends > now
                 && state.out.len() < COALESCE_BYTES
             {
+                hold_until = Some(hold_ends);
                 continue;
             }
-            if !state.out.is_empty() && state.writes_in_flight.back() != Some(&state.last_tag) {
+            if !state.out.is_empty()
+                && state.writes_in_flight.back().map(|&(last, _)| last) != Some(state.last_tag)
+            {
                 let last = state.last_tag;
-                state.writes_in_flight.push_back(last);
+                state.writes_in_flight.push_back((last, now));
             }
             std::mem::swap(&mut state.out, &mut spare);
         }
