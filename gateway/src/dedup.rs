@@ -104,15 +104,21 @@ async fn send_claims(
 ) {
     let mut keys = Vec::new();
     let mut waiting = Vec::new();
-    while let Some((key, done)) = claims.recv().await {
-        keys.push(key);
-        waiting.push(done);
-        while keys.len() < BATCH {
-            let Ok((key, done)) = claims.try_recv() else {
-                break;
-            };
-            keys.push(key);
-            waiting.push(done);
+    while let Some(first) = claims.recv().await {
+        let mut next = Some(first);
+        while let Some((key, done)) = next.take() {
+            // A callback that gave up (its budget ran out) while queued claims nothing: a
+            // claim nobody answers would only hold its retry back until the claim expires.
+            if !done.is_closed() {
+                keys.push(key);
+                waiting.push(done);
+            }
+            if keys.len() < BATCH {
+                next = claims.try_recv().ok();
+            }
+        }
+        if keys.is_empty() {
+            continue;
         }
         match store.set_nx_get_many(&keys, IN_PROGRESS, ttl).await {
             Ok(results) => {
@@ -259,6 +265,21 @@ mod tests {
         assert_eq!(winners, [1; 20], "one claim per key succeeds");
         let ttl = store.pttl("k0").await.expect("pttl");
         assert!(ttl.is_some_and(|t| t <= Duration::from_secs(5)), "{ttl:?}");
+    }
+
+    #[tokio::test]
+    async fn a_claim_given_up_before_it_is_sent_claims_nothing() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let claims = Claims::start(Arc::clone(&store), Duration::from_secs(5));
+        {
+            // Polled once (queued), then dropped: one runtime thread, so the task has not run.
+            let mut gone = std::pin::pin!(claims.claim("k-gone"));
+            let polled =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(gone.as_mut().poll(cx))).await;
+            assert!(polled.is_pending());
+        }
+        assert_eq!(claims.claim("k-kept").await.expect("claim"), SetNx::Set);
+        assert_eq!(store.get("k-gone").await.expect("get"), None);
     }
 
     #[tokio::test]
