@@ -104,19 +104,18 @@ async fn send_claims(
 ) {
     let mut keys = Vec::new();
     let mut waiting = Vec::new();
-    while let Some(first) = claims.recv().await {
-        let mut next = Some(first);
-        while let Some((key, done)) = next.take() {
-            // A callback that gave up (its budget ran out) while queued claims nothing: a
-            // claim nobody answers would only hold its retry back until the claim expires.
-            if !done.is_closed() {
-                keys.push(key);
-                waiting.push(done);
-            }
-            if keys.len() < BATCH {
-                next = claims.try_recv().ok();
-            }
+    while next_round(&mut claims, |(key, done)| {
+        // A callback that gave up (its budget ran out) while queued claims nothing: a claim
+        // nobody answers would only hold its retry back until the claim expires.
+        if done.is_closed() {
+            return false;
         }
+        keys.push(key);
+        waiting.push(done);
+        true
+    })
+    .await
+    {
         if keys.is_empty() {
             continue;
         }
@@ -128,10 +127,7 @@ async fn send_claims(
             }
             Err(e) => {
                 for done in waiting.drain(..) {
-                    let _ = done.send(Err(match &e {
-                        StoreError::Unavailable => StoreError::Unavailable,
-                        StoreError::Command(message) => StoreError::Command(message.clone()),
-                    }));
+                    let _ = done.send(Err(e.clone()));
                 }
             }
         }
@@ -139,6 +135,23 @@ async fn send_claims(
         waiting.clear();
         keys.clear();
     }
+}
+
+/// Waits for the next item of `queue`, then takes every item already queued behind it until
+/// `take` has accepted `BATCH` of them (`take` says whether it kept one). False once the
+/// queue is closed and empty.
+async fn next_round<T>(queue: &mut mpsc::Receiver<T>, mut take: impl FnMut(T) -> bool) -> bool {
+    let Some(first) = queue.recv().await else {
+        return false;
+    };
+    let mut taken = usize::from(take(first));
+    while taken < BATCH {
+        let Ok(item) = queue.try_recv() else {
+            break;
+        };
+        taken += usize::from(take(item));
+    }
+    true
 }
 
 /// Answers waiting to be recorded for WeChat's retries (`SET … XX`, `gateway.dedup_ttl_s`),
@@ -209,17 +222,18 @@ async fn write_records(
 ) {
     let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
     let mut flushed = Vec::new();
-    while let Some(first) = records.recv().await {
-        let mut next = Some(first);
-        while let Some(record) = next.take() {
-            match record {
-                Record::Answer { key, value } => batch.push((key, value)),
-                Record::Flush(done) => flushed.push(done),
-            }
-            if batch.len() < BATCH {
-                next = records.try_recv().ok();
-            }
+    while next_round(&mut records, |record| match record {
+        Record::Answer { key, value } => {
+            batch.push((key, value));
+            true
         }
+        Record::Flush(done) => {
+            flushed.push(done);
+            false
+        }
+    })
+    .await
+    {
         if !batch.is_empty() {
             if let Err(e) = store.set_xx_many(&batch, ttl).await {
                 tracing::warn!(error = %e, answers = batch.len(), "cannot store answers for retries; their retries will be published again");

@@ -254,9 +254,6 @@ fn open(
         tokens(account)
             .find(|token| wechat::verify_url_signature(token, timestamp, nonce, signature).is_ok())
             .ok_or(CallbackError::BadSignature)?;
-        if body.len() > limits.max_bytes {
-            return Err(CallbackError::BadXml(ParseError::TooLarge));
-        }
         let text =
             std::str::from_utf8(body).map_err(|_| CallbackError::BadXml(ParseError::BadUtf8))?;
         let msg = wechat::parse_str(text, limits).map_err(CallbackError::BadXml)?;
