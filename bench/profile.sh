@@ -104,6 +104,9 @@ load() {
     ((errors == 0)) || die "$errors callbacks failed: $(jq -c .errors <<<"$out")"
 }
 
+# per_req EVENT: perf's count of EVENT divided by the callbacks.
+per_req() { awk -F, -v e="$1" -v n="$REQUESTS" '$3 == e { printf "%.2f", $1 / n }' "$WORK/perf.txt"; }
+
 EVENTS=task-clock,raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,context-switches
 ROWS=()
 for command in "${COMMANDS[@]}"; do
@@ -121,7 +124,6 @@ for command in "${COMMANDS[@]}"; do
     stop wx-gateway "$GATEWAY_PID"
     GATEWAY_PID=""
     rabbitmqctl -q purge_queue "${NS}.worker" >/dev/null 2>&1 || true
-    per_req() { awk -F, -v e="$1" -v n="$REQUESTS" '$3 == e { printf "%.2f", $1 / n }' "$WORK/perf.txt"; }
     cpu_us=$(awk -F, -v n="$REQUESTS" '$3 == "task-clock" { printf "%.1f", $1 * 1000 / n }' "$WORK/perf.txt")
     row="| $label | $cpu_us | $(per_req raw_syscalls:sys_enter) | $(per_req syscalls:sys_enter_recvfrom) | $(per_req syscalls:sys_enter_writev) | $(per_req syscalls:sys_enter_sendto) | $(per_req syscalls:sys_enter_write) | $(per_req syscalls:sys_enter_epoll_wait) | $(per_req syscalls:sys_enter_futex) | $(per_req context-switches)"
 

@@ -112,7 +112,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             while !store.is_ready() {
+                if tokio::time::Instant::now() >= deadline {
+                    eprintln!("wxgate-floor: Redis not ready within 30 s");
+                    return ExitCode::FAILURE;
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let claims =
