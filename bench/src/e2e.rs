@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, broadcast};
 use tokio::task::JoinSet;
 use wechat::{Decision, Limits, Reply};
-use wxgate_bench::{parse_duration, process_cpu_us, status_kib, ticks_per_second};
+use wxgate_bench::{Watched, nearest_rank, parse_duration, parse_watch};
 use wxgate_core::config::{Account, Config, Mode};
 use wxgate_sim::{
     Answer, Inbound, LiveCall, MsgIdGen, PushAccount, PushClient, PushMode, Quotas, Sim, SimConfig,
@@ -121,24 +121,6 @@ struct Args {
     /// Print the summary as one line of JSON.
     #[arg(long, default_value_t = false)]
     json: bool,
-}
-
-/// Parses `NAME=PID`.
-fn parse_watch(text: &str) -> Result<(String, u32), String> {
-    let (name, pid) = text
-        .split_once('=')
-        .ok_or_else(|| format!("`{text}`: expected NAME=PID"))?;
-    let pid = pid
-        .parse::<u32>()
-        .ok()
-        .filter(|&pid| pid > 0)
-        .ok_or_else(|| format!("`{text}`: the PID must be a positive number"))?;
-    if name.is_empty() || name == "e2e" {
-        return Err(format!(
-            "`{text}`: the name must be non-empty and not `e2e`"
-        ));
-    }
-    Ok((name.to_owned(), pid))
 }
 
 /// How a phase pushes.
@@ -518,41 +500,6 @@ async fn drain(receipts: &Receipts, phase: usize, seqs: &[u64], deadline: Instan
     }
 }
 
-/// CPU time (µs) of the watched processes and of this one.
-#[derive(Debug, Clone)]
-struct CpuSample(BTreeMap<String, u64>);
-
-/// The processes whose CPU and memory are reported.
-struct Watched {
-    /// Name and `/proc` entry (`self` for this process).
-    pids: Vec<(String, String)>,
-    ticks_per_second: u64,
-}
-
-impl Watched {
-    fn cpu(&self) -> anyhow::Result<CpuSample> {
-        let mut sample = BTreeMap::new();
-        for (name, pid) in &self.pids {
-            sample.insert(name.clone(), process_cpu_us(pid, self.ticks_per_second)?);
-        }
-        Ok(CpuSample(sample))
-    }
-
-    /// `VmRSS` and `VmHWM` (peak) in KiB of the other processes.
-    fn memory(&self) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
-        let mut memory = BTreeMap::new();
-        for (name, pid) in &self.pids {
-            if pid != "self" {
-                memory.insert(
-                    name.clone(),
-                    (status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?),
-                );
-            }
-        }
-        Ok(memory)
-    }
-}
-
 /// Exact percentiles (nearest rank) of µs samples, in ms.
 #[derive(Debug, Clone, Copy)]
 struct Latency {
@@ -568,16 +515,7 @@ impl Latency {
             return None;
         }
         samples.sort_unstable();
-        let at = |fraction: f64| {
-            #[allow(
-                clippy::cast_precision_loss,
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss
-            )]
-            // Sample counts stay far below 2^52 and the rank is clamped to the slice.
-            let rank = ((fraction * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-            samples.get(rank - 1).map_or(0.0, |&us| ms(us))
-        };
+        let at = |fraction: f64| ms(nearest_rank(samples, fraction));
         Some(Self {
             p50: at(0.50),
             p90: at(0.90),
@@ -1057,20 +995,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let receipts = Arc::new(Receipts::new());
     let collector = tokio::spawn(collect_receipts(sim.subscribe(), Arc::clone(&receipts)));
 
-    let mut pids = vec![("e2e".to_owned(), "self".to_owned())];
-    if args.gateway_pid > 0 {
-        pids.push(("gateway".to_owned(), args.gateway_pid.to_string()));
-    }
-    if args.worker_pid > 0 {
-        pids.push(("worker".to_owned(), args.worker_pid.to_string()));
-    }
-    for (name, pid) in &args.watch {
-        pids.push((name.clone(), pid.to_string()));
-    }
-    let watched = Watched {
-        pids,
-        ticks_per_second: ticks_per_second(),
-    };
+    let watched = Watched::new("e2e", &args.watch)?
+        .with("gateway", args.gateway_pid)
+        .with("worker", args.worker_pid);
     let ctx = Arc::new(Ctx {
         client: PushClient::new().attempts(1).timeout(args.push_timeout),
         gateway: gateway.clone(),

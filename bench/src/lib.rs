@@ -1,6 +1,7 @@
 //! Helpers shared by the load generators: duration arguments and per-process CPU and memory
 //! from `/proc`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -76,6 +77,100 @@ pub fn ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
+/// Parses a `--watch NAME=PID` argument: a process to report CPU time (and memory) for.
+pub fn parse_watch(text: &str) -> Result<(String, u32), String> {
+    let (name, pid) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected NAME=PID"))?;
+    let pid = pid
+        .parse::<u32>()
+        .ok()
+        .filter(|&pid| pid > 0)
+        .ok_or_else(|| format!("`{text}`: the PID must be a positive number"))?;
+    if name.is_empty() {
+        return Err(format!("`{text}`: the name must not be empty"));
+    }
+    Ok((name.to_owned(), pid))
+}
+
+/// CPU time (µs) of each watched process, by name.
+#[derive(Debug, Clone)]
+pub struct CpuSample(pub BTreeMap<String, u64>);
+
+/// The processes whose CPU time and memory a benchmark reports.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    /// Name and `/proc` entry (`self` for the benchmark's own process).
+    pub pids: Vec<(String, String)>,
+    /// `USER_HZ`, from [`ticks_per_second`].
+    pub ticks_per_second: u64,
+}
+
+impl Watched {
+    /// The benchmark itself as `own_name`, then each `NAME=PID` of `others`; fails naming
+    /// a duplicate name, so no two rows of a report are summed into one.
+    pub fn new(own_name: &str, others: &[(String, u32)]) -> anyhow::Result<Self> {
+        let mut pids = vec![(own_name.to_owned(), "self".to_owned())];
+        for (name, pid) in others {
+            if pids.iter().any(|(seen, _)| seen == name) {
+                anyhow::bail!("--watch {name}={pid}: the name `{name}` is already in use");
+            }
+            pids.push((name.clone(), pid.to_string()));
+        }
+        Ok(Self {
+            pids,
+            ticks_per_second: ticks_per_second(),
+        })
+    }
+
+    /// Adds a process unless `pid` is 0.
+    #[must_use]
+    pub fn with(mut self, name: &str, pid: u32) -> Self {
+        if pid > 0 {
+            self.pids.push((name.to_owned(), pid.to_string()));
+        }
+        self
+    }
+
+    /// The CPU time of every watched process now; fails if one has exited.
+    pub fn cpu(&self) -> anyhow::Result<CpuSample> {
+        let mut sample = BTreeMap::new();
+        for (name, pid) in &self.pids {
+            sample.insert(name.clone(), process_cpu_us(pid, self.ticks_per_second)?);
+        }
+        Ok(CpuSample(sample))
+    }
+
+    /// `VmRSS` and `VmHWM` (peak) in KiB of the watched processes other than this one.
+    pub fn memory(&self) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+        let mut memory = BTreeMap::new();
+        for (name, pid) in &self.pids {
+            if pid != "self" {
+                memory.insert(
+                    name.clone(),
+                    (status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?),
+                );
+            }
+        }
+        Ok(memory)
+    }
+}
+
+/// The nearest-rank percentile (`fraction` in 0..=1) of samples sorted ascending; 0 for none.
+pub fn nearest_rank(sorted: &[u64], fraction: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    // Sample counts stay far below 2^52 and the rank is clamped to the slice.
+    let rank = ((fraction * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +191,29 @@ mod tests {
         assert!(process_cpu_us(&pid, ticks_per_second()).is_ok());
         assert!(status_kib(&pid, "VmRSS:").unwrap() > 0);
         assert!(status_kib(&pid, "NoSuchField:").is_err());
+    }
+
+    #[test]
+    fn watch_arguments_and_duplicate_names_are_refused() {
+        assert_eq!(parse_watch("redis=42"), Ok(("redis".to_owned(), 42)));
+        assert!(parse_watch("redis").is_err());
+        assert!(parse_watch("redis=0").is_err());
+        assert!(parse_watch("=42").is_err());
+        let twice = [("redis".to_owned(), 1), ("redis".to_owned(), 2)];
+        assert!(Watched::new("e2e", &twice).is_err());
+        assert!(Watched::new("e2e", &[("e2e".to_owned(), 1)]).is_err());
+        let watched = Watched::new("e2e", &[]).unwrap().with("gateway", 0);
+        assert_eq!(watched.pids.len(), 1);
+        assert!(watched.cpu().unwrap().0.contains_key("e2e"));
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<u64> = (1..=100).collect();
+        assert_eq!(nearest_rank(&samples, 0.5), 50);
+        assert_eq!(nearest_rank(&samples, 0.99), 99);
+        assert_eq!(nearest_rank(&samples, 1.0), 100);
+        assert_eq!(nearest_rank(&samples, 0.0), 1);
+        assert_eq!(nearest_rank(&[], 0.5), 0);
     }
 }
