@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use wechat::crypto::{AesKey, encrypt};
 use wechat::signature::{msg_signature, url_signature};
-use wxgate_bench::{parse_duration, process_cpu_us, status_kib, ticks_per_second};
+use wxgate_bench::{Watched, parse_duration, parse_watch, process_cpu_us, status_kib, ticks_per_second};
 
 /// Above this many `--requests`, bodies are generated in the tasks instead of up front
 /// (about 1 KiB each in safe mode).
@@ -110,6 +110,11 @@ struct Args {
     /// Gateway process to report CPU µs/request (utime+stime) and VmRSS for (0 = none).
     #[arg(long, value_name = "PID", default_value_t = 0)]
     gateway_pid: u32,
+
+    /// Another process to report CPU µs/request for, e.g. rabbitmq=PID (repeatable); in the
+    /// JSON summary under `cpu_us_per_req`, beside this generator as `load`.
+    #[arg(long = "watch", value_name = "NAME=PID", value_parser = parse_watch)]
+    watch: Vec<(String, u32)>,
 
     /// Print the summary as one line of JSON.
     #[arg(long, default_value_t = false)]
@@ -775,6 +780,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let target = Arc::new(target);
     let gateway_pid = (args.gateway_pid > 0).then(|| args.gateway_pid.to_string());
+    let watched = Watched::new("load", &args.watch)?;
     let idle = open_idle_connections(
         Arc::clone(&target),
         args.idle_connections,
@@ -821,6 +827,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     sleep_until(measure_start).await;
     let window_start = Instant::now();
     let self_cpu_before = process_cpu_us("self", hz)?;
+    let watched_before = watched.cpu()?;
     let gateway_cpu_before = match &gateway_pid {
         Some(pid) => Some(process_cpu_us(pid, hz)?),
         None => None,
@@ -832,6 +839,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let elapsed = window_start.elapsed();
     let self_cpu_us = process_cpu_us("self", hz)?.saturating_sub(self_cpu_before);
+    let watched_after = watched.cpu()?;
     let (gateway_cpu_us, gateway_rss_kib) = match (&gateway_pid, gateway_cpu_before) {
         (Some(pid), Some(before)) => (
             Some(process_cpu_us(pid, hz)?.saturating_sub(before)),
@@ -850,6 +858,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let scheduled_latency = Latency::of(&mut report.scheduled_latency_us);
     let gateway_per_request = gateway_cpu_us.and_then(|cpu| per_request(cpu, report.ok));
     let self_per_request = per_request(self_cpu_us, report.ok);
+    let mut watched_per_request = String::new();
+    for (index, (name, after)) in watched_after.0.iter().enumerate() {
+        let before = watched_before.0.get(name).copied().unwrap_or(0);
+        let used = per_request(after.saturating_sub(before), report.ok);
+        if index > 0 {
+            watched_per_request.push(',');
+        }
+        write!(watched_per_request, "\"{name}\":{}", json_number(used))?;
+    }
 
     if args.json {
         let mut status = String::new();
@@ -867,6 +884,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
              \"req_per_s\":{throughput:.1},\"latency_ms\":{latency},\
              \"scheduled_latency_ms\":{scheduled},\"gateway_cpu_us_per_req\":{gateway_cpu},\
              \"gateway_rss_kib\":{gateway_rss},\"gateway_rss_after_idle_open_kib\":{gateway_rss_idle},\"load_cpu_us_per_req\":{self_cpu},\
+             \"cpu_us_per_req\":{{{watched_per_request}}},\
              \"idle_connections\":{{\"requested\":{idle_requested},\"failed\":{idle_failed},\
              \"open_at_end\":{idle_open}}}}}",
             mode = args.mode.as_str(),
@@ -946,6 +964,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         if let Some(cpu) = self_per_request {
             println!("load cpu     {cpu:.1} µs/request (this generator)");
+        }
+        if !args.watch.is_empty() {
+            println!("cpu µs/req   {watched_per_request}");
         }
         if args.idle_connections > 0 {
             println!(
