@@ -28,7 +28,9 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use wechat::crypto::{AesKey, encrypt};
 use wechat::signature::{msg_signature, url_signature};
-use wxgate_bench::{Watched, parse_duration, parse_watch, process_cpu_us, status_kib, ticks_per_second};
+use wxgate_bench::{
+    Watched, parse_duration, parse_watch, process_cpu_us, status_kib, ticks_per_second,
+};
 
 /// Above this many `--requests`, bodies are generated in the tasks instead of up front
 /// (about 1 KiB each in safe mode).

@@ -31,10 +31,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use wx_gateway::dedup::{AnswerLog, Claims, claim_ttl};
 use wxgate_bench::{Watched, nearest_rank, parse_watch};
+use wxgate_core::bus::HeaderValue;
 use wxgate_core::keys::Keys;
 use wxgate_core::rabbit::RabbitBus;
 use wxgate_core::topology::{Names, Topology};
-use wxgate_core::bus::HeaderValue;
 use wxgate_core::{Bus, Config, Message, Properties, RedisStore, SetNx, Store};
 
 #[global_allocator]
@@ -89,7 +89,7 @@ struct Args {
 enum Publisher {
     Wxgate(RabbitBus),
     Lapin {
-        _connection: Connection,
+        _connection: Box<Connection>,
         channels: Vec<Channel>,
         next: AtomicU64,
     },
@@ -142,7 +142,8 @@ impl Ctx {
             Publisher::Lapin { channels, next, .. } => {
                 #[allow(clippy::cast_possible_truncation)]
                 // Only the low bits pick a channel.
-                let channel = &channels[next.fetch_add(1, Ordering::Relaxed) as usize % channels.len()];
+                let channel =
+                    &channels[next.fetch_add(1, Ordering::Relaxed) as usize % channels.len()];
                 let mut headers = FieldTable::default();
                 headers.insert(
                     ShortString::from("account_id"),
@@ -199,17 +200,23 @@ fn sample_body() -> Bytes {
         create_time: 1_700_000_000,
         msg_type: "text".to_owned(),
         raw_xml: raw.to_owned(),
-        payload: Some(wxgate_proto::v1::event::Payload::Text(wxgate_proto::v1::Text {
-            content: "hello pipeline".to_owned(),
-            ..Default::default()
-        })),
+        payload: Some(wxgate_proto::v1::event::Payload::Text(
+            wxgate_proto::v1::Text {
+                content: "hello pipeline".to_owned(),
+                ..Default::default()
+            },
+        )),
         received_at_ms: 1_700_000_000_000,
         ..Default::default()
     };
     Bytes::from(event.encode_to_vec())
 }
 
-async fn connect(args: &Args, config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Ctx> {
+async fn connect(
+    args: &Args,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Ctx> {
     let topology = Topology::for_config(config);
     // The bus declares the topology either way, as the gateway does at start.
     let bus = RabbitBus::connect(&config.rabbitmq.url, topology, shutdown.clone());
@@ -232,7 +239,7 @@ async fn connect(args: &Args, config: &Config, shutdown: &CancellationToken) -> 
                 channels.push(channel);
             }
             Publisher::Lapin {
-                _connection: connection,
+                _connection: Box::new(connection),
                 channels,
                 next: AtomicU64::new(0),
             }

@@ -201,6 +201,11 @@ pub struct GatewayConfig {
     pub dedup_ttl: Duration,
     /// Whether metrics carry an `account` label.
     pub metrics_per_account: bool,
+    /// Threads that serve callbacks (`gateway.threads`, 0..=256, default 1). `1` runs the
+    /// whole gateway on one thread (a current-thread runtime): no cross-thread wake-ups, the
+    /// least CPU per callback, one core at most. `N > 1` is a work-stealing runtime with `N`
+    /// threads; `0` one thread per CPU. Scale past one core with more threads or processes.
+    pub threads: usize,
 }
 
 /// `[worker]`.
@@ -315,6 +320,7 @@ struct RawGateway {
     timestamp_window_s: Option<u64>,
     dedup_ttl_s: Option<u64>,
     metrics_per_account: Option<bool>,
+    threads: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -389,6 +395,7 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("gateway", "timestamp_window_s", EnvKind::Int),
     ("gateway", "dedup_ttl_s", EnvKind::Int),
     ("gateway", "metrics_per_account", EnvKind::Bool),
+    ("gateway", "threads", EnvKind::Int),
     ("worker", "http_listen", EnvKind::Str),
     ("worker", "grpc_listen", EnvKind::Str),
     ("worker", "prefetch", EnvKind::Int),
@@ -615,6 +622,16 @@ impl TryFrom<RawConfig> for Config {
                 Duration::from_secs(s)
             },
             metrics_per_account: g.metrics_per_account.unwrap_or(true),
+            threads: match g.threads.unwrap_or(1) {
+                n @ 0..=256 => usize::try_from(n)
+                    .map_err(|_| ConfigError::invalid("gateway.threads", "too large"))?,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "gateway.threads",
+                        "must be between 0 (one per CPU) and 256",
+                    ));
+                }
+            },
         };
         if gateway.publish_timeout >= gateway.request_budget {
             return Err(ConfigError::invalid(
@@ -875,6 +892,7 @@ mod tests {
         assert_eq!(c.gateway.path_prefix, "/wx");
         assert_eq!(c.gateway.request_budget, Duration::from_millis(3000));
         assert_eq!(c.gateway.max_body_bytes, 65536);
+        assert_eq!(c.gateway.threads, 1);
         assert_eq!(c.worker.retry_delays.len(), 5);
         assert_eq!(c.rabbitmq.queue_type, QueueType::Quorum);
         assert_eq!(c.wechat.token_mode, TokenMode::Stable);
@@ -907,6 +925,23 @@ mod tests {
     fn bad_env_value_names_the_key() {
         match load("", &[("WXGATE__GATEWAY__REQUEST_BUDGET_MS", "soon")]) {
             Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "gateway.request_budget_ms"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn gateway_threads_are_bounded() {
+        assert_eq!(
+            load("[gateway]\nthreads = 0\n", &[])
+                .unwrap()
+                .gateway
+                .threads,
+            0
+        );
+        let c = load("", &[("WXGATE__GATEWAY__THREADS", "4")]).unwrap();
+        assert_eq!(c.gateway.threads, 4);
+        match load("[gateway]\nthreads = 257\n", &[]) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "gateway.threads"),
             other => panic!("{other:?}"),
         }
     }
