@@ -35,6 +35,9 @@ pub const DEFAULT_RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const STARTUP: Duration = Duration::from_secs(20);
 /// How long one expected event, answer or clean-up step may take.
 const WAIT: Duration = Duration::from_secs(10);
+/// How long deleting a namespace may take: a busy broker with a backlog in another namespace
+/// has taken over 10 s to delete the quorum queues of 34 tests at once.
+const CLEANUP: Duration = Duration::from_secs(60);
 /// The EncodingAESKey of the compat account.
 const COMPAT_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 /// The EncodingAESKey of the safe account.
@@ -567,7 +570,7 @@ listen = "127.0.0.1:0"
         let _ =
             tokio::time::timeout(WAIT, self.amqp.close(200, ShortString::from("test done"))).await;
         let purged = tokio::time::timeout(
-            WAIT,
+            CLEANUP,
             purge(
                 &self.ns,
                 &self.redis_url,
@@ -576,7 +579,7 @@ listen = "127.0.0.1:0"
             ),
         )
         .await
-        .unwrap_or_else(|_| Err(format!("not done within {WAIT:?}")));
+        .unwrap_or_else(|_| Err(format!("not done within {CLEANUP:?}")));
         self.cleaned = true;
         stopped.unwrap_or_else(|e| panic!("the gateway stopped with an error: {e}"));
         purged.unwrap_or_else(|e| panic!("cleanup of namespace {}: {e}", self.ns));
