@@ -1,7 +1,7 @@
 //! `wxgate-floor`: the cost floor under wx-gateway, to measure beside it.
 //!
-//! Serves the callback route with hyper 1.x exactly as the gateway sets it up (multi-thread
-//! tokio runtime, jemalloc, HTTP/1.1 keep-alive, the same header read timeout, the same body
+//! Serves the callback route with hyper 1.x exactly as the gateway sets it up (the runtime of
+//! `gateway.threads`, jemalloc, HTTP/1.1 keep-alive, the same header read timeout, the same body
 //! limit), but stops short of the gateway's work:
 //!
 //! - `--work http`: reads the body and answers `success`; what HTTP alone costs here.
@@ -88,10 +88,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match wx_gateway::runtime(config.gateway.threads) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("wxgate-floor: cannot start runtime: {e}");
