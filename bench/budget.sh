@@ -19,6 +19,8 @@
 #   PORT              listen port                     (default 18084)
 #   REDIS_URL, AMQP_URL
 #   SKIP_BUILD=1      use the binaries already built
+#   GATEWAY_BIN       run this wx-gateway binary instead (e.g. an older build, to compare)
+#   ONLY_GATEWAY=1    skip the pipeline and floor rows
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,9 +49,11 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     (cd "$ROOT" && cargo build --release -p wx-gateway -p wxgate-bench)
 fi
 BIN=$CARGO_TARGET_DIR/release
-for tool in wx-gateway wxgate-load wxgate-floor wxgate-pipeline; do
+for tool in wxgate-load wxgate-floor wxgate-pipeline; do
     [[ -x "$BIN/$tool" ]] || die "$BIN/$tool missing"
 done
+GATEWAY_BIN=${GATEWAY_BIN:-$BIN/wx-gateway}
+[[ -x "$GATEWAY_BIN" ]] || die "$GATEWAY_BIN missing"
 REDIS_PID=$(pgrep -x redis-server | head -1) || die "no redis-server process on this machine"
 RABBIT_PID=$(pgrep -f beam.smp | head -1) || die "no RabbitMQ (beam.smp) process on this machine"
 
@@ -91,7 +95,9 @@ row() {
 
 purge() { rabbitmqctl -q purge_queue "${NS}.worker" >/dev/null 2>&1 || true; }
 
-for client in wxgate lapin; do
+CLIENTS=(wxgate lapin)
+[[ "${ONLY_GATEWAY:-0}" == 1 ]] && CLIENTS=()
+for client in "${CLIENTS[@]}"; do
     log "pipeline, $client client: $EVENTS events, $IN_FLIGHT in flight"
     out=$("$BIN/wxgate-pipeline" --config "$WORK/config.toml" --client "$client" --json \
         --in-flight "$IN_FLIGHT" --events "$EVENTS" \
@@ -123,8 +129,8 @@ http_row() {
     purge
 }
 
-http_row "floor http" "$BIN/wxgate-floor" --work http
-http_row "wx-gateway" "$BIN/wx-gateway"
+[[ "${ONLY_GATEWAY:-0}" == 1 ]] || http_row "floor http" "$BIN/wxgate-floor" --work http
+http_row "$(basename "$GATEWAY_BIN")" "$GATEWAY_BIN"
 
 cat <<EOF
 
