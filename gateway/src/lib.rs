@@ -91,3 +91,30 @@ pub async fn serve_with(
     // Answers of the last requests are still on their way to the store.
     gateway.answers.flush().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn threads_choose_the_runtime() {
+        let one = super::runtime(1).unwrap();
+        assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        // Timers and I/O are enabled.
+        one.block_on(async {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+        });
+
+        let three = super::runtime(3).unwrap();
+        assert_eq!(three.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(three.metrics().num_workers(), 3);
+
+        let per_cpu = super::runtime(0).unwrap();
+        assert_eq!(
+            per_cpu.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+        assert!(per_cpu.metrics().num_workers() >= 1);
+    }
+}
