@@ -69,15 +69,7 @@ trap 'exit 130' INT TERM
 
 {
     config_head "$NS" "$PORT"
-    cat <<EOF
-
-[[accounts]]
-id = "bench"
-appid = "wx0000000000bench"
-token = "benchtoken"
-encoding_aes_key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-mode = "plain"
-EOF
+    bench_account "plain"
 } >"$WORK/config.toml"
 
 ROWS=()

@@ -1,4 +1,5 @@
-# Shell helpers shared by gateway.sh and e2e.sh; source it after defining log().
+# Shell helpers shared by the bench scripts (gateway.sh, e2e.sh, profile.sh, budget.sh); source it
+# after defining log() and die().
 
 # check_prerequisites: the tools the scripts use, Redis at $REDIS_URL, RabbitMQ on
 # 127.0.0.1:5672, and a valid $QUEUE_TYPE; dies naming what is missing.
@@ -98,5 +99,18 @@ queue_type = "$QUEUE_TYPE"
 
 [gateway]
 listen = "127.0.0.1:$2"
+EOF
+}
+
+# bench_account MODE: the one account the single-account scripts drive (id `bench`), in MODE.
+bench_account() {
+    cat <<EOF
+
+[[accounts]]
+id = "bench"
+appid = "wx0000000000bench"
+token = "benchtoken"
+encoding_aes_key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+mode = "$1"
 EOF
 }

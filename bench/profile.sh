@@ -77,15 +77,7 @@ trap 'exit 130' INT TERM
 
 {
     config_head "$NS" "$PORT"
-    cat <<EOF
-
-[[accounts]]
-id = "bench"
-appid = "wx0000000000bench"
-token = "benchtoken"
-encoding_aes_key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-mode = "$MODE"
-EOF
+    bench_account "$MODE"
 } >"$WORK/config.toml"
 URL="http://127.0.0.1:$PORT/wx/bench"
 

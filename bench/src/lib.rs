@@ -156,10 +156,11 @@ impl Watched {
     }
 }
 
-/// The nearest-rank percentile (`fraction` in 0..=1) of samples sorted ascending; 0 for none.
-pub fn nearest_rank(sorted: &[u64], fraction: f64) -> u64 {
+/// The nearest-rank percentile (`fraction` in 0..=1) of samples sorted ascending; the
+/// default (0) for none.
+pub fn nearest_rank<T: Copy + Default>(sorted: &[T], fraction: f64) -> T {
     if sorted.is_empty() {
-        return 0;
+        return T::default();
     }
     #[allow(
         clippy::cast_precision_loss,
@@ -214,6 +215,6 @@ mod tests {
         assert_eq!(nearest_rank(&samples, 0.99), 99);
         assert_eq!(nearest_rank(&samples, 1.0), 100);
         assert_eq!(nearest_rank(&samples, 0.0), 1);
-        assert_eq!(nearest_rank(&[], 0.5), 0);
+        assert_eq!(nearest_rank::<u32>(&[], 0.5), 0);
     }
 }

@@ -29,7 +29,8 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use wechat::crypto::{AesKey, encrypt};
 use wechat::signature::{msg_signature, url_signature};
 use wxgate_bench::{
-    Watched, parse_duration, parse_watch, process_cpu_us, status_kib, ticks_per_second,
+    Watched, nearest_rank, parse_duration, parse_watch, process_cpu_us, status_kib,
+    ticks_per_second,
 };
 
 /// Above this many `--requests`, bodies are generated in the tasks instead of up front
@@ -641,18 +642,7 @@ async fn open_idle_connections(
 
 /// Nearest-rank percentile of sorted samples, in ms.
 fn percentile_ms(sorted_us: &[u32], fraction: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return 0.0;
-    }
-    #[allow(
-        clippy::cast_precision_loss,
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss
-    )] // Sample counts stay far below 2^52 and the rank is clamped to the slice.
-    let rank = ((fraction * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
-    sorted_us
-        .get(rank - 1)
-        .map_or(0.0, |&us| f64::from(us) / 1000.0)
+    f64::from(nearest_rank(sorted_us, fraction)) / 1000.0
 }
 
 struct Latency {
