@@ -16,6 +16,7 @@
 #   EVENTS            events/callbacks per row        (default 100000)
 #   IN_FLIGHT         pipeline events at once         (default 512)
 #   CONNECTIONS       HTTP connections                (default 128)
+#   RATE              pace the HTTP rows at RATE callbacks/s (default: as fast as they go)
 #   PORT              listen port                     (default 18084)
 #   REDIS_URL, AMQP_URL
 #   SKIP_BUILD=1      use the binaries already built
@@ -110,7 +111,7 @@ http_row() {
     out=$("$BIN/wxgate-load" --json --url "http://127.0.0.1:$PORT/wx/bench" --mode plain \
         --connections "$CONNECTIONS" --warmup 0s --requests 5000) || die "wxgate-load failed"
     out=$("$BIN/wxgate-load" --json --url "http://127.0.0.1:$PORT/wx/bench" --mode plain \
-        --connections "$CONNECTIONS" --warmup 0s --requests "$EVENTS" \
+        --connections "$CONNECTIONS" --warmup 0s --requests "$EVENTS" ${RATE:+--rate "$RATE"} \
         --watch "server=$SERVER_PID" --watch "rabbitmq=$RABBIT_PID" --watch "redis=$REDIS_PID") ||
         die "wxgate-load failed"
     errors=$(jq -r '.errors.total' <<<"$out")
