@@ -53,14 +53,18 @@ delete_exchange() {
 remove_namespace() {
     local ns=$1 redis_url=$2
     log "removing RabbitMQ queues and exchange $ns.*"
-    local queues queue
-    queues=$(rabbitmqctl -q list_queues name 2>/dev/null | grep -E "^${ns}\." || true)
-    for queue in $queues; do
+    local listing queue attempt
+    # A busy broker can time a listing out; try again rather than leave the queues behind.
+    for attempt in 1 2 3; do
+        listing=$(rabbitmqctl -q list_queues name 2>/dev/null) && break
+        log "listing queues failed (attempt $attempt)"
+        listing=""
+    done
+    for queue in $(grep -E "^${ns}\." <<<"$listing" || true); do
         rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || log "could not delete queue $queue"
     done
-    if rabbitmqctl -q list_exchanges name 2>/dev/null | grep -qx "${ns}.events"; then
-        delete_exchange "${ns}.events"
-    fi
+    # Deleting is idempotent (not_found is fine), so no listing is needed for the exchange.
+    delete_exchange "${ns}.events"
     log "removing Redis keys $ns:*"
     redis-cli -u "$redis_url" --scan --pattern "${ns}:*" | xargs -r -n 500 redis-cli -u "$redis_url" del >/dev/null
 }
