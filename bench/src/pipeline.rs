@@ -25,17 +25,17 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::types::ShortString;
+use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use wx_gateway::dedup::{AnswerLog, Claims, claim_ttl};
+use wx_gateway::event;
 use wxgate_bench::{Watched, nearest_rank, parse_watch};
-use wxgate_core::bus::HeaderValue;
 use wxgate_core::keys::Keys;
-use wxgate_core::rabbit::RabbitBus;
+use wxgate_core::rabbit::{RabbitBus, to_amqp};
 use wxgate_core::topology::{Names, Topology};
-use wxgate_core::{Bus, Config, Message, Properties, RedisStore, SetNx, Store};
+use wxgate_core::{Bus, Config, Message, RedisStore, SetNx, Store};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -120,20 +120,12 @@ impl Ctx {
             }
         }
         let routing_key = "pipeline.msg.text";
+        let properties = event::properties(&event_id, "pipeline", wxgate_core::now_ms() / 1000);
         match &self.publisher {
             Publisher::Wxgate(bus) => {
                 let message = Message {
                     body: self.body.clone(),
-                    properties: Properties {
-                        message_id: Some(event_id.clone()),
-                        timestamp_s: Some(unix_seconds()),
-                        content_type: Some("application/x-protobuf".to_owned()),
-                        kind: Some("wxgate.v1.Event".to_owned()),
-                        headers: vec![(
-                            "account_id".to_owned(),
-                            HeaderValue::Str("pipeline".to_owned()),
-                        )],
-                    },
+                    properties,
                 };
                 bus.publish(&self.exchange, routing_key, &message)
                     .await
@@ -144,25 +136,13 @@ impl Ctx {
                 // Only the low bits pick a channel.
                 let channel =
                     &channels[next.fetch_add(1, Ordering::Relaxed) as usize % channels.len()];
-                let mut headers = FieldTable::default();
-                headers.insert(
-                    ShortString::from("account_id"),
-                    AMQPValue::LongString(LongString::from("pipeline")),
-                );
-                let properties = BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type(ShortString::from("application/x-protobuf"))
-                    .with_type(ShortString::from("wxgate.v1.Event"))
-                    .with_message_id(ShortString::from(event_id.as_str()))
-                    .with_timestamp(unix_seconds())
-                    .with_headers(headers);
                 let confirm = channel
                     .basic_publish(
                         ShortString::from(self.exchange.as_str()),
                         ShortString::from(routing_key),
                         BasicPublishOptions::default(),
                         &self.body,
-                        properties,
+                        to_amqp(&properties),
                     )
                     .await
                     .context("publish")?
@@ -180,36 +160,26 @@ impl Ctx {
     }
 }
 
-fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// A text message event as wx-gateway would publish it: the protobuf of DESIGN.md §4 with a
-/// typical raw XML body (~240 bytes) and its parsed fields.
-fn sample_body() -> Bytes {
+/// A text message event exactly as wx-gateway encodes it (`wx_gateway::event::to_proto`):
+/// a typical plain-mode XML of ~240 bytes, its parsed fields and typed payload.
+fn sample_body() -> anyhow::Result<Bytes> {
     use prost::Message as _;
     let raw = "<xml><ToUserName><![CDATA[gh_0000pipeline]]></ToUserName><FromUserName><![CDATA[oPipelineUser000000000000000]]></FromUserName><CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[hello pipeline]]></Content><MsgId>1234567890123456</MsgId></xml>";
-    let event = wxgate_proto::v1::Event {
-        event_id: "pipeline:0000000000000000".to_owned(),
-        account_id: "pipeline".to_owned(),
-        appid: "wx0000pipeline00".to_owned(),
-        to_user: "gh_0000pipeline".to_owned(),
-        from_user: "oPipelineUser000000000000000".to_owned(),
-        create_time: 1_700_000_000,
-        msg_type: "text".to_owned(),
-        raw_xml: raw.to_owned(),
-        payload: Some(wxgate_proto::v1::event::Payload::Text(
-            wxgate_proto::v1::Text {
-                content: "hello pipeline".to_owned(),
-                ..Default::default()
-            },
-        )),
-        received_at_ms: 1_700_000_000_000,
-        ..Default::default()
-    };
-    Bytes::from(event.encode_to_vec())
+    let msg = wechat::parse(raw.as_bytes(), &wechat::Limits::default())
+        .context("parsing the sample message")?;
+    let event = event::to_proto(
+        msg,
+        event::Envelope {
+            event_id: "pipeline:0000000000000000",
+            account_id: "pipeline",
+            appid: "wx0000pipeline00",
+            raw_xml: raw.to_owned(),
+            received_at_ms: wxgate_core::now_ms(),
+            passive_reply: None,
+            arrival: event::Arrival::Plain,
+        },
+    );
+    Ok(Bytes::from(event.encode_to_vec()))
 }
 
 async fn connect(
@@ -270,7 +240,7 @@ async fn connect(
         redis,
         keys: Keys::new(&config.namespace),
         exchange: Names::new(&config.namespace).events_exchange(),
-        body: sample_body(),
+        body: sample_body()?,
         next: AtomicU64::new(0),
         run: rand::random(),
     })

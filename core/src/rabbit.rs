@@ -279,8 +279,9 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin
     Ok(())
 }
 
-/// The AMQP properties of a message: persistent, plus what `properties` sets.
-pub(crate) fn to_amqp(properties: &Properties) -> BasicProperties {
+/// The AMQP properties of a message as lapin takes them: persistent (`delivery-mode` 2), plus
+/// what `properties` sets.
+pub fn to_amqp(properties: &Properties) -> BasicProperties {
     let mut p = BasicProperties::default().with_delivery_mode(2);
     if let Some(id) = &properties.message_id {
         p = p.with_message_id(ShortString::from(id.as_str()));

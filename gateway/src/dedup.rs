@@ -256,6 +256,18 @@ async fn write_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store holding the claims `k0`..`k{n-1}`, as callbacks in progress leave them.
+    async fn claimed_store(n: usize) -> Arc<dyn Store> {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        for i in 0..n {
+            store
+                .set(&format!("k{i}"), IN_PROGRESS, None)
+                .await
+                .expect("set");
+        }
+        store
+    }
     use wxgate_core::MemoryStore;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,13 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_records_and_counts_them() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        for i in 0..10 {
-            store
-                .set(&format!("k{i}"), IN_PROGRESS, None)
-                .await
-                .expect("set");
-        }
+        let store = claimed_store(10).await;
         let log = AnswerLog::with_capacity(Arc::clone(&store), Duration::from_secs(60), 1);
         // One runtime thread and no await in between: the writer cannot drain the queue.
         for i in 0..10 {
@@ -355,13 +361,7 @@ mod tests {
 
     #[tokio::test]
     async fn many_answers_queued_at_once_are_all_recorded() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        for i in 0..2000 {
-            store
-                .set(&format!("k{i}"), IN_PROGRESS, None)
-                .await
-                .expect("set");
-        }
+        let store = claimed_store(2000).await;
         let log = AnswerLog::start(Arc::clone(&store), Duration::from_secs(60));
         for i in 0..2000 {
             log.record(format!("k{i}"), format!("answer {i}").as_bytes());

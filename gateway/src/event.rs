@@ -2,6 +2,8 @@
 //! module of the gateway that knows the protobuf types.
 
 use wechat::{InboundMessage, MessageKind, Reply};
+use wxgate_core::Properties;
+use wxgate_core::bus::HeaderValue;
 use wxgate_proto::v1 as pb;
 
 /// How the callback arrived.
@@ -31,6 +33,22 @@ pub struct Envelope<'a> {
     pub passive_reply: Option<&'a Reply>,
     /// How it arrived.
     pub arrival: Arrival,
+}
+
+/// The AMQP properties of an event (DESIGN.md §1.2): `message_id` the event id, `timestamp`
+/// the receipt in Unix seconds, the protobuf content type and message type, header
+/// `account_id`.
+pub fn properties(event_id: &str, account_id: &str, received_s: i64) -> Properties {
+    Properties {
+        message_id: Some(event_id.to_owned()),
+        timestamp_s: u64::try_from(received_s).ok(),
+        content_type: Some(wxgate_proto::EVENT_CONTENT_TYPE.to_owned()),
+        kind: Some(wxgate_proto::EVENT_TYPE.to_owned()),
+        headers: vec![(
+            "account_id".to_owned(),
+            HeaderValue::Str(account_id.to_owned()),
+        )],
+    }
 }
 
 /// Builds the protobuf event, taking the message apart (it is not needed afterwards).

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use prost::Message as _;
 use wechat::{AesKey, Decision, DecryptError, InboundMessage, Limits, ParseError};
-use wxgate_core::bus::{HeaderValue, Message, Properties, PublishError};
+use wxgate_core::bus::{Message, PublishError};
 use wxgate_core::config::{Account, Mode};
 use wxgate_core::store::StoreError;
 
@@ -384,16 +384,7 @@ pub async fn handle_post(
     );
     let message = Message {
         body: Bytes::from(event.encode_to_vec()),
-        properties: Properties {
-            message_id: Some(event_id.as_str().to_owned()),
-            timestamp_s: u64::try_from(now_s).ok(),
-            content_type: Some(wxgate_proto::EVENT_CONTENT_TYPE.to_owned()),
-            kind: Some(wxgate_proto::EVENT_TYPE.to_owned()),
-            headers: vec![(
-                "account_id".to_owned(),
-                HeaderValue::Str(account.id.as_str().to_owned()),
-            )],
-        },
+        properties: event::properties(event_id.as_str(), account.id.as_str(), now_s),
     };
     let published = tokio::time::timeout(
         gateway.config.gateway.publish_timeout,
