@@ -25,24 +25,17 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/wxgate-target}
 QUEUE_TYPE=${QUEUE_TYPE:-quorum}
 EVENTS=${EVENTS:-100000}
 IN_FLIGHT=${IN_FLIGHT:-512}
 CONNECTIONS=${CONNECTIONS:-128}
 PORT=${PORT:-18084}
-REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
-AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
-export RUST_LOG=${RUST_LOG:-warn}
 
-NS="budget$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/wxgate-budget.XXXXXX")
 SERVER_PID=""
 
-log() { printf '[budget.sh] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
+start_namespace budget
 
 check_prerequisites
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
@@ -58,15 +51,9 @@ GATEWAY_BIN=${GATEWAY_BIN:-$BIN/wx-gateway}
 REDIS_PID=$(pgrep -x redis-server | head -1) || die "no redis-server process on this machine"
 RABBIT_PID=$(pgrep -f beam.smp | head -1) || die "no RabbitMQ (beam.smp) process on this machine"
 
-cleanup() {
-    local status=$?
+stop_processes() {
     stop server "$SERVER_PID"
-    remove_namespace "$NS" "$REDIS_URL"
-    rm -rf "$WORK"
-    exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 {
     config_head "$NS" "$PORT"

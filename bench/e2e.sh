@@ -35,7 +35,6 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/wxgate-target}
 ACCOUNTS=${ACCOUNTS:-10000}
 MODE=${MODE:-safe}
 QUEUE_TYPE=${QUEUE_TYPE:-quorum}
@@ -52,22 +51,16 @@ E2E_THREADS=${E2E_THREADS:-1}
 PORT=${PORT:-18080}
 WORKER_PORT=${WORKER_PORT:-18091}
 SIM_PORT=${SIM_PORT:-18099}
-REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
-AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
-export RUST_LOG=${RUST_LOG:-warn}
 
 TOKEN=benchtoken
 AES_KEY=abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG
-NS="bench$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/wxgate-e2e.XXXXXX")
 GATEWAY_PID=""
 WORKER_PID=""
 E2E_PID=""
 
-log() { printf '[e2e.sh] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
+start_namespace bench
 
 check_prerequisites
 case "$MODE" in plain | compat | safe) ;; *) die "MODE must be plain, compat or safe" ;; esac
@@ -96,17 +89,11 @@ GATEWAY_BIN=$WORK/wx-gateway
 WORKER_BIN=$WORK/wx-worker
 E2E_BIN=$WORK/wxgate-e2e
 
-cleanup() {
-    local status=$?
+stop_processes() {
     stop wxgate-e2e "$E2E_PID"
     stop wx-worker "$WORKER_PID"
     stop wx-gateway "$GATEWAY_PID"
-    remove_namespace "$NS" "$REDIS_URL"
-    rm -rf "$WORK"
-    exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # --- config ---------------------------------------------------------------------------------
 CONFIG=$WORK/e2e.toml

@@ -24,7 +24,6 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/wxgate-target}
 QUEUE_TYPE=${QUEUE_TYPE:-classic}
 MODES=${MODES:-plain safe}
 CONNECTIONS=${CONNECTIONS:-32 128}
@@ -33,21 +32,15 @@ WARMUP=${WARMUP:-2s}
 RSS_ACCOUNTS=${RSS_ACCOUNTS:-10000}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-1000}
 PORT=${PORT:-18080}
-REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
-AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
-export RUST_LOG=${RUST_LOG:-warn}
 
 TOKEN=benchtoken
 AES_KEY=abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG
 APPID=wx0000000000bench
-NS="bench$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/wxgate-bench.XXXXXX")
 GATEWAY_PID=""
 
-log() { printf '[gateway.sh] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
+start_namespace bench
 
 check_prerequisites
 
@@ -67,15 +60,9 @@ stop_gateway() {
     GATEWAY_PID=""
 }
 
-cleanup() {
-    local status=$?
+stop_processes() {
     stop_gateway
-    remove_namespace "$NS" "$REDIS_URL"
-    rm -rf "$WORK"
-    exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # write_config FILE EXTRA_ACCOUNTS
 write_config() {

@@ -1,5 +1,36 @@
-# Shell helpers shared by the bench scripts (gateway.sh, e2e.sh, profile.sh, budget.sh); source it
-# after defining log() and die().
+# Shell helpers shared by the bench scripts (gateway.sh, e2e.sh, profile.sh, budget.sh). Sourcing
+# it defines log() and die() (prefixed with the script's name) and the defaults every script
+# shares: CARGO_TARGET_DIR, REDIS_URL, AMQP_URL, RUST_LOG (warn: no per-request logging).
+
+BENCH_NAME=$(basename "$0")
+log() { printf '[%s] %s\n' "$BENCH_NAME" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/wxgate-target}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+export RUST_LOG=${RUST_LOG:-warn}
+
+# stop_processes: what the script started; each script that starts processes redefines it.
+stop_processes() { :; }
+
+# start_namespace PREFIX: a random namespace PREFIX<hex> in NS and a temporary directory in
+# WORK; at exit, also on failure or Ctrl-C, stop_processes runs, then both are removed.
+start_namespace() {
+    NS="$1$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/wxgate-${BENCH_NAME%.sh}.XXXXXX")
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+# cleanup: the EXIT trap of start_namespace; keeps the script's exit status.
+cleanup() {
+    local status=$?
+    stop_processes
+    remove_namespace "$NS" "$REDIS_URL"
+    rm -rf "$WORK"
+    exit "$status"
+}
 
 # check_prerequisites: the tools the scripts use, Redis at $REDIS_URL, RabbitMQ on
 # 127.0.0.1:5672, and a valid $QUEUE_TYPE; dies naming what is missing.

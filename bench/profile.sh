@@ -25,25 +25,18 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/wxgate-target}
 MODE=${MODE:-plain}
 CONNECTIONS=${CONNECTIONS:-128}
 REQUESTS=${REQUESTS:-40000}
 CALLGRIND_REQUESTS=${CALLGRIND_REQUESTS:-3000}
 QUEUE_TYPE=${QUEUE_TYPE:-quorum}
 PORT=${PORT:-18083}
-REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
-AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
-export RUST_LOG=${RUST_LOG:-warn}
 
-NS="prof$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/wxgate-profile.XXXXXX")
 GATEWAY_PID=""
 
-log() { printf '[profile.sh] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
+start_namespace prof
 
 check_prerequisites
 command -v perf >/dev/null || die "perf not found (apt-get install linux-perf)"
@@ -65,15 +58,9 @@ for command in "${COMMANDS[@]}"; do
     [[ -x "${words[0]}" ]] || die "${words[0]} is not an executable"
 done
 
-cleanup() {
-    local status=$?
+stop_processes() {
     stop wx-gateway "$GATEWAY_PID"
-    remove_namespace "$NS" "$REDIS_URL"
-    rm -rf "$WORK"
-    exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 {
     config_head "$NS" "$PORT"
