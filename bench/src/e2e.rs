@@ -813,14 +813,15 @@ async fn run_phase(
         Some(at) => -ms(micros(last_answer - at)),
         None => 0.0,
     };
-    let mut cpu_us_per_event = BTreeMap::new();
-    for (name, after) in &cpu_after.0 {
-        let before = cpu_before.0.get(name).copied().unwrap_or(0);
-        if ok > 0 {
-            let used = after.saturating_sub(before);
-            cpu_us_per_event.insert(name.clone(), ratio(used, as_f64(ok)));
-        }
-    }
+    let cpu_us_per_event: BTreeMap<String, f64> = if ok > 0 {
+        cpu_after
+            .since(&cpu_before)
+            .into_iter()
+            .map(|(name, used)| (name, ratio(used, as_f64(ok))))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     Ok(PhaseReport {
         spec: spec.clone(),
         pushes: u64::try_from(sent.len()).unwrap_or(u64::MAX),
@@ -996,8 +997,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let collector = tokio::spawn(collect_receipts(sim.subscribe(), Arc::clone(&receipts)));
 
     let watched = Watched::new("e2e", &args.watch)?
-        .with("gateway", args.gateway_pid)
-        .with("worker", args.worker_pid);
+        .with("gateway", args.gateway_pid)?
+        .with("worker", args.worker_pid)?;
     let ctx = Arc::new(Ctx {
         client: PushClient::new().attempts(1).timeout(args.push_timeout),
         gateway: gateway.clone(),

@@ -97,6 +97,19 @@ pub fn parse_watch(text: &str) -> Result<(String, u32), String> {
 #[derive(Debug, Clone)]
 pub struct CpuSample(pub BTreeMap<String, u64>);
 
+impl CpuSample {
+    /// The CPU time (µs) each process used since `before`, by name.
+    pub fn since(&self, before: &CpuSample) -> BTreeMap<String, u64> {
+        self.0
+            .iter()
+            .map(|(name, &after)| {
+                let earlier = before.0.get(name).copied().unwrap_or(0);
+                (name.clone(), after.saturating_sub(earlier))
+            })
+            .collect()
+    }
+}
+
 /// The processes whose CPU time and memory a benchmark reports.
 #[derive(Debug, Clone)]
 pub struct Watched {
@@ -110,26 +123,25 @@ impl Watched {
     /// The benchmark itself as `own_name`, then each `NAME=PID` of `others`; fails naming
     /// a duplicate name, so no two rows of a report are summed into one.
     pub fn new(own_name: &str, others: &[(String, u32)]) -> anyhow::Result<Self> {
-        let mut pids = vec![(own_name.to_owned(), "self".to_owned())];
-        for (name, pid) in others {
-            if pids.iter().any(|(seen, _)| seen == name) {
-                anyhow::bail!("--watch {name}={pid}: the name `{name}` is already in use");
-            }
-            pids.push((name.clone(), pid.to_string()));
-        }
-        Ok(Self {
-            pids,
+        let mut watched = Self {
+            pids: vec![(own_name.to_owned(), "self".to_owned())],
             ticks_per_second: ticks_per_second(),
-        })
+        };
+        for (name, pid) in others {
+            watched = watched.with(name, *pid)?;
+        }
+        Ok(watched)
     }
 
-    /// Adds a process unless `pid` is 0.
-    #[must_use]
-    pub fn with(mut self, name: &str, pid: u32) -> Self {
+    /// Adds a process unless `pid` is 0; fails naming a name already in use.
+    pub fn with(mut self, name: &str, pid: u32) -> anyhow::Result<Self> {
+        if self.pids.iter().any(|(seen, _)| seen == name) {
+            anyhow::bail!("--watch {name}={pid}: the name `{name}` is already in use");
+        }
         if pid > 0 {
             self.pids.push((name.to_owned(), pid.to_string()));
         }
-        self
+        Ok(self)
     }
 
     /// The CPU time of every watched process now; fails if one has exited.
@@ -203,9 +215,16 @@ mod tests {
         let twice = [("redis".to_owned(), 1), ("redis".to_owned(), 2)];
         assert!(Watched::new("e2e", &twice).is_err());
         assert!(Watched::new("e2e", &[("e2e".to_owned(), 1)]).is_err());
-        let watched = Watched::new("e2e", &[]).unwrap().with("gateway", 0);
+        let watched = Watched::new("e2e", &[])
+            .unwrap()
+            .with("gateway", 0)
+            .unwrap();
+        assert!(watched.clone().with("e2e", 7).is_err());
         assert_eq!(watched.pids.len(), 1);
-        assert!(watched.cpu().unwrap().0.contains_key("e2e"));
+        let before = watched.cpu().unwrap();
+        assert!(before.0.contains_key("e2e"));
+        let used = watched.cpu().unwrap().since(&before);
+        assert_eq!(used.keys().collect::<Vec<_>>(), ["e2e"]);
     }
 
     #[test]

@@ -28,10 +28,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use wechat::crypto::{AesKey, encrypt};
 use wechat::signature::{msg_signature, url_signature};
-use wxgate_bench::{
-    Watched, nearest_rank, parse_duration, parse_watch, process_cpu_us, status_kib,
-    ticks_per_second,
-};
+use wxgate_bench::{Watched, nearest_rank, parse_duration, parse_watch, status_kib};
 
 /// Above this many `--requests`, bodies are generated in the tasks instead of up front
 /// (about 1 KiB each in safe mode).
@@ -772,7 +769,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let target = Arc::new(target);
     let gateway_pid = (args.gateway_pid > 0).then(|| args.gateway_pid.to_string());
-    let watched = Watched::new("load", &args.watch)?;
+    let watched = Watched::new("load", &args.watch)?.with("gateway", args.gateway_pid)?;
     let idle = open_idle_connections(
         Arc::clone(&target),
         args.idle_connections,
@@ -810,7 +807,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stop: AtomicBool::new(false),
     });
 
-    let hz = ticks_per_second();
     let mut tasks = JoinSet::new();
     for _ in 0..args.connections {
         tasks.spawn(run_connection(Arc::clone(&shared)));
@@ -818,27 +814,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     sleep_until(measure_start).await;
     let window_start = Instant::now();
-    let self_cpu_before = process_cpu_us("self", hz)?;
-    let watched_before = watched.cpu()?;
-    let gateway_cpu_before = match &gateway_pid {
-        Some(pid) => Some(process_cpu_us(pid, hz)?),
-        None => None,
-    };
+    let cpu_before = watched.cpu()?;
 
     let mut report = TaskReport::default();
     while let Some(joined) = tasks.join_next().await {
         report.merge(joined.context("connection task panicked")??);
     }
     let elapsed = window_start.elapsed();
-    let self_cpu_us = process_cpu_us("self", hz)?.saturating_sub(self_cpu_before);
-    let watched_after = watched.cpu()?;
-    let (gateway_cpu_us, gateway_rss_kib) = match (&gateway_pid, gateway_cpu_before) {
-        (Some(pid), Some(before)) => (
-            Some(process_cpu_us(pid, hz)?.saturating_sub(before)),
-            Some(rss_kib(pid)?),
-        ),
-        _ => (None, None),
-    };
+    let cpu_used = watched.cpu()?.since(&cpu_before);
+    let self_cpu_us = cpu_used.get("load").copied().unwrap_or(0);
+    let gateway_cpu_us = cpu_used.get("gateway").copied();
+    let gateway_rss_kib = gateway_pid.as_deref().map(rss_kib).transpose()?;
     let idle_open = idle.open.load(Ordering::Relaxed);
     drop(idle.keepers);
 
@@ -851,13 +837,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let gateway_per_request = gateway_cpu_us.and_then(|cpu| per_request(cpu, report.ok));
     let self_per_request = per_request(self_cpu_us, report.ok);
     let mut watched_per_request = String::new();
-    for (index, (name, after)) in watched_after.0.iter().enumerate() {
-        let before = watched_before.0.get(name).copied().unwrap_or(0);
-        let used = per_request(after.saturating_sub(before), report.ok);
+    for (index, (name, used)) in cpu_used.iter().enumerate() {
         if index > 0 {
             watched_per_request.push(',');
         }
-        write!(watched_per_request, "\"{name}\":{}", json_number(used))?;
+        write!(
+            watched_per_request,
+            "\"{name}\":{}",
+            json_number(per_request(*used, report.ok))
+        )?;
     }
 
     if args.json {

@@ -302,12 +302,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         us / 1000.0
     };
     let mut cpu = serde_json::Map::new();
-    for (name, after) in &cpu_after.0 {
-        let before = cpu_before.0.get(name).copied().unwrap_or(0);
+    for (name, used) in cpu_after.since(&cpu_before) {
         #[allow(clippy::cast_precision_loss)]
         // CPU µs stay far below 2^52.
-        let used = after.saturating_sub(before) as f64;
-        cpu.insert(name.clone(), json!((used / events * 10.0).round() / 10.0));
+        let used = used as f64;
+        cpu.insert(name, json!((used / events * 10.0).round() / 10.0));
     }
     let summary = json!({
         "client": format!("{:?}", args.client).to_lowercase(),

@@ -622,16 +622,15 @@ impl TryFrom<RawConfig> for Config {
                 Duration::from_secs(s)
             },
             metrics_per_account: g.metrics_per_account.unwrap_or(true),
-            threads: match g.threads.unwrap_or(1) {
-                n @ 0..=256 => usize::try_from(n)
-                    .map_err(|_| ConfigError::invalid("gateway.threads", "too large"))?,
-                _ => {
-                    return Err(ConfigError::invalid(
+            threads: usize::try_from(g.threads.unwrap_or(1))
+                .ok()
+                .filter(|&n| n <= 256)
+                .ok_or_else(|| {
+                    ConfigError::invalid(
                         "gateway.threads",
                         "must be between 0 (one per CPU) and 256",
-                    ));
-                }
-            },
+                    )
+                })?,
         };
         if gateway.publish_timeout >= gateway.request_budget {
             return Err(ConfigError::invalid(
