@@ -14,7 +14,7 @@
 //! publish is reported `Ok` only after the broker's `basic.ack` for its delivery tag, never
 //! when its fate is unknown.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -30,7 +30,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{HeaderValue, Properties, PublishError};
+use crate::bus::{Cause, HeaderValue, Properties, PublishError};
 
 /// The channel every publish goes on.
 const CHANNEL: u16 = 1;
@@ -59,21 +59,107 @@ const MAX_HOLD: Duration = Duration::from_millis(2);
 /// Why a publisher could not be connected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The AMQP URL did not parse.
+    /// The AMQP URL did not parse (amq-protocol describes why in text only).
     #[error("invalid AMQP url: {0}")]
     Url(String),
     /// `amqps://` is served by lapin's publish path, not this one.
     #[error("TLS (amqps) is not supported by the lean publisher")]
     Tls,
     /// TCP connect or I/O failed.
-    #[error("i/o: {0}")]
+    #[error("cannot reach the broker")]
     Io(#[from] std::io::Error),
-    /// The broker closed the connection or answered something unexpected.
-    #[error("handshake: {0}")]
-    Handshake(String),
+    /// The broker refused or broke the handshake.
+    #[error("AMQP handshake failed")]
+    Handshake(#[source] HandshakeError),
     /// The handshake did not finish in time.
     #[error("handshake timed out")]
     Timeout,
+}
+
+/// What went wrong in the AMQP handshake.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The broker closed the connection with a reason (wrong credentials, unknown vhost).
+    #[error("broker closed the connection: {code} {text}")]
+    Closed {
+        /// AMQP reply code (403 access refused, 530 not allowed, …).
+        code: u16,
+        /// The broker's reply text.
+        text: String,
+    },
+    /// The broker closed the socket without a reason (often an AMQP version mismatch).
+    #[error("broker closed the socket during the handshake")]
+    Eof,
+    /// The broker does not offer PLAIN authentication.
+    #[error("broker does not offer PLAIN authentication")]
+    NoPlainAuth,
+    /// The broker sent a frame out of order.
+    #[error("expected {expected}, got {got}")]
+    Unexpected {
+        /// The frame the handshake needed.
+        expected: &'static str,
+        /// What came instead (a short description of the frame).
+        got: String,
+    },
+    /// A frame that cannot be parsed, or one larger than the handshake allows.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A handshake frame could not be encoded.
+    #[error("cannot encode frame: {0}")]
+    Encode(String),
+}
+
+impl From<HandshakeError> for ConnectError {
+    fn from(e: HandshakeError) -> Self {
+        Self::Handshake(e)
+    }
+}
+
+/// Why the publisher's connection ended; every unconfirmed publish fails with it as the
+/// source of [`PublishError::Connection`].
+#[derive(Debug, thiserror::Error)]
+pub enum LinkFailure {
+    /// Writing to the socket failed.
+    #[error("socket write failed")]
+    Write(#[source] std::io::Error),
+    /// Reading from the socket failed.
+    #[error("socket read failed")]
+    Read(#[source] std::io::Error),
+    /// The broker closed the socket.
+    #[error("broker closed the socket")]
+    Eof,
+    /// The broker closed the connection or the channel (`connection.close`,
+    /// `channel.close`) with a reason.
+    #[error("broker closed the {scope}: {code} {text}")]
+    BrokerClosed {
+        /// `connection` or `channel`.
+        scope: &'static str,
+        /// AMQP reply code.
+        code: u16,
+        /// The broker's reply text.
+        text: String,
+    },
+    /// Nothing arrived for two heartbeat intervals: a partition or a hung broker.
+    #[error("broker missed two heartbeats")]
+    MissedHeartbeats,
+    /// The broker sent something this publisher cannot parse or does not expect.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// Closed by [`Publisher::close`] (or shutdown).
+    #[error("publisher closed")]
+    Closed,
+}
+
+/// Why a message cannot be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// An AMQP short string (exchange, routing key, message id, header name, …) over 255
+    /// bytes.
+    #[error("{0}-byte value does not fit an AMQP short string (255 bytes)")]
+    ShortString(usize),
+    /// A header value or frame over 4 GiB.
+    #[error("value does not fit an AMQP frame")]
+    TooLong,
 }
 
 /// A confirm-mode publisher on one AMQP connection. Cheap to clone; clones share it.
@@ -104,16 +190,11 @@ struct State {
     writes_in_flight: VecDeque<(u64, Instant)>,
     /// Publishes waiting for their confirm, by delivery tag.
     pending: BTreeMap<u64, Pending>,
-    /// Message ids of `basic.return`ed (unroutable) messages whose confirm is still to come.
-    returned: HashSet<String>,
     /// Set once the connection failed; every later publish fails at once.
-    failure: Option<String>,
+    failure: Option<Cause>,
 }
 
-struct Pending {
-    message_id: Option<String>,
-    done: oneshot::Sender<Result<(), PublishError>>,
-}
+type Pending = oneshot::Sender<Result<(), PublishError>>;
 
 fn lock(shared: &Shared) -> MutexGuard<'_, State> {
     // A panic while holding the lock leaves the state consistent enough to fail everything.
@@ -138,7 +219,6 @@ impl Publisher {
                 last_tag: 0,
                 writes_in_flight: VecDeque::new(),
                 pending: BTreeMap::new(),
-                returned: HashSet::new(),
                 failure: None,
             }),
             wake_writer: Notify::new(),
@@ -182,11 +262,11 @@ impl Publisher {
     }
 
     /// Closes the connection at once; unconfirmed publishes fail with
-    /// [`PublishError::Failed`].
+    /// [`PublishError::Connection`] ([`LinkFailure::Closed`]).
     pub fn close(&self) {
         // Cancelled first: a deliberate close is not worth a warning.
         self.shared.dead.cancel();
-        fail(&self.shared, "publisher closed");
+        fail(&self.shared, LinkFailure::Closed);
     }
 
     /// Publishes `body` persistently and `mandatory` to `exchange` with `routing_key`, and
@@ -204,12 +284,10 @@ impl Publisher {
         let wake = {
             let mut state = lock(&self.shared);
             if let Some(failure) = &state.failure {
-                return Err(PublishError::Failed(failure.clone()));
+                return Err(PublishError::Connection(Arc::clone(failure)));
             }
             if state.out.len() >= MAX_UNSENT {
-                return Err(PublishError::Failed(
-                    "broker is not reading (blocked?): publish buffer full".into(),
-                ));
+                return Err(PublishError::Backlogged);
             }
             let start = state.out.len();
             if let Err(e) = encode_publish(
@@ -221,17 +299,11 @@ impl Publisher {
                 self.shared.body_chunk,
             ) {
                 state.out.truncate(start);
-                return Err(PublishError::Failed(e));
+                return Err(PublishError::Encode(Arc::new(e)));
             }
             state.last_tag += 1;
             let tag = state.last_tag;
-            state.pending.insert(
-                tag,
-                Pending {
-                    message_id: properties.message_id.clone(),
-                    done,
-                },
-            );
+            state.pending.insert(tag, done);
             // The writer waits for work when the buffer was empty, and may hold a buffer
             // back behind unconfirmed writes until it is large.
             start == 0 || (start < COALESCE_BYTES && state.out.len() >= COALESCE_BYTES)
@@ -241,31 +313,31 @@ impl Publisher {
         }
         match confirmed.await {
             Ok(result) => result,
-            Err(_) => Err(PublishError::Failed("connection lost".into())),
+            // Senders are only dropped by `fail`, which sends first; be safe anyway.
+            Err(_) => Err(PublishError::Connection(Arc::new(LinkFailure::Closed))),
         }
     }
 }
 
-/// Marks the publisher dead and fails every unconfirmed publish.
-fn fail(shared: &Shared, why: &str) {
-    let pending = {
+/// Marks the publisher dead and fails every unconfirmed publish. The first failure is the
+/// one every later publish reports.
+fn fail(shared: &Shared, why: LinkFailure) {
+    let (cause, pending) = {
         let mut state = lock(shared);
-        if state.failure.is_none() {
-            state.failure = Some(why.to_owned());
-        }
+        let cause = Arc::clone(state.failure.get_or_insert_with(|| Arc::new(why)));
         state.out.clear();
-        std::mem::take(&mut state.pending)
+        (cause, std::mem::take(&mut state.pending))
     };
     if !shared.dead.is_cancelled() {
         tracing::warn!(
-            reason = why,
+            error = %cause,
             unconfirmed = pending.len(),
             "amqp publisher connection lost"
         );
     }
     shared.dead.cancel();
-    for (_, p) in pending {
-        let _ = p.done.send(Err(PublishError::Failed(why.to_owned())));
+    for (_, done) in pending {
+        let _ = done.send(Err(PublishError::Connection(Arc::clone(&cause))));
     }
 }
 
@@ -276,12 +348,16 @@ fn encode_publish(
     properties: &Properties,
     body: &[u8],
     body_chunk: usize,
-) -> Result<(), String> {
+) -> Result<(), EncodeError> {
     // basic.publish, encoded by hand: it is the hot path and the layout is fixed.
     let size = 2 + 2 + 2 + 1 + exchange.len() + 1 + routing_key.len() + 1;
     out.push(FRAME_METHOD);
     out.extend_from_slice(&CHANNEL.to_be_bytes());
-    out.extend_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(size)
+            .map_err(|_| EncodeError::TooLong)?
+            .to_be_bytes(),
+    );
     out.extend_from_slice(&60u16.to_be_bytes());
     out.extend_from_slice(&40u16.to_be_bytes());
     out.extend_from_slice(&0u16.to_be_bytes());
@@ -293,7 +369,11 @@ fn encode_publish(
     for chunk in body.chunks(body_chunk) {
         out.push(FRAME_BODY);
         out.extend_from_slice(&CHANNEL.to_be_bytes());
-        out.extend_from_slice(&u32::try_from(chunk.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(
+            &u32::try_from(chunk.len())
+                .map_err(|_| EncodeError::TooLong)?
+                .to_be_bytes(),
+        );
         out.extend_from_slice(chunk);
         out.push(FRAME_END);
     }
@@ -306,7 +386,7 @@ fn encode_content_header(
     out: &mut Vec<u8>,
     properties: &Properties,
     body_size: u64,
-) -> Result<(), String> {
+) -> Result<(), EncodeError> {
     const CONTENT_TYPE: u16 = 1 << 15;
     const HEADERS: u16 = 1 << 13;
     const DELIVERY_MODE: u16 = 1 << 12;
@@ -350,7 +430,7 @@ fn encode_content_header(
             match value {
                 HeaderValue::Str(s) => {
                     out.push(b'S');
-                    let len = u32::try_from(s.len()).map_err(|_| "header value too long")?;
+                    let len = u32::try_from(s.len()).map_err(|_| EncodeError::TooLong)?;
                     out.extend_from_slice(&len.to_be_bytes());
                     out.extend_from_slice(s.as_bytes());
                 }
@@ -378,16 +458,16 @@ fn encode_content_header(
     Ok(())
 }
 
-fn short_string(out: &mut Vec<u8>, s: &str) -> Result<(), String> {
-    let len = u8::try_from(s.len()).map_err(|_| format!("{s:?} is longer than 255 bytes"))?;
+fn short_string(out: &mut Vec<u8>, s: &str) -> Result<(), EncodeError> {
+    let len = u8::try_from(s.len()).map_err(|_| EncodeError::ShortString(s.len()))?;
     out.push(len);
     out.extend_from_slice(s.as_bytes());
     Ok(())
 }
 
 /// Writes the length of what follows the 4 bytes at `at` into them.
-fn patch_len(out: &mut [u8], at: usize) -> Result<(), String> {
-    let len = u32::try_from(out.len() - at - 4).map_err(|_| "frame too long")?;
+fn patch_len(out: &mut [u8], at: usize) -> Result<(), EncodeError> {
+    let len = u32::try_from(out.len() - at - 4).map_err(|_| EncodeError::TooLong)?;
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
@@ -474,7 +554,7 @@ async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf, heartbeat: 
         }
         shared.writes.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = socket.write_all(&spare).await {
-            fail(&shared, &format!("write: {e}"));
+            fail(&shared, LinkFailure::Write(e));
             break;
         }
         spare.clear();
@@ -483,7 +563,7 @@ async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf, heartbeat: 
         }
     }
     // Closed or dead: nothing pending may wait for a confirm that cannot come.
-    fail(&shared, "publisher closed");
+    fail(&shared, LinkFailure::Closed);
     // Best effort: tell the broker we are going.
     let close = AMQPFrame::Method(
         0,
@@ -506,34 +586,37 @@ async fn read_loop(shared: Arc<Shared>, mut socket: OwnedReadHalf, heartbeat: Op
     // (a partition with the TCP connection still open).
     let silence = heartbeat.map_or(Duration::from_secs(3600), |hb| hb * 2);
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut content: Option<Content> = None;
+    let mut confirms = ConfirmReader::default();
     loop {
         let read = tokio::select! {
             () = shared.dead.cancelled() => return,
             read = tokio::time::timeout(silence, socket.read_buf(&mut buf)) => read,
         };
         match read {
-            Err(_) => return fail(&shared, "missed heartbeats"),
-            Ok(Err(e)) => return fail(&shared, &format!("read: {e}")),
-            Ok(Ok(0)) => return fail(&shared, "broker closed the connection"),
+            Err(_) => return fail(&shared, LinkFailure::MissedHeartbeats),
+            Ok(Err(e)) => return fail(&shared, LinkFailure::Read(e)),
+            Ok(Ok(0)) => return fail(&shared, LinkFailure::Eof),
             Ok(Ok(_)) => {}
         }
         let mut consumed = 0;
-        let mut acks: Vec<(u64, bool, bool)> = Vec::new();
+        let mut acks: Vec<Ack> = Vec::new();
         while consumed < buf.len() {
             let input = &buf[consumed..];
             match parse_frame(input) {
                 Ok((rest, frame)) => {
                     consumed += input.len() - rest.len();
-                    if let Err(why) = on_frame(&shared, frame, &mut content, &mut acks) {
+                    if let Err(why) = confirms.on_frame(frame, &mut acks) {
                         settle(&shared, &acks);
-                        return fail(&shared, &why);
+                        return fail(&shared, why);
                     }
                 }
                 Err(e) if e.is_incomplete() => break,
                 Err(e) => {
                     settle(&shared, &acks);
-                    return fail(&shared, &format!("bad frame from broker: {e:?}"));
+                    return fail(
+                        &shared,
+                        LinkFailure::Protocol(format!("bad frame from broker: {e:?}")),
+                    );
                 }
             }
         }
@@ -542,109 +625,156 @@ async fn read_loop(shared: Arc<Shared>, mut socket: OwnedReadHalf, heartbeat: Op
     }
 }
 
-/// A `basic.return` being received: its header tells the message id.
-struct Content {
-    message_id: Option<String>,
-    remaining: u64,
-    header_seen: bool,
+/// One `basic.ack` or `basic.nack` from the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ack {
+    tag: u64,
+    multiple: bool,
+    positive: bool,
+    /// How many `basic.return`s arrived since the previous ack or nack: the broker returns an
+    /// unroutable mandatory message before it confirms it, and confirms it at once (AMQP
+    /// 0-9-1 with RabbitMQ's publisher confirms), so they belong to the highest tags this
+    /// frame settles — in practice one return, for `tag` itself.
+    returned: usize,
 }
 
-fn on_frame(
-    shared: &Shared,
-    frame: AMQPFrame,
-    content: &mut Option<Content>,
-    acks: &mut Vec<(u64, bool, bool)>,
-) -> Result<(), String> {
-    match frame {
-        AMQPFrame::Heartbeat | AMQPFrame::InvalidHeartbeat(_) => Ok(()),
-        AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Ack(ack))) => {
-            acks.push((ack.delivery_tag, ack.multiple, true));
-            Ok(())
-        }
-        AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Nack(nack))) => {
-            acks.push((nack.delivery_tag, nack.multiple, false));
-            Ok(())
-        }
-        AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Return(ret))) => {
-            tracing::warn!(
-                reply_code = ret.reply_code,
-                reply_text = %ret.reply_text,
-                exchange = %ret.exchange,
-                routing_key = %ret.routing_key,
-                "broker returned an unroutable message"
-            );
-            *content = Some(Content {
-                message_id: None,
-                remaining: 0,
-                header_seen: false,
-            });
-            Ok(())
-        }
-        AMQPFrame::Header(_, header) => {
-            let Some(c) = content.as_mut() else {
-                return Err("content header without basic.return".into());
-            };
-            c.message_id = header
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.as_str().to_owned());
-            c.remaining = header.body_size;
-            c.header_seen = true;
-            if c.remaining == 0 {
-                finish_return(shared, content);
+/// Turns the broker's frames into [`Ack`]s, counting returned messages in between.
+#[derive(Debug, Default)]
+struct ConfirmReader {
+    /// Body bytes still to come of the `basic.return` being received, once its header came.
+    returning: Option<Option<u64>>,
+    /// Returns fully received and not yet matched to a confirm.
+    returned: usize,
+}
+
+impl ConfirmReader {
+    fn on_frame(&mut self, frame: AMQPFrame, acks: &mut Vec<Ack>) -> Result<(), LinkFailure> {
+        match frame {
+            AMQPFrame::Heartbeat | AMQPFrame::InvalidHeartbeat(_) => Ok(()),
+            AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Ack(ack))) => {
+                self.confirm(ack.delivery_tag, ack.multiple, true, acks);
+                Ok(())
             }
-            Ok(())
-        }
-        AMQPFrame::Body(_, data) => {
-            let Some(c) = content.as_mut().filter(|c| c.header_seen) else {
-                return Err("content body without header".into());
-            };
-            c.remaining = c.remaining.saturating_sub(data.len() as u64);
-            if c.remaining == 0 {
-                finish_return(shared, content);
+            AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Nack(nack))) => {
+                self.confirm(nack.delivery_tag, nack.multiple, false, acks);
+                Ok(())
             }
-            Ok(())
+            AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Return(ret))) => {
+                tracing::warn!(
+                    reply_code = ret.reply_code,
+                    reply_text = %ret.reply_text,
+                    exchange = %ret.exchange,
+                    routing_key = %ret.routing_key,
+                    "broker returned an unroutable message"
+                );
+                self.returning = Some(None);
+                Ok(())
+            }
+            AMQPFrame::Header(_, header) => {
+                if self.returning != Some(None) {
+                    return Err(LinkFailure::Protocol(
+                        "content header without basic.return".into(),
+                    ));
+                }
+                self.returning = Some(Some(header.body_size));
+                self.body_received(0);
+                Ok(())
+            }
+            AMQPFrame::Body(_, data) => {
+                if !matches!(self.returning, Some(Some(_))) {
+                    return Err(LinkFailure::Protocol("content body without header".into()));
+                }
+                self.body_received(data.len() as u64);
+                Ok(())
+            }
+            AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
+                Err(LinkFailure::BrokerClosed {
+                    scope: "connection",
+                    code: close.reply_code,
+                    text: close.reply_text.to_string(),
+                })
+            }
+            AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(close))) => {
+                Err(LinkFailure::BrokerClosed {
+                    scope: "channel",
+                    code: close.reply_code,
+                    text: close.reply_text.to_string(),
+                })
+            }
+            AMQPFrame::Method(
+                _,
+                AMQPClass::Connection(connection::AMQPMethod::Blocked(blocked)),
+            ) => {
+                // Publishes queue up (and time out at the caller) until unblocked.
+                tracing::warn!(reason = %blocked.reason, "broker blocked publishing");
+                Ok(())
+            }
+            AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Unblocked(_))) => {
+                tracing::info!("broker unblocked publishing");
+                Ok(())
+            }
+            other => {
+                tracing::debug!(frame = ?other, "ignoring frame");
+                Ok(())
+            }
         }
-        AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
-            Err(format!(
-                "broker closed the connection: {} {}",
-                close.reply_code, close.reply_text
-            ))
+    }
+
+    fn body_received(&mut self, len: u64) {
+        if let Some(Some(remaining)) = self.returning.as_mut() {
+            *remaining = remaining.saturating_sub(len);
+            if *remaining == 0 {
+                self.returning = None;
+                self.returned += 1;
+            }
         }
-        AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(close))) => {
-            Err(format!(
-                "broker closed the channel: {} {}",
-                close.reply_code, close.reply_text
-            ))
-        }
-        AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Blocked(blocked))) => {
-            // Publishes queue up (and time out at the caller) until unblocked.
-            tracing::warn!(reason = %blocked.reason, "broker blocked publishing");
-            Ok(())
-        }
-        AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Unblocked(_))) => {
-            tracing::info!("broker unblocked publishing");
-            Ok(())
-        }
-        other => {
-            tracing::debug!(frame = ?other, "ignoring frame");
-            Ok(())
-        }
+    }
+
+    fn confirm(&mut self, tag: u64, multiple: bool, positive: bool, acks: &mut Vec<Ack>) {
+        acks.push(Ack {
+            tag,
+            multiple,
+            positive,
+            returned: std::mem::take(&mut self.returned),
+        });
     }
 }
 
-fn finish_return(shared: &Shared, content: &mut Option<Content>) {
-    if let Some(c) = content.take() {
-        lock(shared)
-            .returned
-            .insert(c.message_id.unwrap_or_default());
-    }
+/// Takes the publishes `ack` settles out of `pending`, each with its result, lowest tag first.
+fn resolve(
+    pending: &mut BTreeMap<u64, Pending>,
+    ack: Ack,
+) -> Vec<(Pending, Result<(), PublishError>)> {
+    let settled: Vec<(u64, Pending)> = if ack.multiple {
+        let rest = pending.split_off(&(ack.tag + 1));
+        std::mem::replace(pending, rest).into_iter().collect()
+    } else {
+        pending
+            .remove(&ack.tag)
+            .map(|p| (ack.tag, p))
+            .into_iter()
+            .collect()
+    };
+    let returned_from = settled.len().saturating_sub(ack.returned);
+    settled
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, done))| {
+            let result = if !ack.positive {
+                Err(PublishError::NotConfirmed)
+            } else if i >= returned_from {
+                Err(PublishError::Unroutable)
+            } else {
+                Ok(())
+            };
+            (done, result)
+        })
+        .collect()
 }
 
 /// Resolves the publishes confirmed (or refused) by `acks`, in order, outside the frame loop
 /// so the lock is taken once per read.
-fn settle(shared: &Shared, acks: &[(u64, bool, bool)]) {
+fn settle(shared: &Shared, acks: &[Ack]) {
     if acks.is_empty() {
         return;
     }
@@ -652,34 +782,8 @@ fn settle(shared: &Shared, acks: &[(u64, bool, bool)]) {
     let waiting;
     {
         let mut state = lock(shared);
-        for &(tag, multiple, positive) in acks {
-            let settled: Vec<(u64, Pending)> = if multiple {
-                let rest = state.pending.split_off(&(tag + 1));
-                std::mem::replace(&mut state.pending, rest)
-                    .into_iter()
-                    .collect()
-            } else {
-                state
-                    .pending
-                    .remove(&tag)
-                    .map(|p| (tag, p))
-                    .into_iter()
-                    .collect()
-            };
-            for (_, p) in settled {
-                let result = if !positive {
-                    Err(PublishError::NotConfirmed)
-                } else if !state.returned.is_empty()
-                    && state
-                        .returned
-                        .remove(p.message_id.as_deref().unwrap_or_default())
-                {
-                    Err(PublishError::Unroutable)
-                } else {
-                    Ok(())
-                };
-                done.push((p.done, result));
-            }
+        for &ack in acks {
+            done.extend(resolve(&mut state.pending, ack));
         }
         // Publishes held back behind unconfirmed writes can go now.
         waiting = !state.out.is_empty();
@@ -711,9 +815,7 @@ async fn handshake(uri: &AMQPUri) -> Result<(TcpStream, Tuned), ConnectError> {
         .split(' ')
         .any(|m| m == "PLAIN")
     {
-        return Err(ConnectError::Handshake(
-            "broker does not offer PLAIN authentication".into(),
-        ));
+        return Err(HandshakeError::NoPlainAuth.into());
     }
     let mut capabilities = FieldTable::default();
     for capability in ["publisher_confirms", "connection.blocked", "basic.nack"] {
@@ -745,10 +847,11 @@ async fn handshake(uri: &AMQPUri) -> Result<(TcpStream, Tuned), ConnectError> {
     let tune = match read_frame(&mut stream, &mut buf).await? {
         AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune))) => tune,
         AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
-            return Err(ConnectError::Handshake(format!(
-                "broker refused the login: {} {}",
-                close.reply_code, close.reply_text
-            )));
+            return Err(HandshakeError::Closed {
+                code: close.reply_code,
+                text: close.reply_text.to_string(),
+            }
+            .into());
         }
         other => return Err(unexpected("connection.tune", &other)),
     };
@@ -819,9 +922,11 @@ async fn handshake(uri: &AMQPUri) -> Result<(TcpStream, Tuned), ConnectError> {
     })
     .await?;
     if !buf.is_empty() {
-        return Err(ConnectError::Handshake(
-            "unexpected data after confirm.select-ok".into(),
-        ));
+        return Err(HandshakeError::Unexpected {
+            expected: "nothing after confirm.select-ok",
+            got: format!("{} bytes", buf.len()),
+        }
+        .into());
     }
     Ok((
         stream,
@@ -832,14 +937,18 @@ async fn handshake(uri: &AMQPUri) -> Result<(TcpStream, Tuned), ConnectError> {
     ))
 }
 
-fn unexpected(wanted: &str, got: &AMQPFrame) -> ConnectError {
-    ConnectError::Handshake(format!("expected {wanted}, got {got:?}"))
+fn unexpected(expected: &'static str, got: &AMQPFrame) -> ConnectError {
+    HandshakeError::Unexpected {
+        expected,
+        got: format!("{got:?}"),
+    }
+    .into()
 }
 
 async fn expect(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
-    wanted: &str,
+    wanted: &'static str,
     is: impl Fn(&AMQPFrame) -> bool,
 ) -> Result<(), ConnectError> {
     loop {
@@ -850,10 +959,11 @@ async fn expect(
         match frame {
             AMQPFrame::Heartbeat => continue,
             AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
-                return Err(ConnectError::Handshake(format!(
-                    "broker closed the connection: {} {}",
-                    close.reply_code, close.reply_text
-                )));
+                return Err(HandshakeError::Closed {
+                    code: close.reply_code,
+                    text: close.reply_text.to_string(),
+                }
+                .into());
             }
             other => return Err(unexpected(wanted, &other)),
         }
@@ -862,7 +972,7 @@ async fn expect(
 
 async fn send(stream: &mut TcpStream, method: AMQPClass, channel: u16) -> Result<(), ConnectError> {
     let mut out = Vec::new();
-    write_frame(&mut out, &AMQPFrame::Method(channel, method)).map_err(ConnectError::Handshake)?;
+    write_frame(&mut out, &AMQPFrame::Method(channel, method)).map_err(HandshakeError::Encode)?;
     stream.write_all(&out).await?;
     Ok(())
 }
@@ -878,18 +988,16 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<AMQPFra
                 }
                 Err(e) if e.is_incomplete() => {}
                 Err(e) => {
-                    return Err(ConnectError::Handshake(format!("bad frame: {e:?}")));
+                    return Err(HandshakeError::Malformed(format!("{e:?}")).into());
                 }
             }
         }
         if buf.len() > FRAME_MAX as usize {
-            return Err(ConnectError::Handshake("frame too large".into()));
+            return Err(HandshakeError::Malformed("frame over frame_max".into()).into());
         }
         if stream.read_buf(buf).await? == 0 {
             // A broker answering the protocol header with its own means a version mismatch.
-            return Err(ConnectError::Handshake(
-                "broker closed the connection during the handshake".into(),
-            ));
+            return Err(HandshakeError::Eof.into());
         }
     }
 }
@@ -972,6 +1080,146 @@ mod tests {
             write_frame(&mut expected, &AMQPFrame::Body(CHANNEL, chunk.to_vec())).unwrap();
         }
         assert_eq!(ours, expected);
+    }
+
+    /// Publishes `tags` pending, each with a receiver for its result.
+    fn pending(
+        tags: std::ops::RangeInclusive<u64>,
+    ) -> (
+        BTreeMap<u64, Pending>,
+        Vec<(u64, oneshot::Receiver<Result<(), PublishError>>)>,
+    ) {
+        let mut pending = BTreeMap::new();
+        let mut receivers = Vec::new();
+        for tag in tags {
+            let (done, result) = oneshot::channel();
+            pending.insert(tag, done);
+            receivers.push((tag, result));
+        }
+        (pending, receivers)
+    }
+
+    /// What each publish was told: `ok`, `unroutable`, `nack` or `open` (not settled).
+    fn outcomes(
+        receivers: &mut [(u64, oneshot::Receiver<Result<(), PublishError>>)],
+    ) -> Vec<(u64, &'static str)> {
+        receivers
+            .iter_mut()
+            .map(|(tag, result)| {
+                let outcome = match result.try_recv() {
+                    Ok(Ok(())) => "ok",
+                    Ok(Err(PublishError::Unroutable)) => "unroutable",
+                    Ok(Err(PublishError::NotConfirmed)) => "nack",
+                    Ok(Err(_)) => "failed",
+                    Err(_) => "open",
+                };
+                (*tag, outcome)
+            })
+            .collect()
+    }
+
+    fn check(tags: std::ops::RangeInclusive<u64>, acks: &[Ack], expected: &[(u64, &'static str)]) {
+        let (mut pending, mut receivers) = pending(tags);
+        for &ack in acks {
+            for (done, result) in resolve(&mut pending, ack) {
+                let _ = done.send(result);
+            }
+        }
+        assert_eq!(outcomes(&mut receivers), expected);
+    }
+
+    fn ack(tag: u64, multiple: bool, returned: usize) -> Ack {
+        Ack {
+            tag,
+            multiple,
+            positive: true,
+            returned,
+        }
+    }
+
+    #[test]
+    fn a_return_belongs_to_the_message_its_confirm_settles() {
+        // Returned before its own single ack, while an older publish waits.
+        check(
+            1..=3,
+            &[ack(2, false, 1), ack(3, true, 0)],
+            &[(1, "ok"), (2, "unroutable"), (3, "ok")],
+        );
+        // A multiple ack after a return: the return is the highest tag it settles, not the
+        // oldest (publishes without a message id used to share one entry, `""`).
+        check(
+            1..=3,
+            &[ack(3, true, 1)],
+            &[(1, "ok"), (2, "ok"), (3, "unroutable")],
+        );
+        // Two returns before one multiple ack: the two highest tags.
+        check(
+            1..=4,
+            &[ack(4, true, 2)],
+            &[(1, "ok"), (2, "ok"), (3, "unroutable"), (4, "unroutable")],
+        );
+    }
+
+    #[test]
+    fn a_returned_message_that_is_nacked_leaves_nothing_behind() {
+        let nack = Ack {
+            tag: 1,
+            multiple: false,
+            positive: false,
+            returned: 1,
+        };
+        // The return of 1 is used up by its nack: 2 is confirmed plainly.
+        check(1..=2, &[nack, ack(2, false, 0)], &[(1, "nack"), (2, "ok")]);
+    }
+
+    #[test]
+    fn returns_are_counted_between_confirms() {
+        use amq_protocol::frame::AMQPContentHeader;
+
+        let mut reader = ConfirmReader::default();
+        let mut acks = Vec::new();
+        let frames = [
+            AMQPFrame::Method(
+                CHANNEL,
+                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: 312,
+                    reply_text: ShortString::from("NO_ROUTE"),
+                    exchange: ShortString::from("ns.events"),
+                    routing_key: ShortString::from("nowhere"),
+                })),
+            ),
+            AMQPFrame::Header(
+                CHANNEL,
+                AMQPContentHeader {
+                    class_id: 60,
+                    body_size: 5,
+                    properties: crate::rabbit::to_amqp(&Properties::default()),
+                },
+            ),
+            AMQPFrame::Body(CHANNEL, b"ab".to_vec()),
+            AMQPFrame::Body(CHANNEL, b"cde".to_vec()),
+            AMQPFrame::Method(
+                CHANNEL,
+                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: 7,
+                    multiple: false,
+                })),
+            ),
+            AMQPFrame::Method(
+                CHANNEL,
+                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: 9,
+                    multiple: true,
+                })),
+            ),
+        ];
+        for frame in frames {
+            reader.on_frame(frame, &mut acks).unwrap();
+        }
+        assert_eq!(acks, [ack(7, false, 1), ack(9, true, 0)]);
+        // A body with no return before it is a protocol violation.
+        let stray = reader.on_frame(AMQPFrame::Body(CHANNEL, b"x".to_vec()), &mut acks);
+        assert!(matches!(stray, Err(LinkFailure::Protocol(_))), "{stray:?}");
     }
 
     #[test]

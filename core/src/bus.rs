@@ -66,8 +66,14 @@ pub struct Message {
     pub properties: Properties,
 }
 
-/// Why a publish did not end in a broker confirm.
-#[derive(Debug, thiserror::Error)]
+/// The underlying cause of a bus failure, shared: one broken connection fails every publish
+/// it carried.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why a publish did not end in a broker confirm. Every variant but
+/// [`PublishError::Unroutable`] means the message's fate is unknown or negative: the caller
+/// must not report it accepted.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// No connection to the broker right now.
     #[error("broker is not connected")]
@@ -78,20 +84,38 @@ pub enum PublishError {
     /// No queue is bound for the routing key (mandatory publish came back).
     #[error("message is unroutable")]
     Unroutable,
-    /// The connection or channel failed during the publish.
-    #[error("publish failed: {0}")]
-    Failed(String),
+    /// The broker stopped reading (a memory or disk alarm) and the publish buffer is full.
+    #[error("broker is not reading; publish buffer full")]
+    Backlogged,
+    /// The message cannot be sent as given: a name or property over AMQP's limits.
+    #[error("message cannot be encoded")]
+    Encode(#[source] Cause),
+    /// The connection or channel failed before the broker's answer; the bus reconnects.
+    #[error("connection to the broker failed during the publish")]
+    Connection(#[source] Cause),
 }
 
-/// A failure to set up a consumer or declare something.
+/// A failure to set up a consumer, settle a delivery or declare something.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// No connection to the broker right now.
     #[error("broker is not connected")]
     Unavailable,
-    /// The broker refused the operation.
-    #[error("broker operation failed: {0}")]
-    Failed(String),
+    /// The broker did not answer `operation` within its deadline.
+    #[error("broker did not answer {operation} in time")]
+    Timeout {
+        /// The AMQP operation (`basic.ack`, `queue.declare`, …).
+        operation: &'static str,
+    },
+    /// The broker refused the operation or the connection failed while it ran.
+    #[error("broker operation {operation} failed")]
+    Failed {
+        /// The AMQP operation.
+        operation: &'static str,
+        /// The client library's error.
+        #[source]
+        source: Cause,
+    },
 }
 
 /// Settles one delivery. Implemented per bus.

@@ -26,3 +26,42 @@ pub fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// Displays an error with its chain of sources, `outer: cause: root cause`, for one log
+/// field: `tracing::warn!(error = %ErrorChain(&e), "…")`. Errors keep their sources as
+/// `#[source]` and never repeat them in their own message, so the chain shows each cause
+/// once, in the text and the JSON log format alike.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("middle")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_shows_every_cause_once() {
+        let error = Outer(Middle(std::io::Error::other("root")));
+        assert_eq!(ErrorChain(&error).to_string(), "outer: middle: root");
+        let alone = std::io::Error::other("alone");
+        assert_eq!(ErrorChain(&alone).to_string(), "alone");
+    }
+}

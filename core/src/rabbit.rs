@@ -2,8 +2,9 @@
 //! publishes in flight on each, and a supervisor task that reconnects and re-declares the
 //! topology whenever the connection is lost.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,10 +26,105 @@ use crate::bus::{
     Acker, Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message, Properties, PublishError,
 };
 use crate::topology::{Arg, Topology};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 
 /// Publisher channels per connection. Each carries many publishes in flight; a few spread
 /// the broker-side work of confirms.
 const PUBLISH_CHANNELS: usize = 4;
+/// Deadline on every AMQP operation the bus waits for other than a publish's confirm (which
+/// its caller bounds): connect, channel open/close, declare, qos, consume, cancel, ack, nack.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The broker refused to declare part of the topology because it already exists with other
+/// arguments (AMQP `PRECONDITION_FAILED`), e.g. `{ns}.worker` declared as a classic queue
+/// while `rabbitmq.queue_type` says quorum. A configuration error: retrying cannot fix it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "{kind} `{name}` already exists with a different `{argument}` than this configuration \
+     declares ({reply}); delete the {kind} or change the configuration to match it"
+)]
+pub struct TopologyMismatch {
+    /// `queue` or `exchange`.
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// The argument that differs (`x-queue-type`, `x-message-ttl`, `type`, `durable`, …), as
+    /// the broker names it; `unknown` when its reply does not say.
+    pub argument: String,
+    /// The broker's reply text.
+    pub reply: String,
+}
+
+impl TopologyMismatch {
+    /// `Some` when `error` is the broker's `PRECONDITION_FAILED` answer to declaring `name`.
+    fn from_declare(kind: &'static str, name: &str, error: &lapin::Error) -> Option<Self> {
+        let lapin::ErrorKind::ProtocolError(amqp) = error.kind() else {
+            return None;
+        };
+        if !matches!(
+            amqp.kind(),
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+        ) {
+            return None;
+        }
+        let reply = amqp.get_message().to_string();
+        Some(Self {
+            kind,
+            name: name.to_owned(),
+            argument: inequivalent_arg(&reply).unwrap_or("unknown").to_owned(),
+            reply,
+        })
+    }
+}
+
+/// The argument RabbitMQ names in "inequivalent arg 'x-queue-type' for queue …".
+fn inequivalent_arg(reply: &str) -> Option<&str> {
+    let rest = reply.split_once("inequivalent arg '")?.1;
+    Some(rest.split_once('\'')?.0)
+}
+
+/// Why a declare failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeclareError {
+    /// Something exists with other arguments: fatal, see [`TopologyMismatch`].
+    #[error(transparent)]
+    Mismatch(#[from] TopologyMismatch),
+    /// The broker failed or did not answer; worth retrying.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum EstablishError {
+    #[error("cannot connect to the broker")]
+    Connect(#[source] BusError),
+    #[error("cannot declare the topology")]
+    Declare(#[source] DeclareError),
+    #[error("cannot connect the publisher")]
+    Publisher(#[source] ConnectError),
+    #[error("cannot open a publish channel")]
+    Channel(#[source] BusError),
+}
+
+/// Runs one AMQP operation under [`OPERATION_TIMEOUT`].
+async fn bounded<T>(
+    operation: &'static str,
+    future: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, BusError> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, future).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(failed(operation, e)),
+        Err(_) => Err(BusError::Timeout { operation }),
+    }
+}
+
+fn failed(operation: &'static str, error: lapin::Error) -> BusError {
+    BusError::Failed {
+        operation,
+        source: Arc::new(error),
+    }
+}
 
 /// RabbitMQ bus. Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -46,6 +142,10 @@ struct Shared {
     /// Woken when a new connection is live, for consumers waiting to resubscribe.
     connected: Notify,
     shutdown: CancellationToken,
+    /// Set when the broker refused the topology; the supervisor has stopped.
+    mismatch: Mutex<Option<TopologyMismatch>>,
+    /// Cancelled together with setting `mismatch`.
+    gave_up: CancellationToken,
 }
 
 struct Live {
@@ -84,9 +184,29 @@ impl RabbitBus {
             broken: Notify::new(),
             connected: Notify::new(),
             shutdown,
+            mismatch: Mutex::new(None),
+            gave_up: CancellationToken::new(),
         });
         tokio::spawn(supervise(url, topology, Arc::clone(&shared)));
         Self { shared }
+    }
+
+    /// Resolves when the bus has given up for good because the broker refused the topology
+    /// ([`TopologyMismatch`]); never resolves otherwise. The binaries exit on it with the
+    /// error, since no retry can fix a configuration that disagrees with the broker.
+    pub async fn gave_up(&self) -> TopologyMismatch {
+        loop {
+            self.shared.gave_up.cancelled().await;
+            if let Some(mismatch) = self
+                .shared
+                .mismatch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+            {
+                return mismatch;
+            }
+        }
     }
 
     fn live(&self) -> Option<Arc<Live>> {
@@ -107,6 +227,7 @@ impl RabbitBus {
                 let _ =
                     tokio::time::timeout(Duration::from_secs(2), channel.wait_for_confirms()).await;
             }
+            // Best effort at shutdown: the broker settles a vanished connection by itself.
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
                 live.connection.close(200, ShortString::from("shutdown")),
@@ -177,8 +298,24 @@ async fn supervise(url: String, topology: Topology, shared: Arc<Shared>) {
                 )
                 .await;
             }
+            Err(EstablishError::Declare(DeclareError::Mismatch(mismatch))) => {
+                tracing::error!(
+                    kind = mismatch.kind,
+                    name = %mismatch.name,
+                    argument = %mismatch.argument,
+                    reply = %mismatch.reply,
+                    "rabbitmq refused the topology: an existing {} has other arguments; giving up",
+                    mismatch.kind
+                );
+                *shared
+                    .mismatch
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(mismatch);
+                shared.gave_up.cancel();
+                return;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "rabbitmq connect failed; retrying");
+                tracing::warn!(error = %crate::ErrorChain(&e), "rabbitmq connect failed; retrying");
             }
         }
         tokio::select! {
@@ -193,20 +330,29 @@ async fn establish(
     url: &str,
     topology: &Topology,
     shutdown: &CancellationToken,
-) -> Result<Live, lapin::Error> {
-    let connection = tokio::time::timeout(
-        Duration::from_secs(5),
+) -> Result<Live, EstablishError> {
+    let connection = bounded(
+        "connection.open",
         Connection::connect(url, ConnectionProperties::default()),
     )
     .await
-    .map_err(|_| lapin::Error::from(std::io::Error::other("connect timed out")))??;
-    let setup = connection.create_channel().await?;
-    declare(&setup, topology).await?;
-    let _ = setup.close(200, ShortString::from("declared")).await;
+    .map_err(EstablishError::Connect)?;
+    let setup = bounded("channel.open", connection.create_channel())
+        .await
+        .map_err(EstablishError::Connect)?;
+    declare(&setup, topology)
+        .await
+        .map_err(EstablishError::Declare)?;
+    // The channel was only for declaring; a failed close changes nothing.
+    let _ = bounded(
+        "channel.close",
+        setup.close(200, ShortString::from("declared")),
+    )
+    .await;
     let publisher = match Publisher::connect(url, shutdown.child_token()).await {
         Ok(publisher) => Some(publisher),
         Err(ConnectError::Tls) => None,
-        Err(e) => return Err(lapin::Error::from(std::io::Error::other(e.to_string()))),
+        Err(e) => return Err(EstablishError::Publisher(e)),
     };
     let lapin_channels = if publisher.is_some() {
         0
@@ -215,10 +361,15 @@ async fn establish(
     };
     let mut channels = Vec::with_capacity(lapin_channels);
     for _ in 0..lapin_channels {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let channel = bounded("channel.open", connection.create_channel())
+            .await
+            .map_err(EstablishError::Channel)?;
+        bounded(
+            "confirm.select",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .map_err(EstablishError::Channel)?;
         channels.push(channel);
     }
     Ok(Live {
@@ -230,19 +381,25 @@ async fn establish(
 }
 
 /// Declares the exchange, the queues and their bindings (idempotent: same arguments every
-/// time, so every process can do it at start).
-pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            ShortString::from(topology.exchange.as_str()),
+/// time, so every process can do it at start). Each step is bounded by a deadline; a
+/// declare the broker refuses because the exchange or a queue exists with other arguments
+/// is a [`DeclareError::Mismatch`]. After one, the channel is closed by the broker.
+pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), DeclareError> {
+    let exchange = topology.exchange.as_str();
+    bounded(
+        "exchange.declare",
+        channel.exchange_declare(
+            ShortString::from(exchange),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,
                 ..ExchangeDeclareOptions::default()
             },
             FieldTable::default(),
-        )
-        .await?;
+        ),
+    )
+    .await
+    .map_err(|e| mismatch_or("exchange", exchange, e))?;
     for queue in &topology.queues {
         let mut args = FieldTable::default();
         for arg in &queue.args {
@@ -254,29 +411,46 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), lapin
                 Arg::Int(k, v) => args.insert(ShortString::from(*k), AMQPValue::LongLongInt(*v)),
             };
         }
-        channel
-            .queue_declare(
+        bounded(
+            "queue.declare",
+            channel.queue_declare(
                 ShortString::from(queue.name.as_str()),
                 QueueDeclareOptions {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
                 args,
-            )
-            .await?;
+            ),
+        )
+        .await
+        .map_err(|e| mismatch_or("queue", &queue.name, e))?;
         for key in &queue.bindings {
-            channel
-                .queue_bind(
+            bounded(
+                "queue.bind",
+                channel.queue_bind(
                     ShortString::from(queue.name.as_str()),
-                    ShortString::from(topology.exchange.as_str()),
+                    ShortString::from(exchange),
                     ShortString::from(key.as_str()),
                     QueueBindOptions::default(),
                     FieldTable::default(),
-                )
-                .await?;
+                ),
+            )
+            .await?;
         }
     }
     Ok(())
+}
+
+/// A [`TopologyMismatch`] when the broker said `PRECONDITION_FAILED` to declaring `name`, else
+/// the failure as it was.
+fn mismatch_or(kind: &'static str, name: &str, error: BusError) -> DeclareError {
+    if let BusError::Failed { source, .. } = &error
+        && let Some(lapin_error) = source.downcast_ref::<lapin::Error>()
+        && let Some(mismatch) = TopologyMismatch::from_declare(kind, name, lapin_error)
+    {
+        return mismatch.into();
+    }
+    error.into()
 }
 
 /// The AMQP properties of a message as lapin takes them: persistent (`delivery-mode` 2), plus
@@ -353,22 +527,21 @@ struct RabbitAcker(lapin::Acker);
 #[async_trait]
 impl Acker for RabbitAcker {
     async fn ack(&self) -> Result<(), BusError> {
-        self.0
-            .ack(BasicAckOptions::default())
+        bounded("basic.ack", self.0.ack(BasicAckOptions::default()))
             .await
             .map(|_| ())
-            .map_err(|e| BusError::Failed(e.to_string()))
     }
 
     async fn nack(&self, requeue: bool) -> Result<(), BusError> {
-        self.0
-            .nack(BasicNackOptions {
+        bounded(
+            "basic.nack",
+            self.0.nack(BasicNackOptions {
                 requeue,
                 ..BasicNackOptions::default()
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| BusError::Failed(e.to_string()))
+            }),
+        )
+        .await
+        .map(|_| ())
     }
 }
 
@@ -385,7 +558,7 @@ impl Bus for RabbitBus {
             let result = publisher
                 .publish(exchange, routing_key, &message.properties, &message.body)
                 .await;
-            if matches!(result, Err(PublishError::Failed(_))) {
+            if matches!(result, Err(PublishError::Connection(_))) {
                 self.shared.broken.notify_one();
             }
             return result;
@@ -394,7 +567,7 @@ impl Bus for RabbitBus {
         let channel = live.channels.get(i).ok_or(PublishError::Unavailable)?;
         let broken = |e: lapin::Error| {
             self.shared.broken.notify_one();
-            PublishError::Failed(e.to_string())
+            PublishError::Connection(Arc::new(e))
         };
         let confirm = channel
             .basic_publish(
@@ -456,25 +629,29 @@ async fn consume_loop(
             continue;
         };
         let started = async {
-            let channel = live.connection.create_channel().await?;
-            channel
-                .basic_qos(prefetch, BasicQosOptions::default())
-                .await?;
-            let consumer = channel
-                .basic_consume(
+            let channel = bounded("channel.open", live.connection.create_channel()).await?;
+            bounded(
+                "basic.qos",
+                channel.basic_qos(prefetch, BasicQosOptions::default()),
+            )
+            .await?;
+            let consumer = bounded(
+                "basic.consume",
+                channel.basic_consume(
                     ShortString::from(queue.as_str()),
                     ShortString::from(tag.as_str()),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
-                )
-                .await?;
-            Ok::<_, lapin::Error>((channel, consumer))
+                ),
+            )
+            .await?;
+            Ok::<_, BusError>((channel, consumer))
         }
         .await;
         let (channel, mut consumer) = match started {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(%queue, error = %e, "cannot start consumer; retrying");
+                tracing::warn!(%queue, error = %crate::ErrorChain(&e), "cannot start consumer; retrying");
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -486,9 +663,13 @@ async fn consume_loop(
         loop {
             let next = tokio::select! {
                 () = stop.cancelled() => {
-                    let _ = channel
-                        .basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default())
-                        .await;
+                    // Unsettled deliveries stay with the broker whether or not the cancel
+                    // is answered; it only stops new ones sooner.
+                    let _ = bounded(
+                        "basic.cancel",
+                        channel.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default()),
+                    )
+                    .await;
                     return;
                 }
                 next = consumer.next() => next,
@@ -507,14 +688,16 @@ async fn consume_loop(
                     if sender.send(delivery).await.is_err() {
                         // The stream was dropped: its unsettled deliveries go back when the
                         // channel closes.
-                        let _ = channel
-                            .close(200, ShortString::from("consumer dropped"))
-                            .await;
+                        let _ = bounded(
+                            "channel.close",
+                            channel.close(200, ShortString::from("consumer dropped")),
+                        )
+                        .await;
                         return;
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(%queue, error = %e, "consumer failed; resubscribing");
+                    tracing::warn!(%queue, error = %crate::ErrorChain(&e), "consumer failed; resubscribing");
                     break;
                 }
                 None => {

@@ -12,15 +12,36 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
 
-/// A store failure. Callers treat every variant as "the store is unavailable right now".
+/// A store failure. Callers treat every variant as "the store is unavailable right now"
+/// unless they can act on the kind ([`StoreError::WrongType`] and
+/// [`StoreError::NotAnInteger`] mean another writer put an unexpected value under a key).
+///
+/// `Clone`, so one failed pipeline can fail every request that rode on it; the source is
+/// shared.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Not connected (yet, or any more).
     #[error("store is not connected")]
     Unavailable,
-    /// The command failed or timed out.
-    #[error("store command failed: {0}")]
-    Command(String),
+    /// `redis.url` is not a valid Redis URL.
+    #[error("invalid redis url")]
+    Url(#[source] Arc<redis::RedisError>),
+    /// The command failed, timed out or the connection broke while it ran.
+    #[error("store command failed")]
+    Command(#[source] Arc<redis::RedisError>),
+    /// The key holds a value of another type (a hash where a string was expected, or the
+    /// reverse).
+    #[error("key holds a value of another type")]
+    WrongType,
+    /// `INCR` on a value that is not an integer, or an increment past `i64::MAX`.
+    #[error("value is not an integer or would overflow")]
+    NotAnInteger,
+}
+
+impl StoreError {
+    fn command(error: redis::RedisError) -> Self {
+        Self::Command(Arc::new(error))
+    }
 }
 
 /// Result of [`Store::set_nx_get`].
@@ -67,6 +88,14 @@ pub trait Store: Send + Sync + 'static {
     async fn del(&self, key: &str) -> Result<bool, StoreError>;
     /// Deletes `key` only if it holds exactly `expected` (by script); true when deleted.
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError>;
+    /// Sets `key` to expire `ttl` from now only if it holds exactly `expected` (by script),
+    /// so only the owner of a lock can extend it; true when extended.
+    async fn compare_and_expire(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
     /// `INCR key`, setting `ttl` when the key was created by this call.
     async fn incr(&self, key: &str, ttl: Option<Duration>) -> Result<i64, StoreError>;
     /// `PTTL key` as a duration; `None` when the key is absent or has no expiry.
@@ -97,6 +126,7 @@ struct RedisShared {
 }
 
 const COMPARE_AND_DELETE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+const COMPARE_AND_EXPIRE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 const INCR_WITH_TTL: &str = "local v = redis.call('INCR', KEYS[1]) if v == 1 and tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return v";
 
 impl RedisStore {
@@ -109,7 +139,7 @@ impl RedisStore {
         command_timeout: Duration,
         shutdown: CancellationToken,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Command(e.to_string()))?;
+        let client = redis::Client::open(url).map_err(|e| StoreError::Url(Arc::new(e)))?;
         let shared = Arc::new(RedisShared {
             connection: RwLock::new(None),
             ready: AtomicBool::new(false),
@@ -179,7 +209,7 @@ impl RedisStore {
         let mut manager = self.manager()?;
         cmd.query_async(&mut manager)
             .await
-            .map_err(|e| self.failed(&e))
+            .map_err(|e| self.failed(e))
     }
 
     /// Sends `pipe` as one request; the replies in order.
@@ -190,28 +220,31 @@ impl RedisStore {
         let mut manager = self.manager()?;
         pipe.query_async(&mut manager)
             .await
-            .map_err(|e| self.failed(&e))
+            .map_err(|e| self.failed(e))
     }
 
     /// A failed command: not ready until the next health check says otherwise.
-    fn failed(&self, error: &redis::RedisError) -> StoreError {
+    fn failed(&self, error: redis::RedisError) -> StoreError {
         self.shared.ready.store(false, Ordering::Relaxed);
-        StoreError::Command(error.to_string())
+        StoreError::command(error)
     }
 
     async fn script<T: redis::FromRedisValue>(
         &self,
         script: &str,
         key: &str,
-        arg: &[u8],
+        args: &[&[u8]],
     ) -> Result<T, StoreError> {
         let mut manager = self.manager()?;
-        redis::Script::new(script)
-            .key(key)
-            .arg(arg)
+        let script = redis::Script::new(script);
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        invocation
             .invoke_async(&mut manager)
             .await
-            .map_err(|e| StoreError::Command(e.to_string()))
+            .map_err(|e| self.failed(e))
     }
 }
 
@@ -329,13 +362,26 @@ impl Store for RedisStore {
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
-        let n: i64 = self.script(COMPARE_AND_DELETE, key, expected).await?;
+        let n: i64 = self.script(COMPARE_AND_DELETE, key, &[expected]).await?;
+        Ok(n > 0)
+    }
+
+    async fn compare_and_expire(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let ms = px(ttl).to_string();
+        let n: i64 = self
+            .script(COMPARE_AND_EXPIRE, key, &[expected, ms.as_bytes()])
+            .await?;
         Ok(n > 0)
     }
 
     async fn incr(&self, key: &str, ttl: Option<Duration>) -> Result<i64, StoreError> {
         let ms = ttl.map_or(0, px).to_string();
-        self.script(INCR_WITH_TTL, key, ms.as_bytes()).await
+        self.script(INCR_WITH_TTL, key, &[ms.as_bytes()]).await
     }
 
     async fn pttl(&self, key: &str) -> Result<Option<Duration>, StoreError> {
@@ -426,7 +472,7 @@ fn bytes_of(entry: Option<&mut Entry>) -> Result<Option<Vec<u8>>, StoreError> {
             value: Value::Bytes(b),
             ..
         }) => Ok(Some(b.clone())),
-        Some(_) => Err(StoreError::Command("WRONGTYPE".into())),
+        Some(_) => Err(StoreError::WrongType),
     }
 }
 
@@ -528,6 +574,21 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn compare_and_expire(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.with(|d, now| match live(d, key, now) {
+            Some(entry) if matches!(&entry.value, Value::Bytes(b) if b == expected) => {
+                entry.expires_at = Some(now + ttl);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+    }
+
     async fn incr(&self, key: &str, ttl: Option<Duration>) -> Result<i64, StoreError> {
         self.with(|d, now| {
             let current = match bytes_of(live(d, key, now))? {
@@ -536,13 +597,13 @@ impl Store for MemoryStore {
                     std::str::from_utf8(&b)
                         .ok()
                         .and_then(|s| s.parse::<i64>().ok())
-                        .ok_or_else(|| StoreError::Command("value is not an integer".into()))?,
+                        .ok_or(StoreError::NotAnInteger)?,
                 ),
             };
             let next = current
                 .unwrap_or(0)
                 .checked_add(1)
-                .ok_or_else(|| StoreError::Command("increment overflows".into()))?;
+                .ok_or(StoreError::NotAnInteger)?;
             let expires_at = match (current, ttl) {
                 (None, Some(t)) => Some(now + t),
                 (None, None) => None,
@@ -574,7 +635,7 @@ impl Store for MemoryStore {
                 value: Value::Hash(h),
                 ..
             }) => Ok(h.get(field).cloned()),
-            Some(_) => Err(StoreError::Command("WRONGTYPE".into())),
+            Some(_) => Err(StoreError::WrongType),
         })
     }
 
@@ -597,7 +658,7 @@ impl Store for MemoryStore {
                     h.insert(field.to_owned(), value.to_vec());
                     Ok(())
                 }
-                _ => Err(StoreError::Command("WRONGTYPE".into())),
+                _ => Err(StoreError::WrongType),
             }
         })
     }
@@ -609,7 +670,7 @@ impl Store for MemoryStore {
                 value: Value::Hash(h),
                 ..
             }) => Ok(h.remove(field).is_some()),
-            Some(_) => Err(StoreError::Command("WRONGTYPE".into())),
+            Some(_) => Err(StoreError::WrongType),
         })
     }
 
@@ -620,7 +681,7 @@ impl Store for MemoryStore {
                 value: Value::Hash(h),
                 ..
             }) => Ok(h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-            Some(_) => Err(StoreError::Command("WRONGTYPE".into())),
+            Some(_) => Err(StoreError::WrongType),
         })
     }
 

@@ -4,9 +4,11 @@
 //! The store holds `{ns}:token:{appid}` = `{"access_token", "expires_at_ms", "fetched_at_ms"}`
 //! with a TTL at the expiry. [`TokenService::get`] uses it while more than `refresh_ahead` is
 //! left; otherwise one caller takes `{ns}:token-lock:{appid}` (`SET NX PX 10000`, random
-//! owner, released by compare-and-delete) and asks WeChat through a [`TokenFetcher`], while
-//! the others keep the still-valid old token or poll the key for the new one. They never call
-//! WeChat themselves.
+//! owner, released by compare-and-delete) and asks WeChat through a [`TokenFetcher`]. While
+//! the fetch runs the owner extends the lock (compare-and-extend every few seconds), so the
+//! lock outlives any `wechat.http_timeout_ms`. The others keep the still-valid old token or
+//! poll the key for the new one for up to `http_timeout_ms` + 1 s. They never call WeChat
+//! themselves.
 //!
 //! WeChat failing (network, 5xx, `-1`, `45011`) sets `{ns}:token-backoff:{appid}` (1 s
 //! doubling to 60 s); while it runs, callers without a valid token fail fast with
@@ -25,12 +27,16 @@ use crate::config::{Secret, TokenMode};
 use crate::keys::Keys;
 use crate::store::{Store, StoreError};
 
-/// How long the refresh lock is held at most (DESIGN.md §1.4).
+/// How long the refresh lock lives unless its owner extends it: a crashed owner blocks other
+/// refreshers for this long at most.
 const LOCK_TTL: Duration = Duration::from_millis(10_000);
+/// How often the owner extends the lock while its fetch runs; a third of the TTL, so two
+/// extensions may fail (a slow Redis) before the lock lapses.
+const LOCK_EXTEND_EVERY: Duration = Duration::from_millis(3_333);
 /// How often a caller waiting for another process's refresh re-reads the token.
 const POLL_EVERY: Duration = Duration::from_millis(50);
-/// How long a caller waits for another process's refresh.
-const POLL_FOR: Duration = Duration::from_secs(5);
+/// How much longer than one token call a caller waits for another process's refresh.
+const POLL_SLACK: Duration = Duration::from_secs(1);
 /// Least time between two `force_refresh` calls per appid (protocol §5.2).
 const FORCE_INTERVAL: Duration = Duration::from_secs(30);
 /// First back-off after WeChat failed.
@@ -66,10 +72,16 @@ pub enum FetchError {
         /// WeChat's errmsg (no secrets in it).
         errmsg: String,
     },
-    /// No usable answer: connection error, timeout, HTTP 5xx, a body that is not the JSON of
-    /// protocol §5.
-    #[error("token endpoint unreachable: {0}")]
-    Unreachable(String),
+    /// No usable answer: connection error, timeout, HTTP 5xx.
+    #[error("token endpoint unreachable")]
+    Unreachable(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// An answer that is not the token endpoint's JSON (a proxy's error page, a truncated
+    /// body): `what` says which part was wrong.
+    #[error("token endpoint answered something unexpected: {what}")]
+    BadAnswer {
+        /// What was wrong, e.g. `no access_token`.
+        what: &'static str,
+    },
 }
 
 impl FetchError {
@@ -77,7 +89,7 @@ impl FetchError {
     /// unreachable, `-1` (busy) and `45011` (minute quota) are transient.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unreachable(_) => true,
+            Self::Unreachable(_) | Self::BadAnswer { .. } => true,
             Self::Errcode { errcode, .. } => matches!(errcode, -1 | 45011),
         }
     }
@@ -119,15 +131,19 @@ pub struct AccessToken {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
     /// The store failed.
-    #[error("token store unavailable: {0}")]
-    Store(String),
+    #[error("token store unavailable")]
+    Store(#[from] StoreError),
+    /// A value could not be encoded for the store.
+    #[error("cannot encode the stored value")]
+    Encode(#[source] Arc<serde_json::Error>),
     /// WeChat failed recently; no call is made until the back-off ends.
     #[error("token endpoint backing off for {retry_in_ms} ms")]
     BackingOff {
         /// Time left in the back-off.
         retry_in_ms: u64,
     },
-    /// Another process is refreshing and no fresh token appeared within 5 s.
+    /// Another process is refreshing and no fresh token appeared within
+    /// `wechat.http_timeout_ms` + 1 s.
     #[error("timed out waiting for another process's token refresh")]
     WaitTimeout,
     /// WeChat keeps returning the token it just rejected and a force refresh is not allowed
@@ -158,12 +174,6 @@ impl TokenError {
     }
 }
 
-impl From<StoreError> for TokenError {
-    fn from(e: StoreError) -> Self {
-        Self::Store(e.to_string())
-    }
-}
-
 /// Settings of a [`TokenService`].
 #[derive(Debug, Clone)]
 pub struct TokenSettings {
@@ -173,6 +183,9 @@ pub struct TokenSettings {
     pub mode: TokenMode,
     /// Refresh when less than this is left (`wechat.refresh_ahead_s`).
     pub refresh_ahead: Duration,
+    /// The bound on one token endpoint call (`wechat.http_timeout_ms`): callers waiting for
+    /// another process's refresh wait this plus 1 s.
+    pub http_timeout: Duration,
 }
 
 /// The stored value of `{ns}:token:{appid}`.
@@ -212,6 +225,7 @@ struct Inner {
     keys: Keys,
     mode: TokenMode,
     refresh_ahead_ms: i64,
+    wait_for_refresh: Duration,
 }
 
 impl TokenService {
@@ -239,6 +253,7 @@ impl TokenService {
                 keys: Keys::new(&settings.namespace),
                 mode: settings.mode,
                 refresh_ahead_ms: millis(settings.refresh_ahead),
+                wait_for_refresh: settings.http_timeout + POLL_SLACK,
             }),
         }
     }
@@ -246,7 +261,8 @@ impl TokenService {
     /// `appid`'s token: the shared one while more than `refresh_ahead` is left, else a
     /// refreshed one (this process or another refreshes; see the module doc).
     ///
-    /// Waits at most about 5 s for another process's refresh, plus the fetcher's own bound.
+    /// Waits at most `http_timeout` + 1 s for another process's refresh, plus the fetcher's
+    /// own bound when this process refreshes.
     pub async fn get(&self, appid: &str, secret: &Secret) -> Result<AccessToken, TokenError> {
         self.get_inner(appid, secret, None).await
     }
@@ -313,7 +329,7 @@ impl TokenService {
                 && (s.expires_at_ms - now > self.inner.refresh_ahead_ms
                     || now - s.fetched_at_ms < MIN_AHEAD_INTERVAL_MS)
         };
-        let deadline = tokio::time::Instant::now() + POLL_FOR;
+        let deadline = tokio::time::Instant::now() + self.inner.wait_for_refresh;
         loop {
             let now = crate::now_ms();
             let cached = self.read(appid).await?.filter(|s| usable(s, now));
@@ -337,24 +353,27 @@ impl TokenService {
                 .await?
             {
                 // Another process may have stored a token between our read and our lock.
-                let result = match self.read(appid).await {
-                    Ok(Some(s)) if current(&s, crate::now_ms()) => Ok(s.to_token()),
-                    Ok(_) => self.refresh_locked(appid, secret, rejected).await,
-                    Err(e) => Err(e),
+                let refresh = async {
+                    match self.read(appid).await {
+                        Ok(Some(s)) if current(&s, crate::now_ms()) => Ok(s.to_token()),
+                        Ok(_) => self.refresh_locked(appid, secret, rejected).await,
+                        Err(e) => Err(e),
+                    }
                 };
+                let result = self.holding_lock(appid, &lock, &owner, refresh).await;
                 if let Err(e) = self
                     .inner
                     .store
                     .compare_and_delete(&lock, owner.as_bytes())
                     .await
                 {
-                    tracing::warn!(appid, error = %e, "cannot release token lock; it expires by itself");
+                    tracing::warn!(appid, error = %crate::ErrorChain(&e), "cannot release token lock; it expires by itself");
                 }
                 return match (result, cached) {
                     (Ok(token), _) => Ok(token),
                     // A refresh ahead of time failed: the old token still works.
                     (Err(e), Some(s)) => {
-                        tracing::warn!(appid, error = %e, "token refresh ahead of expiry failed; keeping the current token");
+                        tracing::warn!(appid, error = %crate::ErrorChain(&e), "token refresh ahead of expiry failed; keeping the current token");
                         Ok(s.to_token())
                     }
                     (Err(e), None) => Err(e),
@@ -378,6 +397,48 @@ impl TokenService {
                     break;
                 }
             }
+        }
+    }
+
+    /// Runs `work` while extending `lock` (held by `owner`) every [`LOCK_EXTEND_EVERY`], so no
+    /// other process takes it while WeChat is slow to answer. If the lock was lost anyway
+    /// (expired during a Redis outage), `work` still finishes: cancelling a token call
+    /// half-way would not undo it.
+    async fn holding_lock<T>(
+        &self,
+        appid: &str,
+        lock: &str,
+        owner: &str,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let extend = async {
+            loop {
+                tokio::time::sleep(LOCK_EXTEND_EVERY).await;
+                match self
+                    .inner
+                    .store
+                    .compare_and_expire(lock, owner.as_bytes(), LOCK_TTL)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            appid,
+                            "token lock lost while refreshing; another process may refresh too"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(appid, error = %crate::ErrorChain(&e), "cannot extend token lock; retrying");
+                    }
+                }
+            }
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            output = &mut work => output,
+            // Only when the lock was lost: finish without extending.
+            () = extend => work.await,
         }
     }
 
@@ -417,8 +478,7 @@ impl TokenService {
             expires_at_ms: now.saturating_add(expires_in),
             fetched_at_ms: now,
         };
-        let value = serde_json::to_vec(&stored)
-            .map_err(|e| TokenError::Store(format!("cannot encode token: {e}")))?;
+        let value = serde_json::to_vec(&stored).map_err(|e| TokenError::Encode(Arc::new(e)))?;
         self.inner
             .store
             .set(
@@ -458,7 +518,9 @@ impl TokenService {
                     observer.requests_today(appid, count);
                 }
             }
-            Err(e) => tracing::warn!(appid, error = %e, "cannot count token request"),
+            Err(e) => {
+                tracing::warn!(appid, error = %crate::ErrorChain(&e), "cannot count token request")
+            }
         }
         match self
             .inner
@@ -471,9 +533,9 @@ impl TokenService {
                 self.observe(appid, "error");
                 if e.is_transient() {
                     self.start_backoff(appid, now).await?;
-                    tracing::warn!(appid, error = %e, "token endpoint failing; backing off");
+                    tracing::warn!(appid, error = %crate::ErrorChain(&e), "token endpoint failing; backing off");
                 } else {
-                    tracing::error!(appid, error = %e, "token endpoint refused the credentials");
+                    tracing::error!(appid, error = %crate::ErrorChain(&e), "token endpoint refused the credentials");
                 }
                 Err(e.into())
             }
@@ -498,8 +560,7 @@ impl TokenService {
             until_ms: now.saturating_add(i64::try_from(delay_ms).unwrap_or(i64::MAX)),
             delay_ms,
         };
-        let value = serde_json::to_vec(&backoff)
-            .map_err(|e| TokenError::Store(format!("cannot encode back-off: {e}")))?;
+        let value = serde_json::to_vec(&backoff).map_err(|e| TokenError::Encode(Arc::new(e)))?;
         self.inner
             .store
             .set(
@@ -598,6 +659,7 @@ mod tests {
                 namespace: "t".into(),
                 mode: TokenMode::Stable,
                 refresh_ahead: Duration::from_secs(300),
+                http_timeout: Duration::from_secs(5),
             },
         )
     }
@@ -693,7 +755,9 @@ mod tests {
     async fn a_failed_refresh_ahead_keeps_the_old_token() {
         let store = MemoryStore::new();
         let fetcher = Arc::new(FakeFetcher::default());
-        *fetcher.fail_with.lock().unwrap() = Some(FetchError::Unreachable("down".into()));
+        *fetcher.fail_with.lock().unwrap() = Some(FetchError::Unreachable(Arc::new(
+            std::io::Error::other("down"),
+        )));
         put(&store, "old", 100_000, 7_000_000).await;
         let tokens = service(&store, &fetcher);
         assert_eq!(

@@ -94,14 +94,20 @@ pub fn routing_key(account_id: &str, msg_type: &str, event: Option<&str>) -> Str
 
 impl Topology {
     /// The topology of DESIGN.md §1.2 for `config`.
+    ///
+    /// Every queue takes `rabbitmq.queue_type`, so with `quorum` every event — waiting,
+    /// waiting to be retried or parked — survives the loss of a cluster node.
     pub fn for_config(config: &Config) -> Self {
         let names = Names::new(&config.namespace);
-        let mut queues = vec![QueueSpec {
-            name: names.worker_queue(),
-            args: vec![Arg::Str(
+        let queue_type = || {
+            Arg::Str(
                 "x-queue-type",
                 config.rabbitmq.queue_type.as_str().to_owned(),
-            )],
+            )
+        };
+        let mut queues = vec![QueueSpec {
+            name: names.worker_queue(),
+            args: vec![queue_type()],
             bindings: vec!["#".to_owned()],
         }];
         for (i, delay) in config.worker.retry_delays.iter().enumerate() {
@@ -114,13 +120,14 @@ impl Topology {
                     ),
                     Arg::Str("x-dead-letter-exchange", String::new()),
                     Arg::Str("x-dead-letter-routing-key", names.worker_queue()),
+                    queue_type(),
                 ],
                 bindings: Vec::new(),
             });
         }
         queues.push(QueueSpec {
             name: names.dead_queue(),
-            args: Vec::new(),
+            args: vec![queue_type()],
             bindings: Vec::new(),
         });
         Self {
@@ -173,6 +180,29 @@ mod tests {
             ]
         );
         assert!(t.queues[1].args.contains(&Arg::Int("x-message-ttl", 10)));
+        for queue in &t.queues {
+            assert!(
+                queue
+                    .args
+                    .contains(&Arg::Str("x-queue-type", "quorum".into())),
+                "{} takes rabbitmq.queue_type",
+                queue.name
+            );
+        }
+        let classic = Config::from_toml(
+            "namespace = \"t1\"\n[rabbitmq]\nqueue_type = \"classic\"\n",
+            |_| None,
+        )
+        .unwrap();
+        for queue in &Topology::for_config(&classic).queues {
+            assert!(
+                queue
+                    .args
+                    .contains(&Arg::Str("x-queue-type", "classic".into())),
+                "{} takes rabbitmq.queue_type",
+                queue.name
+            );
+        }
         assert!(
             t.queues[1]
                 .args

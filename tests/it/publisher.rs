@@ -41,7 +41,7 @@ async fn publishes_fail_fast_when_the_broker_stops_reading() {
         .expect("a publish finished")
         .expect("the publish task did not panic");
     match first {
-        Err(PublishError::Failed(why)) => assert!(why.contains("buffer full"), "{why}"),
+        Err(PublishError::Backlogged) => {}
         other => panic!("expected a full buffer, got {other:?}"),
     }
     // Nothing stalled was confirmed; closing fails the rest.

@@ -263,7 +263,7 @@ impl TokenFetcher for WechatClient {
                 .await
             }
         };
-        let answer = answer.map_err(|e| FetchError::Unreachable(e.to_string()))?;
+        let answer = answer.map_err(|e| FetchError::Unreachable(std::sync::Arc::new(e)))?;
         tracing::debug!(
             appid,
             errcode = answer.errcode,
@@ -281,7 +281,9 @@ impl TokenFetcher for WechatClient {
             .get("access_token")
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| FetchError::Unreachable("answer has no access_token".into()))?;
+            .ok_or(FetchError::BadAnswer {
+                what: "no access_token",
+            })?;
         let expires_in = answer
             .body
             .get("expires_in")

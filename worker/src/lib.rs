@@ -164,6 +164,7 @@ pub async fn start_with(
             namespace: config.namespace.clone(),
             mode: config.wechat.token_mode,
             refresh_ahead: config.wechat.refresh_ahead,
+            http_timeout: config.wechat.http_timeout,
         },
         Some(observer),
     );
