@@ -194,7 +194,23 @@ struct State {
     failure: Option<Cause>,
 }
 
-type Pending = oneshot::Sender<Result<(), PublishError>>;
+/// A publish waiting for its confirm.
+struct Pending {
+    done: oneshot::Sender<Result<(), PublishError>>,
+    /// [`fingerprint`] of what was published, to recognise it in a `basic.return`.
+    fingerprint: u64,
+    /// A `basic.return` for it came: its ack means "unroutable".
+    returned: bool,
+}
+
+/// What identifies a published message when the broker returns it: exchange, routing key,
+/// message id and body size (a return carries them all back, but not the delivery tag).
+fn fingerprint(exchange: &str, routing_key: &str, message_id: Option<&str>, body_len: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (exchange, routing_key, message_id, body_len).hash(&mut hasher);
+    hasher.finish()
+}
 
 fn lock(shared: &Shared) -> MutexGuard<'_, State> {
     // A panic while holding the lock leaves the state consistent enough to fail everything.
@@ -303,7 +319,20 @@ impl Publisher {
             }
             state.last_tag += 1;
             let tag = state.last_tag;
-            state.pending.insert(tag, done);
+            let fingerprint = fingerprint(
+                exchange,
+                routing_key,
+                properties.message_id.as_deref(),
+                body.len() as u64,
+            );
+            state.pending.insert(
+                tag,
+                Pending {
+                    done,
+                    fingerprint,
+                    returned: false,
+                },
+            );
             // The writer waits for work when the buffer was empty, and may hold a buffer
             // back behind unconfirmed writes until it is large.
             start == 0 || (start < COALESCE_BYTES && state.out.len() >= COALESCE_BYTES)
@@ -336,8 +365,10 @@ fn fail(shared: &Shared, why: LinkFailure) {
         );
     }
     shared.dead.cancel();
-    for (_, done) in pending {
-        let _ = done.send(Err(PublishError::Connection(Arc::clone(&cause))));
+    for (_, p) in pending {
+        let _ = p
+            .done
+            .send(Err(PublishError::Connection(Arc::clone(&cause))));
     }
 }
 
@@ -599,7 +630,7 @@ async fn read_loop(shared: Arc<Shared>, mut socket: OwnedReadHalf, heartbeat: Op
             Ok(Ok(_)) => {}
         }
         let mut consumed = 0;
-        let mut acks: Vec<Ack> = Vec::new();
+        let mut acks: Vec<Confirm> = Vec::new();
         while consumed < buf.len() {
             let input = &buf[consumed..];
             match parse_frame(input) {
@@ -625,38 +656,63 @@ async fn read_loop(shared: Arc<Shared>, mut socket: OwnedReadHalf, heartbeat: Op
     }
 }
 
-/// One `basic.ack` or `basic.nack` from the broker.
+/// What the reader learned from the broker about unconfirmed publishes, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ack {
-    tag: u64,
-    multiple: bool,
-    positive: bool,
-    /// How many `basic.return`s arrived since the previous ack or nack: the broker returns an
-    /// unroutable mandatory message before it confirms it, and confirms it at once (AMQP
-    /// 0-9-1 with RabbitMQ's publisher confirms), so they belong to the highest tags this
-    /// frame settles — in practice one return, for `tag` itself.
-    returned: usize,
+enum Confirm {
+    /// A `basic.ack` (`positive`) or `basic.nack` for `tag`, or every tag up to it.
+    Ack {
+        tag: u64,
+        multiple: bool,
+        positive: bool,
+    },
+    /// A `basic.return` of the message with this [`fingerprint`].
+    Returned(u64),
 }
 
-/// Turns the broker's frames into [`Ack`]s, counting returned messages in between.
+/// Turns the broker's frames into [`Confirm`]s.
+///
+/// A return does not carry the delivery tag. The broker sends it before the confirm of the
+/// same message, but coalesces confirms: the next ack may cover several publishes, routed
+/// and returned ones alike (seen with RabbitMQ 3.10), so "the next confirm" does not say
+/// which. Returns do come in publish order, so a return belongs to the oldest unconfirmed
+/// publish with the same exchange, routing key, message id and body size.
 #[derive(Debug, Default)]
 struct ConfirmReader {
-    /// Body bytes still to come of the `basic.return` being received, once its header came.
-    returning: Option<Option<u64>>,
-    /// Returns fully received and not yet matched to a confirm.
-    returned: usize,
+    /// The `basic.return` being received: its exchange and routing key, then (after the
+    /// content header) the message id and the body bytes still to come.
+    returning: Option<Returning>,
+}
+
+#[derive(Debug)]
+struct Returning {
+    exchange: String,
+    routing_key: String,
+    /// Set by the content header: (message id, body size, body bytes still to come).
+    content: Option<(Option<String>, u64, u64)>,
 }
 
 impl ConfirmReader {
-    fn on_frame(&mut self, frame: AMQPFrame, acks: &mut Vec<Ack>) -> Result<(), LinkFailure> {
+    fn on_frame(
+        &mut self,
+        frame: AMQPFrame,
+        confirms: &mut Vec<Confirm>,
+    ) -> Result<(), LinkFailure> {
         match frame {
             AMQPFrame::Heartbeat | AMQPFrame::InvalidHeartbeat(_) => Ok(()),
             AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Ack(ack))) => {
-                self.confirm(ack.delivery_tag, ack.multiple, true, acks);
+                confirms.push(Confirm::Ack {
+                    tag: ack.delivery_tag,
+                    multiple: ack.multiple,
+                    positive: true,
+                });
                 Ok(())
             }
             AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Nack(nack))) => {
-                self.confirm(nack.delivery_tag, nack.multiple, false, acks);
+                confirms.push(Confirm::Ack {
+                    tag: nack.delivery_tag,
+                    multiple: nack.multiple,
+                    positive: false,
+                });
                 Ok(())
             }
             AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Return(ret))) => {
@@ -667,24 +723,34 @@ impl ConfirmReader {
                     routing_key = %ret.routing_key,
                     "broker returned an unroutable message"
                 );
-                self.returning = Some(None);
+                self.returning = Some(Returning {
+                    exchange: ret.exchange.to_string(),
+                    routing_key: ret.routing_key.to_string(),
+                    content: None,
+                });
                 Ok(())
             }
             AMQPFrame::Header(_, header) => {
-                if self.returning != Some(None) {
+                let Some(returning) = self.returning.as_mut().filter(|r| r.content.is_none())
+                else {
                     return Err(LinkFailure::Protocol(
                         "content header without basic.return".into(),
                     ));
-                }
-                self.returning = Some(Some(header.body_size));
-                self.body_received(0);
+                };
+                let message_id = header
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str().to_owned());
+                returning.content = Some((message_id, header.body_size, header.body_size));
+                self.body_received(0, confirms);
                 Ok(())
             }
             AMQPFrame::Body(_, data) => {
-                if !matches!(self.returning, Some(Some(_))) {
+                if !self.returning.as_ref().is_some_and(|r| r.content.is_some()) {
                     return Err(LinkFailure::Protocol("content body without header".into()));
                 }
-                self.body_received(data.len() as u64);
+                self.body_received(data.len() as u64, confirms);
                 Ok(())
             }
             AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
@@ -720,70 +786,92 @@ impl ConfirmReader {
         }
     }
 
-    fn body_received(&mut self, len: u64) {
-        if let Some(Some(remaining)) = self.returning.as_mut() {
-            *remaining = remaining.saturating_sub(len);
-            if *remaining == 0 {
-                self.returning = None;
-                self.returned += 1;
-            }
+    fn body_received(&mut self, len: u64, confirms: &mut Vec<Confirm>) {
+        let Some(returning) = self.returning.as_mut() else {
+            return;
+        };
+        let Some((_, _, remaining)) = returning.content.as_mut() else {
+            return;
+        };
+        *remaining = remaining.saturating_sub(len);
+        if *remaining > 0 {
+            return;
         }
-    }
-
-    fn confirm(&mut self, tag: u64, multiple: bool, positive: bool, acks: &mut Vec<Ack>) {
-        acks.push(Ack {
-            tag,
-            multiple,
-            positive,
-            returned: std::mem::take(&mut self.returned),
-        });
+        if let Some(Returning {
+            exchange,
+            routing_key,
+            content: Some((message_id, body_size, _)),
+        }) = self.returning.take()
+        {
+            confirms.push(Confirm::Returned(fingerprint(
+                &exchange,
+                &routing_key,
+                message_id.as_deref(),
+                body_size,
+            )));
+        }
     }
 }
 
-/// Takes the publishes `ack` settles out of `pending`, each with its result, lowest tag first.
+/// Applies one [`Confirm`] to `pending`: a return marks its publish, an ack or nack takes the
+/// publishes it settles out, each with its result, lowest tag first.
 fn resolve(
     pending: &mut BTreeMap<u64, Pending>,
-    ack: Ack,
-) -> Vec<(Pending, Result<(), PublishError>)> {
-    let settled: Vec<(u64, Pending)> = if ack.multiple {
-        let rest = pending.split_off(&(ack.tag + 1));
-        std::mem::replace(pending, rest).into_iter().collect()
-    } else {
-        pending
-            .remove(&ack.tag)
-            .map(|p| (ack.tag, p))
-            .into_iter()
-            .collect()
+    confirm: Confirm,
+) -> Vec<(
+    oneshot::Sender<Result<(), PublishError>>,
+    Result<(), PublishError>,
+)> {
+    let (tag, multiple, positive) = match confirm {
+        Confirm::Returned(fingerprint) => {
+            match pending
+                .values_mut()
+                .find(|p| p.fingerprint == fingerprint && !p.returned)
+            {
+                Some(p) => p.returned = true,
+                None => tracing::debug!("a returned message matches no unconfirmed publish"),
+            }
+            return Vec::new();
+        }
+        Confirm::Ack {
+            tag,
+            multiple,
+            positive,
+        } => (tag, multiple, positive),
     };
-    let returned_from = settled.len().saturating_sub(ack.returned);
+    let settled: Vec<Pending> = if multiple {
+        let rest = pending.split_off(&(tag.saturating_add(1)));
+        std::mem::replace(pending, rest).into_values().collect()
+    } else {
+        pending.remove(&tag).into_iter().collect()
+    };
     settled
         .into_iter()
-        .enumerate()
-        .map(|(i, (_, done))| {
-            let result = if !ack.positive {
+        .map(|p| {
+            let result = if !positive {
                 Err(PublishError::NotConfirmed)
-            } else if i >= returned_from {
+            } else if p.returned {
                 Err(PublishError::Unroutable)
             } else {
                 Ok(())
             };
-            (done, result)
+            (p.done, result)
         })
         .collect()
 }
 
-/// Resolves the publishes confirmed (or refused) by `acks`, in order, outside the frame loop
-/// so the lock is taken once per read.
-fn settle(shared: &Shared, acks: &[Ack]) {
-    if acks.is_empty() {
+/// Applies `confirms` in order, outside the frame loop so the lock is taken once per read,
+/// and resolves the publishes they settle.
+fn settle(shared: &Shared, confirms: &[Confirm]) {
+    if confirms.is_empty() {
         return;
     }
     let mut done = Vec::new();
     let waiting;
     {
         let mut state = lock(shared);
-        for &ack in acks {
-            done.extend(resolve(&mut state.pending, ack));
+        for &confirm in confirms {
+            done.extend(resolve(&mut state.pending, confirm));
         }
         // Publishes held back behind unconfirmed writes can go now.
         waiting = !state.out.is_empty();
@@ -1082,28 +1170,37 @@ mod tests {
         assert_eq!(ours, expected);
     }
 
-    /// Publishes `tags` pending, each with a receiver for its result.
-    fn pending(
-        tags: std::ops::RangeInclusive<u64>,
-    ) -> (
-        BTreeMap<u64, Pending>,
-        Vec<(u64, oneshot::Receiver<Result<(), PublishError>>)>,
-    ) {
+    type Outcome = oneshot::Receiver<Result<(), PublishError>>;
+
+    /// Publishes pending under `(tag, fingerprint)`, each with a receiver for its result.
+    fn pending(publishes: &[(u64, u64)]) -> (BTreeMap<u64, Pending>, Vec<(u64, Outcome)>) {
         let mut pending = BTreeMap::new();
         let mut receivers = Vec::new();
-        for tag in tags {
+        for &(tag, fingerprint) in publishes {
             let (done, result) = oneshot::channel();
-            pending.insert(tag, done);
+            pending.insert(
+                tag,
+                Pending {
+                    done,
+                    fingerprint,
+                    returned: false,
+                },
+            );
             receivers.push((tag, result));
         }
         (pending, receivers)
     }
 
-    /// What each publish was told: `ok`, `unroutable`, `nack` or `open` (not settled).
-    fn outcomes(
-        receivers: &mut [(u64, oneshot::Receiver<Result<(), PublishError>>)],
-    ) -> Vec<(u64, &'static str)> {
-        receivers
+    /// Applies `confirms` to `publishes` and compares what each publish was told (`ok`,
+    /// `unroutable`, `nack`, or `open` when not settled) with `expected`.
+    fn check(publishes: &[(u64, u64)], confirms: &[Confirm], expected: &[(u64, &str)]) {
+        let (mut pending, mut receivers) = pending(publishes);
+        for &confirm in confirms {
+            for (done, result) in resolve(&mut pending, confirm) {
+                let _ = done.send(result);
+            }
+        }
+        let outcomes: Vec<(u64, &str)> = receivers
             .iter_mut()
             .map(|(tag, result)| {
                 let outcome = match result.try_recv() {
@@ -1115,69 +1212,79 @@ mod tests {
                 };
                 (*tag, outcome)
             })
-            .collect()
+            .collect();
+        assert_eq!(outcomes, expected);
     }
 
-    fn check(tags: std::ops::RangeInclusive<u64>, acks: &[Ack], expected: &[(u64, &'static str)]) {
-        let (mut pending, mut receivers) = pending(tags);
-        for &ack in acks {
-            for (done, result) in resolve(&mut pending, ack) {
-                let _ = done.send(result);
-            }
-        }
-        assert_eq!(outcomes(&mut receivers), expected);
-    }
-
-    fn ack(tag: u64, multiple: bool, returned: usize) -> Ack {
-        Ack {
+    fn ack(tag: u64, multiple: bool) -> Confirm {
+        Confirm::Ack {
             tag,
             multiple,
             positive: true,
-            returned,
         }
     }
 
     #[test]
-    fn a_return_belongs_to_the_message_its_confirm_settles() {
-        // Returned before its own single ack, while an older publish waits.
+    fn a_return_marks_the_oldest_open_publish_of_the_same_message() {
+        const ROUTED: u64 = 1;
+        const LOST: u64 = 2;
+        // The broker coalesced the confirms of a routed and a returned publish into one
+        // multiple ack: only the returned one is unroutable.
         check(
-            1..=3,
-            &[ack(2, false, 1), ack(3, true, 0)],
+            &[(1, ROUTED), (2, LOST), (3, ROUTED)],
+            &[Confirm::Returned(LOST), ack(3, true)],
             &[(1, "ok"), (2, "unroutable"), (3, "ok")],
         );
-        // A multiple ack after a return: the return is the highest tag it settles, not the
-        // oldest (publishes without a message id used to share one entry, `""`).
+        // Two in flight with the same fingerprint (a retried event without a queue): the
+        // returns mark them oldest first, one each.
         check(
-            1..=3,
-            &[ack(3, true, 1)],
-            &[(1, "ok"), (2, "ok"), (3, "unroutable")],
+            &[(1, LOST), (2, LOST), (3, ROUTED)],
+            &[Confirm::Returned(LOST), ack(1, false), ack(3, true)],
+            &[(1, "unroutable"), (2, "ok"), (3, "ok")],
         );
-        // Two returns before one multiple ack: the two highest tags.
         check(
-            1..=4,
-            &[ack(4, true, 2)],
-            &[(1, "ok"), (2, "ok"), (3, "unroutable"), (4, "unroutable")],
+            &[(1, LOST), (2, LOST)],
+            &[
+                Confirm::Returned(LOST),
+                Confirm::Returned(LOST),
+                ack(2, true),
+            ],
+            &[(1, "unroutable"), (2, "unroutable")],
         );
     }
 
     #[test]
     fn a_returned_message_that_is_nacked_leaves_nothing_behind() {
-        let nack = Ack {
+        const SAME: u64 = 7;
+        let nack = Confirm::Ack {
             tag: 1,
             multiple: false,
             positive: false,
-            returned: 1,
         };
-        // The return of 1 is used up by its nack: 2 is confirmed plainly.
-        check(1..=2, &[nack, ack(2, false, 0)], &[(1, "nack"), (2, "ok")]);
+        // The return of 1 goes with its nack: 2, the same message again, is confirmed plainly.
+        check(
+            &[(1, SAME), (2, SAME)],
+            &[Confirm::Returned(SAME), nack, ack(2, false)],
+            &[(1, "nack"), (2, "ok")],
+        );
+        // A return that matches nothing open changes nothing.
+        check(
+            &[(1, SAME)],
+            &[Confirm::Returned(SAME + 1), ack(1, false)],
+            &[(1, "ok")],
+        );
     }
 
     #[test]
-    fn returns_are_counted_between_confirms() {
+    fn a_return_is_read_with_its_header_and_body() {
         use amq_protocol::frame::AMQPContentHeader;
 
         let mut reader = ConfirmReader::default();
-        let mut acks = Vec::new();
+        let mut confirms = Vec::new();
+        let properties = Properties {
+            message_id: Some("m1".into()),
+            ..Properties::default()
+        };
         let frames = [
             AMQPFrame::Method(
                 CHANNEL,
@@ -1193,18 +1300,11 @@ mod tests {
                 AMQPContentHeader {
                     class_id: 60,
                     body_size: 5,
-                    properties: crate::rabbit::to_amqp(&Properties::default()),
+                    properties: crate::rabbit::to_amqp(&properties),
                 },
             ),
             AMQPFrame::Body(CHANNEL, b"ab".to_vec()),
             AMQPFrame::Body(CHANNEL, b"cde".to_vec()),
-            AMQPFrame::Method(
-                CHANNEL,
-                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
-                    delivery_tag: 7,
-                    multiple: false,
-                })),
-            ),
             AMQPFrame::Method(
                 CHANNEL,
                 AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
@@ -1214,11 +1314,12 @@ mod tests {
             ),
         ];
         for frame in frames {
-            reader.on_frame(frame, &mut acks).unwrap();
+            reader.on_frame(frame, &mut confirms).unwrap();
         }
-        assert_eq!(acks, [ack(7, false, 1), ack(9, true, 0)]);
+        let returned = fingerprint("ns.events", "nowhere", Some("m1"), 5);
+        assert_eq!(confirms, [Confirm::Returned(returned), ack(9, true)]);
         // A body with no return before it is a protocol violation.
-        let stray = reader.on_frame(AMQPFrame::Body(CHANNEL, b"x".to_vec()), &mut acks);
+        let stray = reader.on_frame(AMQPFrame::Body(CHANNEL, b"x".to_vec()), &mut confirms);
         assert!(matches!(stray, Err(LinkFailure::Protocol(_))), "{stray:?}");
     }
 

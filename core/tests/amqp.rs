@@ -353,3 +353,59 @@ async fn wrong_credentials_and_bad_urls_are_connect_errors() {
     let result = Publisher::connect("amqps://guest:guest@127.0.0.1:5671/%2f", stop).await;
     assert!(matches!(result, Err(ConnectError::Tls)));
 }
+
+/// Returns are matched to confirms by order, not by message id: publishes that share an id
+/// (a retried event) or have none must each learn their own fate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_and_routed_publishes_in_flight_each_get_their_own_answer() {
+    let broker = Broker::new(false).await;
+    broker
+        .channel
+        .queue_bind(
+            broker.queue.as_str().into(),
+            broker.exchange.as_str().into(),
+            "routed.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let publisher = Publisher::connect(&url(), stop.clone()).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..400usize {
+        let publisher = publisher.clone();
+        let exchange = broker.exchange.clone();
+        tasks.push(tokio::spawn(async move {
+            let routed = i % 2 == 0;
+            let key = if routed { "routed.text" } else { "lost.text" };
+            // Half share one id, half carry none.
+            let properties = if i % 4 < 2 {
+                properties("same")
+            } else {
+                Properties::default()
+            };
+            let result = publisher.publish(&exchange, key, &properties, b"x").await;
+            (i, routed, result)
+        }));
+    }
+    for task in tasks {
+        let (i, routed, result) = task.await.unwrap();
+        if routed {
+            assert!(result.is_ok(), "publish {i} was routed: {result:?}");
+        } else {
+            assert!(
+                matches!(result, Err(PublishError::Unroutable)),
+                "publish {i} had no queue: {result:?}"
+            );
+        }
+    }
+    // The same id once more, routed: no stale return of an earlier publish is left to spoil it.
+    publisher
+        .publish(&broker.exchange, "routed.text", &properties("same"), b"y")
+        .await
+        .unwrap();
+    assert!(publisher.is_alive());
+    stop.cancel();
+    broker.finish().await;
+}
