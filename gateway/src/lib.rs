@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wxgate_core::rabbit::RabbitBus;
+use wxgate_core::rabbit::{RabbitBus, TopologyMismatch};
 use wxgate_core::topology::Topology;
 use wxgate_core::{Bus, Config, RedisStore, Store};
 
@@ -38,38 +38,70 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
+/// Why [`serve`] could not serve or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// `redis.url` is not usable.
+    #[error("cannot use the redis url")]
+    Redis(#[source] wxgate_core::StoreError),
+    /// The broker holds a queue or exchange with other arguments than this configuration
+    /// declares: a configuration error no retry can fix.
+    #[error(transparent)]
+    Topology(#[from] TopologyMismatch),
+}
+
 /// Serves callbacks on `listener` against the Redis and RabbitMQ of `config` until `shutdown`
 /// is cancelled; then drains in-flight requests and closes the broker connection.
 ///
 /// Redis and RabbitMQ are connected (and reconnected) in the background: while either is
-/// down, `/readyz` and callbacks answer 503.
+/// down, `/readyz` and callbacks answer 503. If the broker refuses the topology
+/// ([`TopologyMismatch`]), the gateway stops as on `shutdown` and returns the error.
 pub async fn serve(
     config: Arc<Config>,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), wxgate_core::StoreError> {
+) -> Result<(), ServeError> {
     let background = CancellationToken::new();
     let store = RedisStore::connect(
         &config.redis.url,
         config.gateway.request_budget,
         background.clone(),
-    )?;
+    )
+    .map_err(ServeError::Redis)?;
     let bus = RabbitBus::connect(
         &config.rabbitmq.url,
         Topology::for_config(&config),
         background.clone(),
     );
+    let stop = shutdown.child_token();
+    let gave_up = tokio::spawn({
+        let (bus, stop) = (bus.clone(), stop.clone());
+        async move {
+            let mismatch = bus.gave_up().await;
+            stop.cancel();
+            mismatch
+        }
+    });
     serve_with(
         config,
         listener,
         Arc::new(store),
         Arc::new(bus.clone()),
-        shutdown,
+        stop,
     )
     .await;
+    let mismatch = if gave_up.is_finished() {
+        gave_up.await.ok()
+    } else {
+        gave_up.abort();
+        None
+    };
     bus.close().await;
     background.cancel();
-    Ok(())
+    match mismatch {
+        Some(mismatch) => Err(mismatch.into()),
+        None => Ok(()),
+    }
 }
 
 /// Like [`serve`], with the store and bus given (in-memory ones for `wxgate dev`).

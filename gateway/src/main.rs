@@ -61,8 +61,13 @@ fn main() -> ExitCode {
         tokio::spawn(wait_for_signal(shutdown.clone()));
         match wx_gateway::serve(config, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
+            // The configuration disagrees with the broker: a configuration error.
+            Err(e @ wx_gateway::ServeError::Topology(_)) => {
+                eprintln!("wx-gateway: {}", wxgate_core::ErrorChain(&e));
+                ExitCode::from(2)
+            }
             Err(e) => {
-                eprintln!("wx-gateway: {e}");
+                eprintln!("wx-gateway: {}", wxgate_core::ErrorChain(&e));
                 ExitCode::FAILURE
             }
         }

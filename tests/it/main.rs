@@ -16,5 +16,6 @@ mod passive;
 mod publisher;
 mod rotation;
 mod shutdown;
+mod topology;
 mod vectors;
 mod verify;

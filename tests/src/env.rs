@@ -20,7 +20,8 @@ use lapin::{Connection, ConnectionProperties};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wxgate_core::{Config, StoreError};
+use wx_gateway::ServeError;
+use wxgate_core::Config;
 use wxgate_sim::{Inbound, MsgIdGen, PushAccount, PushClient, PushMode, PushOutcome};
 
 use crate::consumer::{EventConsumer, ReceivedEvent};
@@ -124,7 +125,7 @@ pub struct TestEnv {
     amqp: Connection,
     http: Client<HttpConnector, Full<Bytes>>,
     shutdown: CancellationToken,
-    server: Option<JoinHandle<Result<(), StoreError>>>,
+    server: Option<JoinHandle<Result<(), ServeError>>>,
     cleaned: bool,
 }
 
@@ -551,7 +552,7 @@ listen = "127.0.0.1:0"
     }
 
     /// Waits for the gateway's `serve` to return, at most `within`; panics when it does not.
-    pub async fn stopped(&mut self, within: Duration) -> Result<(), StoreError> {
+    pub async fn stopped(&mut self, within: Duration) -> Result<(), ServeError> {
         let Some(server) = self.server.take() else {
             return Ok(());
         };

@@ -1,0 +1,108 @@
+//! A broker holding the worker queue with other arguments than the configuration declares:
+//! the gateway stops with an error naming the queue and the argument instead of retrying
+//! forever (the binary turns it into exit status 2).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Connection, ConnectionProperties};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wx_gateway::ServeError;
+use wxgate_core::Config;
+use wxgate_tests::{rabbitmq_url, redis_url};
+
+/// Deletes the namespace's exchange and worker queue however the test ends.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let ns = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(connection) =
+                    Connection::connect(&rabbitmq_url(), ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                if let Ok(channel) = connection.create_channel().await {
+                    let _ = channel
+                        .queue_delete(
+                            format!("{ns}.worker").as_str().into(),
+                            QueueDeleteOptions::default(),
+                        )
+                        .await;
+                    let _ = channel
+                        .exchange_delete(
+                            format!("{ns}.events").as_str().into(),
+                            ExchangeDeleteOptions::default(),
+                        )
+                        .await;
+                }
+                let _ = connection.close(200, "cleanup".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn a_worker_queue_of_another_type_stops_the_gateway_naming_it() {
+    let ns = format!("t{:016x}", rand::random::<u64>());
+    let _cleanup = Cleanup(ns.clone());
+    let connection = Connection::connect(&rabbitmq_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ is reachable (rabbitmq-server -detached)");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from(b"classic".to_vec())),
+    );
+    connection
+        .create_channel()
+        .await
+        .unwrap()
+        .queue_declare(
+            format!("{ns}.worker").as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+
+    let config = Config::from_toml(
+        &format!(
+            "namespace = \"{ns}\"\n[redis]\nurl = \"{}\"\n[rabbitmq]\nurl = \"{}\"\nqueue_type = \"quorum\"\n[gateway]\nlisten = \"127.0.0.1:0\"\n",
+            redis_url(),
+            rabbitmq_url()
+        ),
+        |_| None,
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        wx_gateway::serve(Arc::new(config), listener, CancellationToken::new()),
+    )
+    .await
+    .expect("the gateway stops by itself");
+    match result {
+        Err(ServeError::Topology(mismatch)) => {
+            assert_eq!(mismatch.name, format!("{ns}.worker"));
+            assert_eq!(mismatch.argument, "x-queue-type");
+        }
+        other => panic!("expected a topology mismatch, got {other:?}"),
+    }
+    let _ = connection.close(200, "done".into()).await;
+}
