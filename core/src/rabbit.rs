@@ -712,3 +712,34 @@ async fn consume_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_the_broker_never_answers_times_out_naming_it() {
+        let never = std::future::pending::<Result<(), lapin::Error>>();
+        let result = bounded("basic.ack", never).await;
+        assert!(
+            matches!(
+                result,
+                Err(BusError::Timeout {
+                    operation: "basic.ack"
+                })
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn the_argument_is_read_from_the_brokers_reply() {
+        let reply = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'ns.worker' \
+                     in vhost '/': received 'quorum' but current is 'classic'";
+        assert_eq!(inequivalent_arg(reply), Some("x-queue-type"));
+        assert_eq!(
+            inequivalent_arg("PRECONDITION_FAILED - something else"),
+            None
+        );
+    }
+}
