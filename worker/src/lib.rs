@@ -9,7 +9,6 @@
 pub mod client;
 mod consumer;
 pub mod custom;
-pub mod errcode;
 mod health;
 
 use std::collections::HashMap;
