@@ -113,13 +113,17 @@ impl GatewayMetrics {
             .inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition, served as [`CONTENT_TYPE`].
     pub fn encode(&self) -> String {
         encode(&self.registry)
     }
 }
 
-/// Renders a registry in the Prometheus text format.
+/// The `Content-Type` of every `/metrics` answer. [`encode`] renders OpenMetrics text (the
+/// format Prometheus negotiates first; it ends with `# EOF`), so the answer says so.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Renders a registry as OpenMetrics text, the format [`CONTENT_TYPE`] names.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -241,8 +245,25 @@ impl WorkerMetrics {
         self.dead.get_or_create(&ErrcodeLabel { errcode }).inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition, served as [`CONTENT_TYPE`].
     pub fn encode(&self) -> String {
         encode(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`CONTENT_TYPE`] says OpenMetrics; the rendering must be that format, which ends with
+    /// `# EOF` (the older Prometheus text format has no such line).
+    #[test]
+    fn encode_renders_what_content_type_names() {
+        assert!(CONTENT_TYPE.starts_with("application/openmetrics-text;"));
+        let gateway = GatewayMetrics::new(true);
+        gateway.request("demo", "accepted");
+        for text in [gateway.encode(), WorkerMetrics::new(true).encode()] {
+            assert!(text.ends_with("# EOF\n"), "{text}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use wxgate_core::metrics;
 
 use crate::pipeline::{self, CallbackError, CallbackQuery};
 use crate::state::Gateway;
@@ -101,7 +102,7 @@ async fn route(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
             let mut response = text(StatusCode::OK, gateway.metrics.encode());
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                header::HeaderValue::from_static(metrics::CONTENT_TYPE),
             );
             return response;
         }

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wxgate_core::bus::Bus;
-use wxgate_core::metrics::WorkerMetrics;
+use wxgate_core::metrics::{self, WorkerMetrics};
 use wxgate_core::store::Store;
 
 /// What the server reports on.
@@ -93,7 +93,7 @@ fn answer(health: &Health, request: &Request<Incoming>) -> Response<Full<Bytes>>
         "/metrics" => text(
             StatusCode::OK,
             health.metrics.encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics::CONTENT_TYPE,
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     }
