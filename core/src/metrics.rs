@@ -1,7 +1,9 @@
 //! Every Prometheus metric of wxgate, registered in one place (DESIGN.md §1.1, §1.3).
 //!
-//! Label values come from small fixed sets; `account` only when `metrics_per_account` is on
-//! (otherwise it is the empty string, which Prometheus treats as an absent label).
+//! Label values come from small fixed sets. On the gateway's metrics `account` is set only when
+//! `gateway.metrics_per_account` is on (otherwise it is the empty string, which Prometheus
+//! treats as an absent label). The worker's token metrics always carry it: they are per
+//! appid, one series per configured account and result at most.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,7 +24,7 @@ pub struct AccountOutcome {
 /// Labels `{account}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountLabel {
-    /// Account id, or "" when per-account metrics are off.
+    /// Account id; on the gateway's metrics "" when per-account metrics are off.
     pub account: String,
 }
 
@@ -134,7 +136,7 @@ pub fn encode(registry: &Registry) -> String {
 /// Labels `{account, result}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountResult {
-    /// Account id, or "" when per-account metrics are off.
+    /// Account id (always set: the token metrics are per account).
     pub account: String,
     /// A fixed result name.
     pub result: &'static str,
@@ -157,7 +159,6 @@ pub struct ErrcodeLabel {
 /// The worker's metrics (DESIGN.md §1.3).
 pub struct WorkerMetrics {
     registry: Registry,
-    per_account: bool,
     /// `wxgate_worker_events_total{outcome}`: sent, skipped, retried, dead.
     pub events: Family<OutcomeLabel, Counter>,
     /// `wxgate_worker_dead_total{errcode}`.
@@ -173,9 +174,15 @@ pub struct WorkerMetrics {
     pub token_requests_today: Family<AccountLabel, Gauge>,
 }
 
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl WorkerMetrics {
-    /// Registers the worker's metrics; `per_account` is `gateway.metrics_per_account`.
-    pub fn new(per_account: bool) -> Self {
+    /// Registers the worker's metrics.
+    pub fn new() -> Self {
         let mut registry = Registry::default();
         let events = Family::<OutcomeLabel, Counter>::default();
         let dead = Family::<ErrcodeLabel, Counter>::default();
@@ -215,22 +222,12 @@ impl WorkerMetrics {
         );
         Self {
             registry,
-            per_account,
             events,
             dead,
             send_seconds,
             end_to_end_seconds,
             token_refresh,
             token_requests_today,
-        }
-    }
-
-    /// The `account` label value for `account_id`.
-    pub fn account_label(&self, account_id: &str) -> String {
-        if self.per_account {
-            account_id.to_owned()
-        } else {
-            String::new()
         }
     }
 
@@ -262,7 +259,7 @@ mod tests {
         assert!(CONTENT_TYPE.starts_with("application/openmetrics-text;"));
         let gateway = GatewayMetrics::new(true);
         gateway.request("demo", "accepted");
-        for text in [gateway.encode(), WorkerMetrics::new(true).encode()] {
+        for text in [gateway.encode(), WorkerMetrics::new().encode()] {
             assert!(text.ends_with("# EOF\n"), "{text}");
         }
     }

@@ -147,15 +147,8 @@ pub async fn start_with(
         .local_addr()
         .map_err(|source| WorkerError::Bind { addr, source })?;
     let client = WechatClient::new(&config.wechat.api_base, config.wechat.http_timeout)?;
-    let metrics = Arc::new(WorkerMetrics::new(config.gateway.metrics_per_account));
-    let observer = Arc::new(MetricsObserver {
-        metrics: Arc::clone(&metrics),
-        accounts: config
-            .accounts
-            .iter()
-            .map(|a| (a.appid.clone(), a.id.as_str().to_owned()))
-            .collect(),
-    });
+    let metrics = Arc::new(WorkerMetrics::new());
+    let observer = Arc::new(MetricsObserver::new(&config, Arc::clone(&metrics)));
     let tokens = TokenService::with_observer(
         Arc::clone(&store),
         Arc::new(client.clone()),
@@ -200,9 +193,19 @@ struct MetricsObserver {
 }
 
 impl MetricsObserver {
+    fn new(config: &Config, metrics: Arc<WorkerMetrics>) -> Self {
+        let accounts = config
+            .accounts
+            .iter()
+            .map(|a| (a.appid.clone(), a.id.as_str().to_owned()))
+            .collect();
+        Self { metrics, accounts }
+    }
+
+    /// The account id of `appid` ("" for an appid no account has). Always set, whatever
+    /// `gateway.metrics_per_account` says: token series are one per account at most.
     fn account(&self, appid: &str) -> String {
-        let id = self.accounts.get(appid).map_or("", String::as_str);
-        self.metrics.account_label(id)
+        self.accounts.get(appid).cloned().unwrap_or_default()
     }
 }
 
@@ -224,5 +227,32 @@ impl TokenObserver for MetricsObserver {
                 account: self.account(appid),
             })
             .set(count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_metrics_name_the_account_whatever_the_gateway_switch() {
+        let config = Config::from_toml(
+            "[gateway]\nmetrics_per_account = false\n\n[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\nmode = \"plain\"\n",
+            |_| None,
+        )
+        .unwrap();
+        let metrics = Arc::new(WorkerMetrics::new());
+        let observer = MetricsObserver::new(&config, Arc::clone(&metrics));
+        observer.refreshed("wx1", "ok");
+        observer.requests_today("wx1", 3);
+        let text = metrics.encode();
+        assert!(
+            text.contains("wxgate_token_refresh_total{account=\"demo\",result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wxgate_token_requests_today{account=\"demo\"} 3"),
+            "{text}"
+        );
     }
 }
