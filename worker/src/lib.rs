@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wxgate_core::bus::{Bus, BusError};
 use wxgate_core::config::Config;
+use wxgate_core::connections::ConnectionLimits;
 use wxgate_core::keys::Keys;
 use wxgate_core::metrics::{AccountLabel, AccountResult, WorkerMetrics};
 use wxgate_core::rabbit::RabbitBus;
@@ -174,7 +175,12 @@ pub async fn start_with(
         store,
         metrics,
     });
-    let http_task = tokio::spawn(health::serve(listener, health, shutdown.clone()));
+    let http_task = tokio::spawn(health::serve(
+        listener,
+        health,
+        ConnectionLimits::default(),
+        shutdown.clone(),
+    ));
     tracing::info!(%http_addr, "worker listening for health and metrics");
 
     let task = tokio::spawn(async move {
