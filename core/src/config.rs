@@ -439,6 +439,17 @@ impl Config {
     pub fn account(&self, id: &str) -> Option<&Account> {
         self.accounts.get(*self.index.get(id)?)
     }
+
+    /// Bounds for parsing a callback's XML: at most `gateway.max_body_bytes`, with the
+    /// parser's default depth and element count. The gateway parses callbacks with them and
+    /// the worker re-parses each event's `raw_xml` with them, so the worker never refuses an
+    /// event the gateway accepted (the XML is never longer than the body it came in).
+    pub fn message_limits(&self) -> wechat::Limits {
+        wechat::Limits {
+            max_bytes: self.gateway.max_body_bytes,
+            ..wechat::Limits::default()
+        }
+    }
 }
 
 fn apply_env(

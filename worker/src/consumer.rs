@@ -12,8 +12,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use wechat::Decision;
 use wechat::errcode::{Class, classify};
-use wechat::{Decision, Limits};
 use wxgate_core::bus::{Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message};
 use wxgate_core::config::{Account, Config};
 use wxgate_core::keys::Keys;
@@ -284,7 +284,7 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
             errcode: None,
         };
     };
-    let msg = match wechat::parse(event.raw_xml.as_bytes(), &Limits::default()) {
+    let msg = match wechat::parse(event.raw_xml.as_bytes(), &ctx.config.message_limits()) {
         Ok(msg) => msg,
         Err(e) => {
             tracing::warn!(error = %e, "event xml does not parse");
