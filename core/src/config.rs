@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
@@ -467,11 +468,7 @@ fn apply_env(
             )
         };
         let Some(text) = env(&var) else { continue };
-        let key_path = if section.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{section}.{key}")
-        };
+        let key_path = key_path(section, key);
         let value = match kind {
             EnvKind::Str => toml::Value::String(text),
             EnvKind::Int => toml::Value::Integer(text.trim().parse().map_err(|_| {
@@ -515,14 +512,32 @@ fn apply_env(
     Ok(())
 }
 
-fn ms(key: &str, value: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
-    if value < min || value > max {
-        return Err(ConfigError::invalid(
-            key,
-            format!("must be between {min} and {max}"),
-        ));
+/// `section.key`, or `key` for a top-level key.
+fn key_path(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{section}.{key}")
     }
-    Ok(Duration::from_millis(value))
+}
+
+/// `value` of `key` if it lies in `range`, converted to the type the config holds. The one
+/// range check of every bounded numeric key: the error names the key and both bounds.
+fn in_range<T: TryFrom<u64>>(
+    key: &str,
+    value: u64,
+    range: RangeInclusive<u64>,
+) -> Result<T, ConfigError> {
+    let out_of_range = || {
+        ConfigError::invalid(
+            key,
+            format!("must be between {} and {}", range.start(), range.end()),
+        )
+    };
+    if !range.contains(&value) {
+        return Err(out_of_range());
+    }
+    T::try_from(value).map_err(|_| out_of_range())
 }
 
 fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -541,264 +556,19 @@ impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
 
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
-        let namespace = raw.namespace.unwrap_or_else(|| "wxgate".to_owned());
-        if namespace.is_empty()
-            || namespace.len() > 64
-            || !namespace
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(ConfigError::invalid(
-                "namespace",
-                "must be 1 to 64 characters of [A-Za-z0-9_-]",
-            ));
-        }
-
-        let redis = RedisConfig {
-            url: raw
-                .redis
-                .url
-                .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_owned()),
-        };
-        if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
-            return Err(ConfigError::invalid(
-                "redis.url",
-                "must start with redis://",
-            ));
-        }
-        let rabbitmq = RabbitConfig {
-            url: raw
-                .rabbitmq
-                .url
-                .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
-            queue_type: raw.rabbitmq.queue_type.unwrap_or(QueueType::Quorum),
-        };
-        if !rabbitmq.url.starts_with("amqp://") && !rabbitmq.url.starts_with("amqps://") {
-            return Err(ConfigError::invalid(
-                "rabbitmq.url",
-                "must start with amqp://",
-            ));
-        }
-
-        let g = raw.gateway;
-        let path_prefix = g.path_prefix.unwrap_or_else(|| "/wx".to_owned());
-        if !path_prefix.starts_with('/') || path_prefix.ends_with('/') || path_prefix.contains("//")
-        {
-            return Err(ConfigError::invalid(
-                "gateway.path_prefix",
-                "must start with / and not end with /",
-            ));
-        }
-        let gateway = GatewayConfig {
-            listen: addr(
-                "gateway.listen",
-                g.listen.as_deref().unwrap_or("0.0.0.0:8080"),
-            )?,
-            path_prefix,
-            request_budget: ms(
-                "gateway.request_budget_ms",
-                g.request_budget_ms.unwrap_or(3000),
-                100,
-                4999,
-            )?,
-            publish_timeout: ms(
-                "gateway.publish_timeout_ms",
-                g.publish_timeout_ms.unwrap_or(2000),
-                10,
-                4999,
-            )?,
-            max_body_bytes: {
-                let v = g.max_body_bytes.unwrap_or(65536);
-                if !(256..=16 * 1024 * 1024).contains(&v) {
-                    return Err(ConfigError::invalid(
-                        "gateway.max_body_bytes",
-                        "must be between 256 and 16777216",
-                    ));
-                }
-                usize::try_from(v)
-                    .map_err(|_| ConfigError::invalid("gateway.max_body_bytes", "too large"))?
-            },
-            timestamp_window: match g.timestamp_window_s.unwrap_or(300) {
-                0 => None,
-                s => Some(Duration::from_secs(s)),
-            },
-            dedup_ttl: {
-                let s = g.dedup_ttl_s.unwrap_or(600);
-                if !(30..=86400 * 7).contains(&s) {
-                    return Err(ConfigError::invalid(
-                        "gateway.dedup_ttl_s",
-                        "must be between 30 and 604800 (WeChat retries span ~15 s)",
-                    ));
-                }
-                Duration::from_secs(s)
-            },
-            metrics_per_account: g.metrics_per_account.unwrap_or(true),
-            threads: usize::try_from(g.threads.unwrap_or(1))
-                .ok()
-                .filter(|&n| n <= 256)
-                .ok_or_else(|| {
-                    ConfigError::invalid(
-                        "gateway.threads",
-                        "must be between 0 (one per CPU) and 256",
-                    )
-                })?,
-        };
-        if gateway.publish_timeout >= gateway.request_budget {
-            return Err(ConfigError::invalid(
-                "gateway.publish_timeout_ms",
-                "must be less than gateway.request_budget_ms",
-            ));
-        }
-
-        let w = raw.worker;
-        let retry_delays_ms = w
-            .retry_delays_ms
-            .unwrap_or_else(|| vec![1000, 5000, 30000, 120000, 600000]);
-        if retry_delays_ms.is_empty() || retry_delays_ms.len() > 32 {
-            return Err(ConfigError::invalid(
-                "worker.retry_delays_ms",
-                "must list 1 to 32 delays",
-            ));
-        }
-        let retry_delays = retry_delays_ms
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| ms(&format!("worker.retry_delays_ms[{i}]"), d, 1, 86_400_000))
-            .collect::<Result<Vec<_>, _>>()?;
-        let worker = WorkerConfig {
-            http_listen: addr(
-                "worker.http_listen",
-                w.http_listen.as_deref().unwrap_or("127.0.0.1:9091"),
-            )?,
-            grpc_listen: addr(
-                "worker.grpc_listen",
-                w.grpc_listen.as_deref().unwrap_or("0.0.0.0:50051"),
-            )?,
-            prefetch: match w.prefetch.unwrap_or(256) {
-                v @ 1..=65535 => u16::try_from(v)
-                    .map_err(|_| ConfigError::invalid("worker.prefetch", "too large"))?,
-                _ => {
-                    return Err(ConfigError::invalid(
-                        "worker.prefetch",
-                        "must be between 1 and 65535",
-                    ));
-                }
-            },
-            concurrency: match w.concurrency.unwrap_or(64) {
-                v @ 1..=65536 => usize::try_from(v)
-                    .map_err(|_| ConfigError::invalid("worker.concurrency", "too large"))?,
-                _ => {
-                    return Err(ConfigError::invalid(
-                        "worker.concurrency",
-                        "must be between 1 and 65536",
-                    ));
-                }
-            },
-            retry_delays,
-            max_attempts: match w.max_attempts.unwrap_or(6) {
-                v @ 1..=1000 => u32::try_from(v)
-                    .map_err(|_| ConfigError::invalid("worker.max_attempts", "too large"))?,
-                _ => {
-                    return Err(ConfigError::invalid(
-                        "worker.max_attempts",
-                        "must be between 1 and 1000",
-                    ));
-                }
-            },
-            sent_ttl: {
-                let s = w.sent_ttl_s.unwrap_or(86400);
-                if !(60..=86400 * 30).contains(&s) {
-                    return Err(ConfigError::invalid(
-                        "worker.sent_ttl_s",
-                        "must be between 60 and 2592000",
-                    ));
-                }
-                Duration::from_secs(s)
-            },
-        };
-
-        let x = raw.wechat;
-        let api_base = x
-            .api_base
-            .unwrap_or_else(|| "https://api.weixin.qq.com".to_owned())
-            .trim_end_matches('/')
-            .to_owned();
-        if !api_base.starts_with("http://") && !api_base.starts_with("https://") {
-            return Err(ConfigError::invalid(
-                "wechat.api_base",
-                "must start with http:// or https://",
-            ));
-        }
-        let wechat = WechatConfig {
-            api_base,
-            token_mode: x.token_mode.unwrap_or(TokenMode::Stable),
-            refresh_ahead: {
-                let s = x.refresh_ahead_s.unwrap_or(300);
-                if s > 3600 {
-                    return Err(ConfigError::invalid(
-                        "wechat.refresh_ahead_s",
-                        "must be at most 3600",
-                    ));
-                }
-                Duration::from_secs(s)
-            },
-            http_timeout: ms(
-                "wechat.http_timeout_ms",
-                x.http_timeout_ms.unwrap_or(5000),
-                10,
-                120_000,
-            )?,
-        };
-
-        let mut seen = HashSet::new();
-        let accounts = raw
-            .accounts
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let account = account(i, a)?;
-                if !seen.insert(account.id.clone()) {
-                    return Err(ConfigError::invalid(
-                        format!("accounts[{i}].id"),
-                        format!("duplicate account id {}", account.id),
-                    ));
-                }
-                Ok(account)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let api_keys = raw
-            .api_keys
-            .into_iter()
-            .enumerate()
-            .map(|(i, k)| {
-                if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(ConfigError::invalid(
-                        format!("api_keys[{i}].sha256"),
-                        "must be 64 hex characters",
-                    ));
-                }
-                for (j, acc) in k.accounts.iter().enumerate() {
-                    if acc != "*" && !seen.iter().any(|id: &AccountId| id.as_str() == acc) {
-                        return Err(ConfigError::invalid(
-                            format!("api_keys[{i}].accounts[{j}]"),
-                            format!("unknown account {acc}"),
-                        ));
-                    }
-                }
-                Ok(ApiKey {
-                    name: k.name,
-                    sha256: k.sha256.to_ascii_lowercase(),
-                    accounts: k.accounts,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
+        let namespace = namespace(raw.namespace)?;
+        let redis = redis(raw.redis)?;
+        let rabbitmq = rabbitmq(raw.rabbitmq)?;
+        let gateway = gateway(raw.gateway)?;
+        let worker = worker(raw.worker)?;
+        let wechat = wechat(raw.wechat)?;
+        let accounts = accounts(raw.accounts)?;
         let index = accounts
             .iter()
             .enumerate()
             .map(|(i, a)| (a.id.as_str().to_owned(), i))
             .collect();
+        let api_keys = api_keys(raw.api_keys, &index)?;
         Ok(Config {
             namespace,
             redis,
@@ -811,6 +581,234 @@ impl TryFrom<RawConfig> for Config {
             index,
         })
     }
+}
+
+/// The top-level `namespace`.
+fn namespace(raw: Option<String>) -> Result<String, ConfigError> {
+    let namespace = raw.unwrap_or_else(|| "wxgate".to_owned());
+    if namespace.is_empty()
+        || namespace.len() > 64
+        || !namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ConfigError::invalid(
+            "namespace",
+            "must be 1 to 64 characters of [A-Za-z0-9_-]",
+        ));
+    }
+    Ok(namespace)
+}
+
+/// `[redis]`.
+fn redis(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
+    let url = raw
+        .url
+        .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_owned());
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+        return Err(ConfigError::invalid(
+            "redis.url",
+            "must start with redis://",
+        ));
+    }
+    Ok(RedisConfig { url })
+}
+
+/// `[rabbitmq]`.
+fn rabbitmq(raw: RawRabbit) -> Result<RabbitConfig, ConfigError> {
+    let url = raw
+        .url
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
+        return Err(ConfigError::invalid(
+            "rabbitmq.url",
+            "must start with amqp://",
+        ));
+    }
+    Ok(RabbitConfig {
+        url,
+        queue_type: raw.queue_type.unwrap_or(QueueType::Quorum),
+    })
+}
+
+/// `[gateway]`.
+fn gateway(raw: RawGateway) -> Result<GatewayConfig, ConfigError> {
+    let path_prefix = raw.path_prefix.unwrap_or_else(|| "/wx".to_owned());
+    if !path_prefix.starts_with('/') || path_prefix.ends_with('/') || path_prefix.contains("//") {
+        return Err(ConfigError::invalid(
+            "gateway.path_prefix",
+            "must start with / and not end with /",
+        ));
+    }
+    let gateway = GatewayConfig {
+        listen: addr(
+            "gateway.listen",
+            raw.listen.as_deref().unwrap_or("0.0.0.0:8080"),
+        )?,
+        path_prefix,
+        // WeChat gives up on a callback after 5 s.
+        request_budget: Duration::from_millis(in_range(
+            "gateway.request_budget_ms",
+            raw.request_budget_ms.unwrap_or(3000),
+            100..=4999,
+        )?),
+        publish_timeout: Duration::from_millis(in_range(
+            "gateway.publish_timeout_ms",
+            raw.publish_timeout_ms.unwrap_or(2000),
+            10..=4999,
+        )?),
+        max_body_bytes: in_range(
+            "gateway.max_body_bytes",
+            raw.max_body_bytes.unwrap_or(65536),
+            256..=16 * 1024 * 1024,
+        )?,
+        timestamp_window: match raw.timestamp_window_s.unwrap_or(300) {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        },
+        // WeChat's retries of one callback span about 15 s.
+        dedup_ttl: Duration::from_secs(in_range(
+            "gateway.dedup_ttl_s",
+            raw.dedup_ttl_s.unwrap_or(600),
+            30..=7 * 86400,
+        )?),
+        metrics_per_account: raw.metrics_per_account.unwrap_or(true),
+        // 0 is one thread per CPU.
+        threads: in_range("gateway.threads", raw.threads.unwrap_or(1), 0..=256)?,
+    };
+    if gateway.publish_timeout >= gateway.request_budget {
+        return Err(ConfigError::invalid(
+            "gateway.publish_timeout_ms",
+            "must be less than gateway.request_budget_ms",
+        ));
+    }
+    Ok(gateway)
+}
+
+/// `[worker]`.
+fn worker(raw: RawWorker) -> Result<WorkerConfig, ConfigError> {
+    let retry_delays_ms = raw
+        .retry_delays_ms
+        .unwrap_or_else(|| vec![1000, 5000, 30000, 120000, 600000]);
+    if retry_delays_ms.is_empty() || retry_delays_ms.len() > 32 {
+        return Err(ConfigError::invalid(
+            "worker.retry_delays_ms",
+            "must list 1 to 32 delays",
+        ));
+    }
+    let retry_delays = retry_delays_ms
+        .iter()
+        .enumerate()
+        .map(|(i, &delay)| {
+            let key = format!("worker.retry_delays_ms[{i}]");
+            in_range(&key, delay, 1..=86_400_000).map(Duration::from_millis)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(WorkerConfig {
+        http_listen: addr(
+            "worker.http_listen",
+            raw.http_listen.as_deref().unwrap_or("127.0.0.1:9091"),
+        )?,
+        grpc_listen: addr(
+            "worker.grpc_listen",
+            raw.grpc_listen.as_deref().unwrap_or("0.0.0.0:50051"),
+        )?,
+        prefetch: in_range("worker.prefetch", raw.prefetch.unwrap_or(256), 1..=65535)?,
+        concurrency: in_range(
+            "worker.concurrency",
+            raw.concurrency.unwrap_or(64),
+            1..=65536,
+        )?,
+        retry_delays,
+        max_attempts: in_range(
+            "worker.max_attempts",
+            raw.max_attempts.unwrap_or(6),
+            1..=1000,
+        )?,
+        sent_ttl: Duration::from_secs(in_range(
+            "worker.sent_ttl_s",
+            raw.sent_ttl_s.unwrap_or(86400),
+            60..=30 * 86400,
+        )?),
+    })
+}
+
+/// `[wechat]`.
+fn wechat(raw: RawWechat) -> Result<WechatConfig, ConfigError> {
+    let api_base = raw
+        .api_base
+        .unwrap_or_else(|| "https://api.weixin.qq.com".to_owned())
+        .trim_end_matches('/')
+        .to_owned();
+    if !api_base.starts_with("http://") && !api_base.starts_with("https://") {
+        return Err(ConfigError::invalid(
+            "wechat.api_base",
+            "must start with http:// or https://",
+        ));
+    }
+    Ok(WechatConfig {
+        api_base,
+        token_mode: raw.token_mode.unwrap_or(TokenMode::Stable),
+        refresh_ahead: Duration::from_secs(in_range(
+            "wechat.refresh_ahead_s",
+            raw.refresh_ahead_s.unwrap_or(300),
+            0..=3600,
+        )?),
+        http_timeout: Duration::from_millis(in_range(
+            "wechat.http_timeout_ms",
+            raw.http_timeout_ms.unwrap_or(5000),
+            10..=120_000,
+        )?),
+    })
+}
+
+/// `[[accounts]]`: each valid, ids unique.
+fn accounts(raw: Vec<RawAccount>) -> Result<Vec<Account>, ConfigError> {
+    let mut seen = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let account = account(i, a)?;
+            if !seen.insert(account.id.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("accounts[{i}].id"),
+                    format!("duplicate account id {}", account.id),
+                ));
+            }
+            Ok(account)
+        })
+        .collect()
+}
+
+/// `[[api_keys]]`; `accounts` is the index of the configured account ids.
+fn api_keys(
+    raw: Vec<RawApiKey>,
+    accounts: &HashMap<String, usize>,
+) -> Result<Vec<ApiKey>, ConfigError> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::invalid(
+                    format!("api_keys[{i}].sha256"),
+                    "must be 64 hex characters",
+                ));
+            }
+            for (j, acc) in k.accounts.iter().enumerate() {
+                if acc != "*" && !accounts.contains_key(acc) {
+                    return Err(ConfigError::invalid(
+                        format!("api_keys[{i}].accounts[{j}]"),
+                        format!("unknown account {acc}"),
+                    ));
+                }
+            }
+            Ok(ApiKey {
+                name: k.name,
+                sha256: k.sha256.to_ascii_lowercase(),
+                accounts: k.accounts,
+            })
+        })
+        .collect()
 }
 
 fn account(i: usize, a: RawAccount) -> Result<Account, ConfigError> {
@@ -1037,5 +1035,58 @@ mod tests {
                 Config::load(&path, |_| None).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             }
         }
+    }
+
+    /// Loading `[section] key = value` just outside each bound of a bounded key is refused,
+    /// naming the key (`reported`) and both bounds.
+    fn check_bounds(section: &str, key: &str, reported: &str, low: u64, high: u64) {
+        let list = key == "retry_delays_ms";
+        let mut values = vec![high + 1];
+        if low > 0 {
+            values.push(low - 1);
+        }
+        for value in values {
+            let value_text = if list {
+                format!("[{value}]")
+            } else {
+                value.to_string()
+            };
+            match load(&format!("[{section}]\n{key} = {value_text}\n"), &[]) {
+                Err(ConfigError::Invalid {
+                    key: error_key,
+                    reason,
+                }) => {
+                    assert_eq!(error_key, reported, "{key} = {value}");
+                    assert_eq!(reason, format!("must be between {low} and {high}"));
+                }
+                other => panic!("{key} = {value}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bounded_keys_name_the_key_and_both_bounds() {
+        for (section, key, low, high) in [
+            ("gateway", "request_budget_ms", 100, 4999),
+            ("gateway", "publish_timeout_ms", 10, 4999),
+            ("gateway", "max_body_bytes", 256, 16_777_216),
+            ("gateway", "dedup_ttl_s", 30, 604_800),
+            ("gateway", "threads", 0, 256),
+            ("worker", "prefetch", 1, 65535),
+            ("worker", "concurrency", 1, 65536),
+            ("worker", "max_attempts", 1, 1000),
+            ("worker", "sent_ttl_s", 60, 2_592_000),
+            ("wechat", "refresh_ahead_s", 0, 3600),
+            ("wechat", "http_timeout_ms", 10, 120_000),
+        ] {
+            check_bounds(section, key, &format!("{section}.{key}"), low, high);
+        }
+        check_bounds(
+            "worker",
+            "retry_delays_ms",
+            "worker.retry_delays_ms[0]",
+            1,
+            86_400_000,
+        );
     }
 }
