@@ -373,7 +373,7 @@ struct RawApiKey {
 }
 
 /// How an environment override is typed.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EnvKind {
     Str,
     Int,
@@ -381,7 +381,8 @@ enum EnvKind {
     IntList,
 }
 
-/// Every key that `WXGATE__SECTION__KEY` can override. Accounts and API keys come from the
+/// Every key that `WXGATE__SECTION__KEY` can override: each scalar key of the `Raw*` structs
+/// (a test reads them off the structs and compares). Accounts and API keys come from the
 /// file only (they are tables in arrays).
 const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("", "namespace", EnvKind::Str),
@@ -1088,5 +1089,243 @@ mod tests {
             1,
             86_400_000,
         );
+    }
+
+    /// Top-level keys that are arrays of tables: set in the file only.
+    const FILE_ONLY: &[&str] = &["accounts", "api_keys"];
+
+    /// How `env_keys` differs from the schema: keys of the `Raw*` structs without an entry of
+    /// their kind, and entries that are no such key. Empty when they agree.
+    fn env_keys_mismatch(env_keys: &[(&str, &str, EnvKind)]) -> Vec<String> {
+        let schema: Vec<(String, EnvKind)> = schema::keys()
+            .into_iter()
+            .filter(|(path, _)| !FILE_ONLY.contains(&path.as_str()))
+            .collect();
+        let listed: Vec<(String, EnvKind)> = env_keys
+            .iter()
+            .map(|&(section, key, kind)| (key_path(section, key), kind))
+            .collect();
+        let missing = schema
+            .iter()
+            .filter(|entry| !listed.contains(entry))
+            .map(|(path, kind)| format!("{path} ({kind:?}) has no ENV_KEYS entry"));
+        let unknown = listed
+            .iter()
+            .filter(|entry| !schema.contains(entry))
+            .map(|(path, kind)| format!("ENV_KEYS entry {path} ({kind:?}) is not a key"));
+        missing.chain(unknown).collect()
+    }
+
+    #[test]
+    fn env_keys_are_every_scalar_key_of_the_schema() {
+        assert_eq!(env_keys_mismatch(ENV_KEYS), Vec::<String>::new());
+        let schema = schema::keys();
+        for key in FILE_ONLY {
+            assert!(
+                schema.iter().any(|(path, _)| path == key),
+                "{key} is not in the schema any more"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_unknown_or_mistyped_env_key_is_reported() {
+        let missing: Vec<_> = ENV_KEYS
+            .iter()
+            .copied()
+            .filter(|&(_, key, _)| key != "threads")
+            .collect();
+        assert_eq!(
+            env_keys_mismatch(&missing),
+            ["gateway.threads (Int) has no ENV_KEYS entry"]
+        );
+        let mut unknown = ENV_KEYS.to_vec();
+        unknown.push(("gateway", "thread", EnvKind::Int));
+        assert_eq!(
+            env_keys_mismatch(&unknown),
+            ["ENV_KEYS entry gateway.thread (Int) is not a key"]
+        );
+        let mistyped: Vec<_> = ENV_KEYS
+            .iter()
+            .map(|&(section, key, kind)| match key {
+                "prefetch" => (section, key, EnvKind::Str),
+                _ => (section, key, kind),
+            })
+            .collect();
+        assert_eq!(
+            env_keys_mismatch(&mistyped),
+            [
+                "worker.prefetch (Int) has no ENV_KEYS entry",
+                "ENV_KEYS entry worker.prefetch (Str) is not a key",
+            ]
+        );
+    }
+
+    /// Reads the keys of the config schema off the `Raw*` structs: their derived
+    /// `Deserialize` runs against a deserializer that answers every field with a placeholder
+    /// and records the field's path and the kind of value it asked for. A key added to a
+    /// struct shows up without being listed anywhere.
+    mod schema {
+        use std::cell::RefCell;
+        use std::fmt;
+
+        use serde::de::value::{SeqDeserializer, StrDeserializer};
+        use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
+
+        use super::super::{EnvKind, RawConfig, key_path};
+
+        /// Every field of [`RawConfig`] and its sections that holds a value, as `section.key`
+        /// (top-level keys bare), with its kind. Lists count as [`EnvKind::IntList`]; arrays
+        /// of tables (accounts) appear as one list key, their fields are not visited.
+        pub(super) fn keys() -> Vec<(String, EnvKind)> {
+            let keys = RefCell::new(Vec::new());
+            let probe = Probe {
+                path: String::new(),
+                keys: &keys,
+            };
+            <RawConfig as serde::Deserialize>::deserialize(probe)
+                .unwrap_or_else(|e| panic!("the schema probe failed: {e}"));
+            keys.into_inner()
+        }
+
+        #[derive(Debug)]
+        pub(super) struct ProbeError(String);
+
+        impl fmt::Display for ProbeError {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::error::Error for ProbeError {}
+
+        impl de::Error for ProbeError {
+            fn custom<T: fmt::Display>(msg: T) -> Self {
+                Self(msg.to_string())
+            }
+        }
+
+        struct Probe<'a> {
+            path: String,
+            keys: &'a RefCell<Vec<(String, EnvKind)>>,
+        }
+
+        impl Probe<'_> {
+            fn record(&self, kind: EnvKind) {
+                self.keys.borrow_mut().push((self.path.clone(), kind));
+            }
+        }
+
+        impl<'de> de::Deserializer<'de> for Probe<'_> {
+            type Error = ProbeError;
+
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, ProbeError> {
+                Err(ProbeError(format!(
+                    "{}: a type the probe does not know",
+                    self.path
+                )))
+            }
+
+            fn deserialize_option<V: Visitor<'de>>(
+                self,
+                visitor: V,
+            ) -> Result<V::Value, ProbeError> {
+                visitor.visit_some(self)
+            }
+
+            fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+                self.record(EnvKind::Str);
+                visitor.visit_str("")
+            }
+
+            fn deserialize_string<V: Visitor<'de>>(
+                self,
+                visitor: V,
+            ) -> Result<V::Value, ProbeError> {
+                self.deserialize_str(visitor)
+            }
+
+            fn deserialize_enum<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                variants: &'static [&'static str],
+                visitor: V,
+            ) -> Result<V::Value, ProbeError> {
+                self.record(EnvKind::Str);
+                let variant: StrDeserializer<'_, ProbeError> =
+                    variants.first().copied().unwrap_or("").into_deserializer();
+                visitor.visit_enum(variant)
+            }
+
+            fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+                self.record(EnvKind::Int);
+                visitor.visit_u64(0)
+            }
+
+            fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+                self.record(EnvKind::Bool);
+                visitor.visit_bool(false)
+            }
+
+            fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+                self.record(EnvKind::IntList);
+                visitor.visit_seq(SeqDeserializer::<_, ProbeError>::new(
+                    std::iter::empty::<u64>(),
+                ))
+            }
+
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                fields: &'static [&'static str],
+                visitor: V,
+            ) -> Result<V::Value, ProbeError> {
+                visitor.visit_map(Fields {
+                    fields: fields.iter(),
+                    field: "",
+                    path: self.path,
+                    keys: self.keys,
+                })
+            }
+
+            serde::forward_to_deserialize_any! {
+                i8 i16 i32 i64 i128 u8 u16 u32 u128 f32 f64 char bytes byte_buf unit
+                unit_struct newtype_struct tuple tuple_struct map identifier ignored_any
+            }
+        }
+
+        /// Hands a struct's visitor each of its fields once, each value a [`Probe`].
+        struct Fields<'a> {
+            fields: std::slice::Iter<'static, &'static str>,
+            field: &'static str,
+            path: String,
+            keys: &'a RefCell<Vec<(String, EnvKind)>>,
+        }
+
+        impl<'de> MapAccess<'de> for Fields<'_> {
+            type Error = ProbeError;
+
+            fn next_key_seed<K: DeserializeSeed<'de>>(
+                &mut self,
+                seed: K,
+            ) -> Result<Option<K::Value>, ProbeError> {
+                let Some(&field) = self.fields.next() else {
+                    return Ok(None);
+                };
+                self.field = field;
+                let name: StrDeserializer<'_, ProbeError> = field.into_deserializer();
+                seed.deserialize(name).map(Some)
+            }
+
+            fn next_value_seed<V: DeserializeSeed<'de>>(
+                &mut self,
+                seed: V,
+            ) -> Result<V::Value, ProbeError> {
+                seed.deserialize(Probe {
+                    path: key_path(&self.path, self.field),
+                    keys: self.keys,
+                })
+            }
+        }
     }
 }
