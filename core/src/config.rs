@@ -541,6 +541,25 @@ fn in_range<T: TryFrom<u64>>(
     T::try_from(value).map_err(|_| out_of_range())
 }
 
+/// Refuses `key` with `reason` unless `holds`.
+fn ensure(holds: bool, key: &str, reason: &str) -> Result<(), ConfigError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(key, reason))
+    }
+}
+
+/// `value` of `key` if it starts with one of `schemes`.
+fn with_scheme(key: &str, value: &str, schemes: &[&str]) -> Result<String, ConfigError> {
+    ensure(
+        schemes.iter().any(|scheme| value.starts_with(scheme)),
+        key,
+        &format!("must start with {}", schemes.join(" or ")),
+    )?;
+    Ok(value.to_owned())
+}
+
 fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse()
@@ -587,47 +606,34 @@ impl TryFrom<RawConfig> for Config {
 /// The top-level `namespace`.
 fn namespace(raw: Option<String>) -> Result<String, ConfigError> {
     let namespace = raw.unwrap_or_else(|| "wxgate".to_owned());
-    if namespace.is_empty()
-        || namespace.len() > 64
-        || !namespace
+    let valid = (1..=64).contains(&namespace.len())
+        && namespace
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err(ConfigError::invalid(
-            "namespace",
-            "must be 1 to 64 characters of [A-Za-z0-9_-]",
-        ));
-    }
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    ensure(
+        valid,
+        "namespace",
+        "must be 1 to 64 characters of [A-Za-z0-9_-]",
+    )?;
     Ok(namespace)
 }
 
 /// `[redis]`.
 fn redis(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
-    let url = raw
-        .url
-        .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_owned());
-    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
-        return Err(ConfigError::invalid(
-            "redis.url",
-            "must start with redis://",
-        ));
-    }
-    Ok(RedisConfig { url })
+    let url = raw.url.as_deref().unwrap_or("redis://127.0.0.1:6379/0");
+    Ok(RedisConfig {
+        url: with_scheme("redis.url", url, &["redis://", "rediss://"])?,
+    })
 }
 
 /// `[rabbitmq]`.
 fn rabbitmq(raw: RawRabbit) -> Result<RabbitConfig, ConfigError> {
     let url = raw
         .url
-        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
-        return Err(ConfigError::invalid(
-            "rabbitmq.url",
-            "must start with amqp://",
-        ));
-    }
+        .as_deref()
+        .unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f");
     Ok(RabbitConfig {
-        url,
+        url: with_scheme("rabbitmq.url", url, &["amqp://", "amqps://"])?,
         queue_type: raw.queue_type.unwrap_or(QueueType::Quorum),
     })
 }
@@ -635,12 +641,11 @@ fn rabbitmq(raw: RawRabbit) -> Result<RabbitConfig, ConfigError> {
 /// `[gateway]`.
 fn gateway(raw: RawGateway) -> Result<GatewayConfig, ConfigError> {
     let path_prefix = raw.path_prefix.unwrap_or_else(|| "/wx".to_owned());
-    if !path_prefix.starts_with('/') || path_prefix.ends_with('/') || path_prefix.contains("//") {
-        return Err(ConfigError::invalid(
-            "gateway.path_prefix",
-            "must start with / and not end with /",
-        ));
-    }
+    ensure(
+        path_prefix.starts_with('/') && !path_prefix.ends_with('/') && !path_prefix.contains("//"),
+        "gateway.path_prefix",
+        "must start with / and not end with /",
+    )?;
     let gateway = GatewayConfig {
         listen: addr(
             "gateway.listen",
@@ -677,12 +682,11 @@ fn gateway(raw: RawGateway) -> Result<GatewayConfig, ConfigError> {
         // 0 is one thread per CPU.
         threads: in_range("gateway.threads", raw.threads.unwrap_or(1), 0..=256)?,
     };
-    if gateway.publish_timeout >= gateway.request_budget {
-        return Err(ConfigError::invalid(
-            "gateway.publish_timeout_ms",
-            "must be less than gateway.request_budget_ms",
-        ));
-    }
+    ensure(
+        gateway.publish_timeout < gateway.request_budget,
+        "gateway.publish_timeout_ms",
+        "must be less than gateway.request_budget_ms",
+    )?;
     Ok(gateway)
 }
 
@@ -691,12 +695,11 @@ fn worker(raw: RawWorker) -> Result<WorkerConfig, ConfigError> {
     let retry_delays_ms = raw
         .retry_delays_ms
         .unwrap_or_else(|| vec![1000, 5000, 30000, 120000, 600000]);
-    if retry_delays_ms.is_empty() || retry_delays_ms.len() > 32 {
-        return Err(ConfigError::invalid(
-            "worker.retry_delays_ms",
-            "must list 1 to 32 delays",
-        ));
-    }
+    ensure(
+        (1..=32).contains(&retry_delays_ms.len()),
+        "worker.retry_delays_ms",
+        "must list 1 to 32 delays",
+    )?;
     let retry_delays = retry_delays_ms
         .iter()
         .enumerate()
@@ -738,17 +741,11 @@ fn worker(raw: RawWorker) -> Result<WorkerConfig, ConfigError> {
 fn wechat(raw: RawWechat) -> Result<WechatConfig, ConfigError> {
     let api_base = raw
         .api_base
-        .unwrap_or_else(|| "https://api.weixin.qq.com".to_owned())
-        .trim_end_matches('/')
-        .to_owned();
-    if !api_base.starts_with("http://") && !api_base.starts_with("https://") {
-        return Err(ConfigError::invalid(
-            "wechat.api_base",
-            "must start with http:// or https://",
-        ));
-    }
+        .as_deref()
+        .unwrap_or("https://api.weixin.qq.com")
+        .trim_end_matches('/');
     Ok(WechatConfig {
-        api_base,
+        api_base: with_scheme("wechat.api_base", api_base, &["http://", "https://"])?,
         token_mode: raw.token_mode.unwrap_or(TokenMode::Stable),
         refresh_ahead: Duration::from_secs(in_range(
             "wechat.refresh_ahead_s",
@@ -1089,6 +1086,37 @@ mod tests {
             1,
             86_400_000,
         );
+    }
+
+    #[test]
+    fn urls_need_one_of_their_schemes() {
+        for (section, key, bad, good) in [
+            (
+                "redis",
+                "url",
+                "http://127.0.0.1:6379",
+                "rediss://127.0.0.1:6379/0",
+            ),
+            (
+                "rabbitmq",
+                "url",
+                "redis://127.0.0.1",
+                "amqps://127.0.0.1/%2f",
+            ),
+            (
+                "wechat",
+                "api_base",
+                "ftp://example.com",
+                "http://127.0.0.1:9099/",
+            ),
+        ] {
+            assert_eq!(
+                err_key(&format!("[{section}]\n{key} = \"{bad}\"\n")),
+                format!("{section}.{key}")
+            );
+            load(&format!("[{section}]\n{key} = \"{good}\"\n"), &[])
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
     }
 
     /// Top-level keys that are arrays of tables: set in the file only.

@@ -67,11 +67,10 @@ pub async fn serve<H, F, B>(
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
+            permit = Arc::clone(&permits).acquire_owned() => permit,
         };
+        // Only a closed semaphore fails, and nothing closes it.
+        let Ok(permit) = permit else { break };
         let (stream, _) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
