@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
 
@@ -372,7 +373,7 @@ struct RawApiKey {
 }
 
 /// How an environment override is typed.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EnvKind {
     Str,
     Int,
@@ -380,7 +381,8 @@ enum EnvKind {
     IntList,
 }
 
-/// Every key that `WXGATE__SECTION__KEY` can override. Accounts and API keys come from the
+/// Every key that `WXGATE__SECTION__KEY` can override: each scalar key of the `Raw*` structs
+/// (a test reads them off the structs and compares). Accounts and API keys come from the
 /// file only (they are tables in arrays).
 const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("", "namespace", EnvKind::Str),
@@ -439,6 +441,17 @@ impl Config {
     pub fn account(&self, id: &str) -> Option<&Account> {
         self.accounts.get(*self.index.get(id)?)
     }
+
+    /// Bounds for parsing a callback's XML: at most `gateway.max_body_bytes`, with the
+    /// parser's default depth and element count. The gateway parses callbacks with them and
+    /// the worker re-parses each event's `raw_xml` with them, so the worker never refuses an
+    /// event the gateway accepted (the XML is never longer than the body it came in).
+    pub fn message_limits(&self) -> wechat::Limits {
+        wechat::Limits {
+            max_bytes: self.gateway.max_body_bytes,
+            ..wechat::Limits::default()
+        }
+    }
 }
 
 fn apply_env(
@@ -456,11 +469,7 @@ fn apply_env(
             )
         };
         let Some(text) = env(&var) else { continue };
-        let key_path = if section.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{section}.{key}")
-        };
+        let key_path = key_path(section, key);
         let value = match kind {
             EnvKind::Str => toml::Value::String(text),
             EnvKind::Int => toml::Value::Integer(text.trim().parse().map_err(|_| {
@@ -504,14 +513,51 @@ fn apply_env(
     Ok(())
 }
 
-fn ms(key: &str, value: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
-    if value < min || value > max {
-        return Err(ConfigError::invalid(
-            key,
-            format!("must be between {min} and {max}"),
-        ));
+/// `section.key`, or `key` for a top-level key.
+fn key_path(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{section}.{key}")
     }
-    Ok(Duration::from_millis(value))
+}
+
+/// `value` of `key` if it lies in `range`, converted to the type the config holds. The one
+/// range check of every bounded numeric key: the error names the key and both bounds.
+fn in_range<T: TryFrom<u64>>(
+    key: &str,
+    value: u64,
+    range: RangeInclusive<u64>,
+) -> Result<T, ConfigError> {
+    let out_of_range = || {
+        ConfigError::invalid(
+            key,
+            format!("must be between {} and {}", range.start(), range.end()),
+        )
+    };
+    if !range.contains(&value) {
+        return Err(out_of_range());
+    }
+    T::try_from(value).map_err(|_| out_of_range())
+}
+
+/// Refuses `key` with `reason` unless `holds`.
+fn ensure(holds: bool, key: &str, reason: &str) -> Result<(), ConfigError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(key, reason))
+    }
+}
+
+/// `value` of `key` if it starts with one of `schemes`.
+fn with_scheme(key: &str, value: &str, schemes: &[&str]) -> Result<String, ConfigError> {
+    ensure(
+        schemes.iter().any(|scheme| value.starts_with(scheme)),
+        key,
+        &format!("must start with {}", schemes.join(" or ")),
+    )?;
+    Ok(value.to_owned())
 }
 
 fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -530,264 +576,19 @@ impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
 
     fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
-        let namespace = raw.namespace.unwrap_or_else(|| "wxgate".to_owned());
-        if namespace.is_empty()
-            || namespace.len() > 64
-            || !namespace
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(ConfigError::invalid(
-                "namespace",
-                "must be 1 to 64 characters of [A-Za-z0-9_-]",
-            ));
-        }
-
-        let redis = RedisConfig {
-            url: raw
-                .redis
-                .url
-                .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_owned()),
-        };
-        if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
-            return Err(ConfigError::invalid(
-                "redis.url",
-                "must start with redis://",
-            ));
-        }
-        let rabbitmq = RabbitConfig {
-            url: raw
-                .rabbitmq
-                .url
-                .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
-            queue_type: raw.rabbitmq.queue_type.unwrap_or(QueueType::Quorum),
-        };
-        if !rabbitmq.url.starts_with("amqp://") && !rabbitmq.url.starts_with("amqps://") {
-            return Err(ConfigError::invalid(
-                "rabbitmq.url",
-                "must start with amqp://",
-            ));
-        }
-
-        let g = raw.gateway;
-        let path_prefix = g.path_prefix.unwrap_or_else(|| "/wx".to_owned());
-        if !path_prefix.starts_with('/') || path_prefix.ends_with('/') || path_prefix.contains("//")
-        {
-            return Err(ConfigError::invalid(
-                "gateway.path_prefix",
-                "must start with / and not end with /",
-            ));
-        }
-        let gateway = GatewayConfig {
-            listen: addr(
-                "gateway.listen",
-                g.listen.as_deref().unwrap_or("0.0.0.0:8080"),
-            )?,
-            path_prefix,
-            request_budget: ms(
-                "gateway.request_budget_ms",
-                g.request_budget_ms.unwrap_or(3000),
-                100,
-                4999,
-            )?,
-            publish_timeout: ms(
-                "gateway.publish_timeout_ms",
-                g.publish_timeout_ms.unwrap_or(2000),
-                10,
-                4999,
-            )?,
-            max_body_bytes: {
-                let v = g.max_body_bytes.unwrap_or(65536);
-                if !(256..=16 * 1024 * 1024).contains(&v) {
-                    return Err(ConfigError::invalid(
-                        "gateway.max_body_bytes",
-                        "must be between 256 and 16777216",
-                    ));
-                }
-                usize::try_from(v)
-                    .map_err(|_| ConfigError::invalid("gateway.max_body_bytes", "too large"))?
-            },
-            timestamp_window: match g.timestamp_window_s.unwrap_or(300) {
-                0 => None,
-                s => Some(Duration::from_secs(s)),
-            },
-            dedup_ttl: {
-                let s = g.dedup_ttl_s.unwrap_or(600);
-                if !(30..=86400 * 7).contains(&s) {
-                    return Err(ConfigError::invalid(
-                        "gateway.dedup_ttl_s",
-                        "must be between 30 and 604800 (WeChat retries span ~15 s)",
-                    ));
-                }
-                Duration::from_secs(s)
-            },
-            metrics_per_account: g.metrics_per_account.unwrap_or(true),
-            threads: usize::try_from(g.threads.unwrap_or(1))
-                .ok()
-                .filter(|&n| n <= 256)
-                .ok_or_else(|| {
-                    ConfigError::invalid(
-                        "gateway.threads",
-                        "must be between 0 (one per CPU) and 256",
-                    )
-                })?,
-        };
-        if gateway.publish_timeout >= gateway.request_budget {
-            return Err(ConfigError::invalid(
-                "gateway.publish_timeout_ms",
-                "must be less than gateway.request_budget_ms",
-            ));
-        }
-
-        let w = raw.worker;
-        let retry_delays_ms = w
-            .retry_delays_ms
-            .unwrap_or_else(|| vec![1000, 5000, 30000, 120000, 600000]);
-        if retry_delays_ms.is_empty() || retry_delays_ms.len() > 32 {
-            return Err(ConfigError::invalid(
-                "worker.retry_delays_ms",
-                "must list 1 to 32 delays",
-            ));
-        }
-        let retry_delays = retry_delays_ms
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| ms(&format!("worker.retry_delays_ms[{i}]"), d, 1, 86_400_000))
-            .collect::<Result<Vec<_>, _>>()?;
-        let worker = WorkerConfig {
-            http_listen: addr(
-                "worker.http_listen",
-                w.http_listen.as_deref().unwrap_or("127.0.0.1:9091"),
-            )?,
-            grpc_listen: addr(
-                "worker.grpc_listen",
-                w.grpc_listen.as_deref().unwrap_or("0.0.0.0:50051"),
-            )?,
-            prefetch: match w.prefetch.unwrap_or(256) {
-                v @ 1..=65535 => u16::try_from(v)
-                    .map_err(|_| ConfigError::invalid("worker.prefetch", "too large"))?,
-                _ => {
-                    return Err(ConfigError::invalid(
-                        "worker.prefetch",
-                        "must be between 1 and 65535",
-                    ));
-                }
-            },
-            concurrency: match w.concurrency.unwrap_or(64) {
-                v @ 1..=65536 => usize::try_from(v)
-                    .map_err(|_| ConfigError::invalid("worker.concurrency", "too large"))?,
-                _ => {
-                    return Err(ConfigError::invalid(
-                        "worker.concurrency",
-                        "must be between 1 and 65536",
-                    ));
-                }
-            },
-            retry_delays,
-            max_attempts: match w.max_attempts.unwrap_or(6) {
-                v @ 1..=1000 => u32::try_from(v)
-                    .map_err(|_| ConfigError::invalid("worker.max_attempts", "too large"))?,
-                _ => {
-                    return Err(ConfigError::invalid(
-                        "worker.max_attempts",
-                        "must be between 1 and 1000",
-                    ));
-                }
-            },
-            sent_ttl: {
-                let s = w.sent_ttl_s.unwrap_or(86400);
-                if !(60..=86400 * 30).contains(&s) {
-                    return Err(ConfigError::invalid(
-                        "worker.sent_ttl_s",
-                        "must be between 60 and 2592000",
-                    ));
-                }
-                Duration::from_secs(s)
-            },
-        };
-
-        let x = raw.wechat;
-        let api_base = x
-            .api_base
-            .unwrap_or_else(|| "https://api.weixin.qq.com".to_owned())
-            .trim_end_matches('/')
-            .to_owned();
-        if !api_base.starts_with("http://") && !api_base.starts_with("https://") {
-            return Err(ConfigError::invalid(
-                "wechat.api_base",
-                "must start with http:// or https://",
-            ));
-        }
-        let wechat = WechatConfig {
-            api_base,
-            token_mode: x.token_mode.unwrap_or(TokenMode::Stable),
-            refresh_ahead: {
-                let s = x.refresh_ahead_s.unwrap_or(300);
-                if s > 3600 {
-                    return Err(ConfigError::invalid(
-                        "wechat.refresh_ahead_s",
-                        "must be at most 3600",
-                    ));
-                }
-                Duration::from_secs(s)
-            },
-            http_timeout: ms(
-                "wechat.http_timeout_ms",
-                x.http_timeout_ms.unwrap_or(5000),
-                10,
-                120_000,
-            )?,
-        };
-
-        let mut seen = HashSet::new();
-        let accounts = raw
-            .accounts
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let account = account(i, a)?;
-                if !seen.insert(account.id.clone()) {
-                    return Err(ConfigError::invalid(
-                        format!("accounts[{i}].id"),
-                        format!("duplicate account id {}", account.id),
-                    ));
-                }
-                Ok(account)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let api_keys = raw
-            .api_keys
-            .into_iter()
-            .enumerate()
-            .map(|(i, k)| {
-                if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(ConfigError::invalid(
-                        format!("api_keys[{i}].sha256"),
-                        "must be 64 hex characters",
-                    ));
-                }
-                for (j, acc) in k.accounts.iter().enumerate() {
-                    if acc != "*" && !seen.iter().any(|id: &AccountId| id.as_str() == acc) {
-                        return Err(ConfigError::invalid(
-                            format!("api_keys[{i}].accounts[{j}]"),
-                            format!("unknown account {acc}"),
-                        ));
-                    }
-                }
-                Ok(ApiKey {
-                    name: k.name,
-                    sha256: k.sha256.to_ascii_lowercase(),
-                    accounts: k.accounts,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
+        let namespace = namespace(raw.namespace)?;
+        let redis = redis(raw.redis)?;
+        let rabbitmq = rabbitmq(raw.rabbitmq)?;
+        let gateway = gateway(raw.gateway)?;
+        let worker = worker(raw.worker)?;
+        let wechat = wechat(raw.wechat)?;
+        let accounts = accounts(raw.accounts)?;
         let index = accounts
             .iter()
             .enumerate()
             .map(|(i, a)| (a.id.as_str().to_owned(), i))
             .collect();
+        let api_keys = api_keys(raw.api_keys, &index)?;
         Ok(Config {
             namespace,
             redis,
@@ -800,6 +601,212 @@ impl TryFrom<RawConfig> for Config {
             index,
         })
     }
+}
+
+/// The top-level `namespace`.
+fn namespace(raw: Option<String>) -> Result<String, ConfigError> {
+    let namespace = raw.unwrap_or_else(|| "wxgate".to_owned());
+    let valid = (1..=64).contains(&namespace.len())
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    ensure(
+        valid,
+        "namespace",
+        "must be 1 to 64 characters of [A-Za-z0-9_-]",
+    )?;
+    Ok(namespace)
+}
+
+/// `[redis]`.
+fn redis(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
+    let url = raw.url.as_deref().unwrap_or("redis://127.0.0.1:6379/0");
+    Ok(RedisConfig {
+        url: with_scheme("redis.url", url, &["redis://", "rediss://"])?,
+    })
+}
+
+/// `[rabbitmq]`.
+fn rabbitmq(raw: RawRabbit) -> Result<RabbitConfig, ConfigError> {
+    let url = raw
+        .url
+        .as_deref()
+        .unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f");
+    Ok(RabbitConfig {
+        url: with_scheme("rabbitmq.url", url, &["amqp://", "amqps://"])?,
+        queue_type: raw.queue_type.unwrap_or(QueueType::Quorum),
+    })
+}
+
+/// `[gateway]`.
+fn gateway(raw: RawGateway) -> Result<GatewayConfig, ConfigError> {
+    let path_prefix = raw.path_prefix.unwrap_or_else(|| "/wx".to_owned());
+    ensure(
+        path_prefix.starts_with('/') && !path_prefix.ends_with('/') && !path_prefix.contains("//"),
+        "gateway.path_prefix",
+        "must start with / and not end with /",
+    )?;
+    let gateway = GatewayConfig {
+        listen: addr(
+            "gateway.listen",
+            raw.listen.as_deref().unwrap_or("0.0.0.0:8080"),
+        )?,
+        path_prefix,
+        // WeChat gives up on a callback after 5 s.
+        request_budget: Duration::from_millis(in_range(
+            "gateway.request_budget_ms",
+            raw.request_budget_ms.unwrap_or(3000),
+            100..=4999,
+        )?),
+        publish_timeout: Duration::from_millis(in_range(
+            "gateway.publish_timeout_ms",
+            raw.publish_timeout_ms.unwrap_or(2000),
+            10..=4999,
+        )?),
+        max_body_bytes: in_range(
+            "gateway.max_body_bytes",
+            raw.max_body_bytes.unwrap_or(65536),
+            256..=16 * 1024 * 1024,
+        )?,
+        timestamp_window: match raw.timestamp_window_s.unwrap_or(300) {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        },
+        // WeChat's retries of one callback span about 15 s.
+        dedup_ttl: Duration::from_secs(in_range(
+            "gateway.dedup_ttl_s",
+            raw.dedup_ttl_s.unwrap_or(600),
+            30..=7 * 86400,
+        )?),
+        metrics_per_account: raw.metrics_per_account.unwrap_or(true),
+        // 0 is one thread per CPU.
+        threads: in_range("gateway.threads", raw.threads.unwrap_or(1), 0..=256)?,
+    };
+    ensure(
+        gateway.publish_timeout < gateway.request_budget,
+        "gateway.publish_timeout_ms",
+        "must be less than gateway.request_budget_ms",
+    )?;
+    Ok(gateway)
+}
+
+/// `[worker]`.
+fn worker(raw: RawWorker) -> Result<WorkerConfig, ConfigError> {
+    let retry_delays_ms = raw
+        .retry_delays_ms
+        .unwrap_or_else(|| vec![1000, 5000, 30000, 120000, 600000]);
+    ensure(
+        (1..=32).contains(&retry_delays_ms.len()),
+        "worker.retry_delays_ms",
+        "must list 1 to 32 delays",
+    )?;
+    let retry_delays = retry_delays_ms
+        .iter()
+        .enumerate()
+        .map(|(i, &delay)| {
+            let key = format!("worker.retry_delays_ms[{i}]");
+            in_range(&key, delay, 1..=86_400_000).map(Duration::from_millis)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(WorkerConfig {
+        http_listen: addr(
+            "worker.http_listen",
+            raw.http_listen.as_deref().unwrap_or("127.0.0.1:9091"),
+        )?,
+        grpc_listen: addr(
+            "worker.grpc_listen",
+            raw.grpc_listen.as_deref().unwrap_or("0.0.0.0:50051"),
+        )?,
+        prefetch: in_range("worker.prefetch", raw.prefetch.unwrap_or(256), 1..=65535)?,
+        concurrency: in_range(
+            "worker.concurrency",
+            raw.concurrency.unwrap_or(64),
+            1..=65536,
+        )?,
+        retry_delays,
+        max_attempts: in_range(
+            "worker.max_attempts",
+            raw.max_attempts.unwrap_or(6),
+            1..=1000,
+        )?,
+        sent_ttl: Duration::from_secs(in_range(
+            "worker.sent_ttl_s",
+            raw.sent_ttl_s.unwrap_or(86400),
+            60..=30 * 86400,
+        )?),
+    })
+}
+
+/// `[wechat]`.
+fn wechat(raw: RawWechat) -> Result<WechatConfig, ConfigError> {
+    let api_base = raw
+        .api_base
+        .as_deref()
+        .unwrap_or("https://api.weixin.qq.com")
+        .trim_end_matches('/');
+    Ok(WechatConfig {
+        api_base: with_scheme("wechat.api_base", api_base, &["http://", "https://"])?,
+        token_mode: raw.token_mode.unwrap_or(TokenMode::Stable),
+        refresh_ahead: Duration::from_secs(in_range(
+            "wechat.refresh_ahead_s",
+            raw.refresh_ahead_s.unwrap_or(300),
+            0..=3600,
+        )?),
+        http_timeout: Duration::from_millis(in_range(
+            "wechat.http_timeout_ms",
+            raw.http_timeout_ms.unwrap_or(5000),
+            10..=120_000,
+        )?),
+    })
+}
+
+/// `[[accounts]]`: each valid, ids unique.
+fn accounts(raw: Vec<RawAccount>) -> Result<Vec<Account>, ConfigError> {
+    let mut seen = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let account = account(i, a)?;
+            if !seen.insert(account.id.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("accounts[{i}].id"),
+                    format!("duplicate account id {}", account.id),
+                ));
+            }
+            Ok(account)
+        })
+        .collect()
+}
+
+/// `[[api_keys]]`; `accounts` is the index of the configured account ids.
+fn api_keys(
+    raw: Vec<RawApiKey>,
+    accounts: &HashMap<String, usize>,
+) -> Result<Vec<ApiKey>, ConfigError> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            if k.sha256.len() != 64 || !k.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::invalid(
+                    format!("api_keys[{i}].sha256"),
+                    "must be 64 hex characters",
+                ));
+            }
+            for (j, acc) in k.accounts.iter().enumerate() {
+                if acc != "*" && !accounts.contains_key(acc) {
+                    return Err(ConfigError::invalid(
+                        format!("api_keys[{i}].accounts[{j}]"),
+                        format!("unknown account {acc}"),
+                    ));
+                }
+            }
+            Ok(ApiKey {
+                name: k.name,
+                sha256: k.sha256.to_ascii_lowercase(),
+                accounts: k.accounts,
+            })
+        })
+        .collect()
 }
 
 fn account(i: usize, a: RawAccount) -> Result<Account, ConfigError> {
@@ -1024,6 +1031,328 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 Config::load(&path, |_| None).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        }
+    }
+
+    /// Loading `[section] key = value` just outside each bound of a bounded key is refused,
+    /// naming the key (`reported`) and both bounds.
+    fn check_bounds(section: &str, key: &str, reported: &str, low: u64, high: u64) {
+        let list = key == "retry_delays_ms";
+        let mut values = vec![high + 1];
+        if low > 0 {
+            values.push(low - 1);
+        }
+        for value in values {
+            let value_text = if list {
+                format!("[{value}]")
+            } else {
+                value.to_string()
+            };
+            match load(&format!("[{section}]\n{key} = {value_text}\n"), &[]) {
+                Err(ConfigError::Invalid {
+                    key: error_key,
+                    reason,
+                }) => {
+                    assert_eq!(error_key, reported, "{key} = {value}");
+                    assert_eq!(reason, format!("must be between {low} and {high}"));
+                }
+                other => panic!("{key} = {value}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bounded_keys_name_the_key_and_both_bounds() {
+        for (section, key, low, high) in [
+            ("gateway", "request_budget_ms", 100, 4999),
+            ("gateway", "publish_timeout_ms", 10, 4999),
+            ("gateway", "max_body_bytes", 256, 16_777_216),
+            ("gateway", "dedup_ttl_s", 30, 604_800),
+            ("gateway", "threads", 0, 256),
+            ("worker", "prefetch", 1, 65535),
+            ("worker", "concurrency", 1, 65536),
+            ("worker", "max_attempts", 1, 1000),
+            ("worker", "sent_ttl_s", 60, 2_592_000),
+            ("wechat", "refresh_ahead_s", 0, 3600),
+            ("wechat", "http_timeout_ms", 10, 120_000),
+        ] {
+            check_bounds(section, key, &format!("{section}.{key}"), low, high);
+        }
+        check_bounds(
+            "worker",
+            "retry_delays_ms",
+            "worker.retry_delays_ms[0]",
+            1,
+            86_400_000,
+        );
+    }
+
+    #[test]
+    fn urls_need_one_of_their_schemes() {
+        for (section, key, bad, good) in [
+            (
+                "redis",
+                "url",
+                "http://127.0.0.1:6379",
+                "rediss://127.0.0.1:6379/0",
+            ),
+            (
+                "rabbitmq",
+                "url",
+                "redis://127.0.0.1",
+                "amqps://127.0.0.1/%2f",
+            ),
+            (
+                "wechat",
+                "api_base",
+                "ftp://example.com",
+                "http://127.0.0.1:9099/",
+            ),
+        ] {
+            assert_eq!(
+                err_key(&format!("[{section}]\n{key} = \"{bad}\"\n")),
+                format!("{section}.{key}")
+            );
+            load(&format!("[{section}]\n{key} = \"{good}\"\n"), &[])
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    /// Top-level keys that are arrays of tables: set in the file only.
+    const FILE_ONLY: &[&str] = &["accounts", "api_keys"];
+
+    /// How `env_keys` differs from the schema: keys of the `Raw*` structs without an entry of
+    /// their kind, and entries that are no such key. Empty when they agree.
+    fn env_keys_mismatch(env_keys: &[(&str, &str, EnvKind)]) -> Vec<String> {
+        let schema: Vec<(String, EnvKind)> = schema::keys()
+            .into_iter()
+            .filter(|(path, _)| !FILE_ONLY.contains(&path.as_str()))
+            .collect();
+        let listed: Vec<(String, EnvKind)> = env_keys
+            .iter()
+            .map(|&(section, key, kind)| (key_path(section, key), kind))
+            .collect();
+        let missing = schema
+            .iter()
+            .filter(|entry| !listed.contains(entry))
+            .map(|(path, kind)| format!("{path} ({kind:?}) has no ENV_KEYS entry"));
+        let unknown = listed
+            .iter()
+            .filter(|entry| !schema.contains(entry))
+            .map(|(path, kind)| format!("ENV_KEYS entry {path} ({kind:?}) is not a key"));
+        missing.chain(unknown).collect()
+    }
+
+    #[test]
+    fn env_keys_are_every_scalar_key_of_the_schema() {
+        assert_eq!(env_keys_mismatch(ENV_KEYS), Vec::<String>::new());
+        let schema = schema::keys();
+        for key in FILE_ONLY {
+            assert!(
+                schema.iter().any(|(path, _)| path == key),
+                "{key} is not in the schema any more"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_unknown_or_mistyped_env_key_is_reported() {
+        let missing: Vec<_> = ENV_KEYS
+            .iter()
+            .copied()
+            .filter(|&(_, key, _)| key != "threads")
+            .collect();
+        assert_eq!(
+            env_keys_mismatch(&missing),
+            ["gateway.threads (Int) has no ENV_KEYS entry"]
+        );
+        let mut unknown = ENV_KEYS.to_vec();
+        unknown.push(("gateway", "thread", EnvKind::Int));
+        assert_eq!(
+            env_keys_mismatch(&unknown),
+            ["ENV_KEYS entry gateway.thread (Int) is not a key"]
+        );
+        let mistyped: Vec<_> = ENV_KEYS
+            .iter()
+            .map(|&(section, key, kind)| match key {
+                "prefetch" => (section, key, EnvKind::Str),
+                _ => (section, key, kind),
+            })
+            .collect();
+        assert_eq!(
+            env_keys_mismatch(&mistyped),
+            [
+                "worker.prefetch (Int) has no ENV_KEYS entry",
+                "ENV_KEYS entry worker.prefetch (Str) is not a key",
+            ]
+        );
+    }
+
+    /// Reads the keys of the config schema off the `Raw*` structs: their derived
+    /// `Deserialize` runs against a deserializer that answers every field with a placeholder
+    /// and records the field's path and the kind of value it asked for. A key added to a
+    /// struct shows up without being listed anywhere.
+    mod schema {
+        use std::cell::RefCell;
+        use std::fmt;
+
+        use serde::de::value::{SeqDeserializer, StrDeserializer};
+        use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
+
+        use super::super::{EnvKind, RawConfig, key_path};
+
+        /// Every field of [`RawConfig`] and its sections that holds a value, as `section.key`
+        /// (top-level keys bare), with its kind. Lists count as [`EnvKind::IntList`]; arrays
+        /// of tables (accounts) appear as one list key, their fields are not visited.
+        pub(super) fn keys() -> Vec<(String, EnvKind)> {
+            let keys = RefCell::new(Vec::new());
+            let probe = Probe {
+                path: String::new(),
+                keys: &keys,
+            };
+            <RawConfig as serde::Deserialize>::deserialize(probe)
+                .unwrap_or_else(|e| panic!("the schema probe failed: {e}"));
+            keys.into_inner()
+        }
+
+        #[derive(Debug)]
+        pub(super) struct ProbeError(String);
+
+        impl fmt::Display for ProbeError {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::error::Error for ProbeError {}
+
+        impl de::Error for ProbeError {
+            fn custom<T: fmt::Display>(msg: T) -> Self {
+                Self(msg.to_string())
+            }
+        }
+
+        struct Probe<'a> {
+            path: String,
+            keys: &'a RefCell<Vec<(String, EnvKind)>>,
+        }
+
+        impl Probe<'_> {
+            fn record(&self, kind: EnvKind) {
+                self.keys.borrow_mut().push((self.path.clone(), kind));
+            }
+        }
+
+        impl<'de> de::Deserializer<'de> for Probe<'_> {
+            type Error = ProbeError;
+
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, ProbeError> {
+                Err(ProbeError(format!(
+                    "{}: a type the probe does not know",
+                    self.path
+                )))
+            }
+
+            fn deserialize_option<V: Visitor<'de>>(
+                self,
+                visitor: V,
+            ) -> Result<V::Value, ProbeError> {
+                visitor.visit_some(self)
+            }
+
+            fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+                self.record(EnvKind::Str);
+                visitor.visit_str("")
+            }
+
+            fn deserialize_string<V: Visitor<'de>>(
+                self,
+                visitor: V,
+            ) -> Result<V::Value, ProbeError> {
+                self.deserialize_str(visitor)
+            }
+
+            fn deserialize_enum<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                variants: &'static [&'static str],
+                visitor: V,
+            ) -> Result<V::Value, ProbeError> {
+                self.record(EnvKind::Str);
+                let variant: StrDeserializer<'_, ProbeError> =
+                    variants.first().copied().unwrap_or("").into_deserializer();
+                visitor.visit_enum(variant)
+            }
+
+            fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+                self.record(EnvKind::Int);
+                visitor.visit_u64(0)
+            }
+
+            fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+                self.record(EnvKind::Bool);
+                visitor.visit_bool(false)
+            }
+
+            fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+                self.record(EnvKind::IntList);
+                visitor.visit_seq(SeqDeserializer::<_, ProbeError>::new(
+                    std::iter::empty::<u64>(),
+                ))
+            }
+
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                fields: &'static [&'static str],
+                visitor: V,
+            ) -> Result<V::Value, ProbeError> {
+                visitor.visit_map(Fields {
+                    fields: fields.iter(),
+                    field: "",
+                    path: self.path,
+                    keys: self.keys,
+                })
+            }
+
+            serde::forward_to_deserialize_any! {
+                i8 i16 i32 i64 i128 u8 u16 u32 u128 f32 f64 char bytes byte_buf unit
+                unit_struct newtype_struct tuple tuple_struct map identifier ignored_any
+            }
+        }
+
+        /// Hands a struct's visitor each of its fields once, each value a [`Probe`].
+        struct Fields<'a> {
+            fields: std::slice::Iter<'static, &'static str>,
+            field: &'static str,
+            path: String,
+            keys: &'a RefCell<Vec<(String, EnvKind)>>,
+        }
+
+        impl<'de> MapAccess<'de> for Fields<'_> {
+            type Error = ProbeError;
+
+            fn next_key_seed<K: DeserializeSeed<'de>>(
+                &mut self,
+                seed: K,
+            ) -> Result<Option<K::Value>, ProbeError> {
+                let Some(&field) = self.fields.next() else {
+                    return Ok(None);
+                };
+                self.field = field;
+                let name: StrDeserializer<'_, ProbeError> = field.into_deserializer();
+                seed.deserialize(name).map(Some)
+            }
+
+            fn next_value_seed<V: DeserializeSeed<'de>>(
+                &mut self,
+                seed: V,
+            ) -> Result<V::Value, ProbeError> {
+                seed.deserialize(Probe {
+                    path: key_path(&self.path, self.field),
+                    keys: self.keys,
+                })
             }
         }
     }

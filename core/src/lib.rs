@@ -1,14 +1,17 @@
 //! Shared runtime of wxgate: configuration, the event bus and key-value store traits with
 //! their RabbitMQ/Redis and in-memory implementations, the RabbitMQ topology, Redis key
-//! names, the shared access tokens and metrics.
+//! names, the shared access tokens, metrics and logging.
 //!
-//! No HTTP server code and no rules live here: the gateway and worker own their edges, the
-//! `wechat` crate owns the protocol.
+//! No HTTP routes and no rules live here: the gateway and worker own their edges (the
+//! `connections` module only serves connections for the handler they pass), the `wechat`
+//! crate owns the protocol.
 
 pub mod amqp;
 pub mod bus;
 pub mod config;
+pub mod connections;
 pub mod keys;
+pub mod logging;
 pub mod metrics;
 pub mod rabbit;
 pub mod store;

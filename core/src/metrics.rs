@@ -1,7 +1,9 @@
 //! Every Prometheus metric of wxgate, registered in one place (DESIGN.md §1.1, §1.3).
 //!
-//! Label values come from small fixed sets; `account` only when `metrics_per_account` is on
-//! (otherwise it is the empty string, which Prometheus treats as an absent label).
+//! Label values come from small fixed sets. On the gateway's metrics `account` is set only when
+//! `gateway.metrics_per_account` is on (otherwise it is the empty string, which Prometheus
+//! treats as an absent label). The worker's token metrics always carry it: they are per
+//! appid, one series per configured account and result at most.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,7 +24,7 @@ pub struct AccountOutcome {
 /// Labels `{account}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountLabel {
-    /// Account id, or "" when per-account metrics are off.
+    /// Account id; on the gateway's metrics "" when per-account metrics are off.
     pub account: String,
 }
 
@@ -113,13 +115,17 @@ impl GatewayMetrics {
             .inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition, served as [`CONTENT_TYPE`].
     pub fn encode(&self) -> String {
         encode(&self.registry)
     }
 }
 
-/// Renders a registry in the Prometheus text format.
+/// The `Content-Type` of every `/metrics` answer. [`encode`] renders OpenMetrics text (the
+/// format Prometheus negotiates first; it ends with `# EOF`), so the answer says so.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Renders a registry as OpenMetrics text, the format [`CONTENT_TYPE`] names.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -130,7 +136,7 @@ pub fn encode(registry: &Registry) -> String {
 /// Labels `{account, result}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountResult {
-    /// Account id, or "" when per-account metrics are off.
+    /// Account id (always set: the token metrics are per account).
     pub account: String,
     /// A fixed result name.
     pub result: &'static str,
@@ -153,7 +159,6 @@ pub struct ErrcodeLabel {
 /// The worker's metrics (DESIGN.md §1.3).
 pub struct WorkerMetrics {
     registry: Registry,
-    per_account: bool,
     /// `wxgate_worker_events_total{outcome}`: sent, skipped, retried, dead.
     pub events: Family<OutcomeLabel, Counter>,
     /// `wxgate_worker_dead_total{errcode}`.
@@ -169,9 +174,15 @@ pub struct WorkerMetrics {
     pub token_requests_today: Family<AccountLabel, Gauge>,
 }
 
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl WorkerMetrics {
-    /// Registers the worker's metrics; `per_account` is `gateway.metrics_per_account`.
-    pub fn new(per_account: bool) -> Self {
+    /// Registers the worker's metrics.
+    pub fn new() -> Self {
         let mut registry = Registry::default();
         let events = Family::<OutcomeLabel, Counter>::default();
         let dead = Family::<ErrcodeLabel, Counter>::default();
@@ -211,22 +222,12 @@ impl WorkerMetrics {
         );
         Self {
             registry,
-            per_account,
             events,
             dead,
             send_seconds,
             end_to_end_seconds,
             token_refresh,
             token_requests_today,
-        }
-    }
-
-    /// The `account` label value for `account_id`.
-    pub fn account_label(&self, account_id: &str) -> String {
-        if self.per_account {
-            account_id.to_owned()
-        } else {
-            String::new()
         }
     }
 
@@ -241,8 +242,25 @@ impl WorkerMetrics {
         self.dead.get_or_create(&ErrcodeLabel { errcode }).inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition, served as [`CONTENT_TYPE`].
     pub fn encode(&self) -> String {
         encode(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`CONTENT_TYPE`] says OpenMetrics; the rendering must be that format, which ends with
+    /// `# EOF` (the older Prometheus text format has no such line).
+    #[test]
+    fn encode_renders_what_content_type_names() {
+        assert!(CONTENT_TYPE.starts_with("application/openmetrics-text;"));
+        let gateway = GatewayMetrics::new(true);
+        gateway.request("demo", "accepted");
+        for text in [gateway.encode(), WorkerMetrics::new().encode()] {
+            assert!(text.ends_with("# EOF\n"), "{text}");
+        }
     }
 }

@@ -86,11 +86,13 @@ pub enum FetchError {
 
 impl FetchError {
     /// Whether WeChat is failing (retry later) rather than refusing (configuration error):
-    /// unreachable, `-1` (busy) and `45011` (minute quota) are transient.
+    /// unreachable, and the errcodes [`wechat::errcode::classify`] calls transient.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Unreachable(_) | Self::BadAnswer { .. } => true,
-            Self::Errcode { errcode, .. } => matches!(errcode, -1 | 45011),
+            Self::Errcode { errcode, .. } => {
+                wechat::errcode::classify(*errcode) == wechat::errcode::Class::Transient
+            }
         }
     }
 }

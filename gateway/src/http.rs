@@ -1,79 +1,30 @@
 //! The HTTP edge: accept loop, routing, body limits, the request budget and graceful shutdown.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use wxgate_core::connections::{self, ConnectionLimits};
+use wxgate_core::metrics;
 
 use crate::pipeline::{self, CallbackError, CallbackQuery};
 use crate::state::Gateway;
 
-/// Open connections at most; further ones wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 16_384;
-/// How long in-flight requests may take to finish after SIGTERM.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 type Body = Full<Bytes>;
 
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets in-flight
-/// requests finish (up to 10 s).
+/// requests finish (up to 10 s). At most 16,384 connections are open; headers must arrive
+/// within 10 s.
 pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, _) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let handler = move |request: Request<Incoming>| {
         let gateway = Arc::clone(&gateway);
-        let service = service_fn(move |req| {
-            let gateway = Arc::clone(&gateway);
-            async move { Ok::<_, Infallible>(route(&gateway, req).await) }
-        });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
-        });
-    }
-    drop(listener);
-    tracing::info!("stopped accepting; draining in-flight requests");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain deadline passed");
-    }
+        async move { route(&gateway, request).await }
+    };
+    connections::serve(listener, ConnectionLimits::default(), shutdown, handler).await;
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -101,7 +52,7 @@ async fn route(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
             let mut response = text(StatusCode::OK, gateway.metrics.encode());
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                header::HeaderValue::from_static(metrics::CONTENT_TYPE),
             );
             return response;
         }

@@ -37,10 +37,6 @@ impl Gateway {
     /// Builds the state from a config and the store/bus to use. Must be called on a tokio
     /// runtime (it starts the answer log's writer task).
     pub fn new(config: Arc<Config>, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
-        let limits = Limits {
-            max_bytes: config.gateway.max_body_bytes,
-            ..Limits::default()
-        };
         Self {
             keys: Keys::new(&config.namespace),
             exchange: Names::new(&config.namespace).events_exchange(),
@@ -49,7 +45,7 @@ impl Gateway {
             answers: AnswerLog::start(Arc::clone(&store), config.gateway.dedup_ttl),
             store,
             bus,
-            limits,
+            limits: config.message_limits(),
             config,
         }
     }

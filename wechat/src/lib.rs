@@ -12,6 +12,7 @@
 //! callbacks, [`seal_reply`].
 
 pub mod crypto;
+pub mod errcode;
 pub mod event_id;
 pub mod message;
 pub mod reply;

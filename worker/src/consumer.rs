@@ -12,7 +12,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use wechat::{Decision, Limits};
+use wechat::Decision;
+use wechat::errcode::{Class, classify};
 use wxgate_core::bus::{Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message};
 use wxgate_core::config::{Account, Config};
 use wxgate_core::keys::Keys;
@@ -23,7 +24,6 @@ use wxgate_core::topology::Names;
 
 use crate::client::{CallError, WechatClient};
 use crate::custom::CustomMessage;
-use crate::errcode::{Class, classify};
 
 /// Header counting retries (DESIGN.md §1.2).
 pub const ATTEMPT_HEADER: &str = "x-wxgate-attempt";
@@ -284,7 +284,7 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
             errcode: None,
         };
     };
-    let msg = match wechat::parse(event.raw_xml.as_bytes(), &Limits::default()) {
+    let msg = match wechat::parse(event.raw_xml.as_bytes(), &ctx.config.message_limits()) {
         Ok(msg) => msg,
         Err(e) => {
             tracing::warn!(error = %e, "event xml does not parse");
@@ -454,6 +454,31 @@ async fn send_once(
                 reason: "wechat_refused",
                 errcode: Some(answer.errcode),
             }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wxgate_core::tokens::{FetchError, TokenError};
+
+    use super::*;
+
+    /// A token endpoint answering `errcode` settles the event the way a send answering it
+    /// does: retried when the code is transient, dead otherwise.
+    #[test]
+    fn token_errcodes_are_classified_like_send_errcodes() {
+        for errcode in [-1, 45009, 45011, 45066, 61450, 40001, 40013, 40125, 48001] {
+            let error = TokenError::Fetch(FetchError::Errcode {
+                errcode,
+                errmsg: String::new(),
+            });
+            let retried = matches!(token_failure(&error), Outcome::Transient { .. });
+            assert_eq!(
+                retried,
+                classify(errcode) == Class::Transient,
+                "errcode {errcode}"
+            );
         }
     }
 }

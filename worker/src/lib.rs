@@ -9,7 +9,6 @@
 pub mod client;
 mod consumer;
 pub mod custom;
-pub mod errcode;
 mod health;
 
 use std::collections::HashMap;
@@ -22,10 +21,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wxgate_core::bus::{Bus, BusError};
 use wxgate_core::config::Config;
+use wxgate_core::connections::ConnectionLimits;
 use wxgate_core::keys::Keys;
 use wxgate_core::metrics::{AccountLabel, AccountResult, WorkerMetrics};
 use wxgate_core::rabbit::RabbitBus;
-use wxgate_core::store::{RedisStore, Store};
+use wxgate_core::store::{RedisStore, Store, StoreError};
 use wxgate_core::tokens::{TokenObserver, TokenService, TokenSettings};
 use wxgate_core::topology::{Names, Topology};
 
@@ -40,7 +40,7 @@ const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// `worker.http_listen` could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -48,17 +48,17 @@ pub enum WorkerError {
         source: std::io::Error,
     },
     /// `redis.url` is not usable.
-    #[error("bad redis url: {0}")]
-    Redis(String),
+    #[error("bad redis url")]
+    Redis(#[source] StoreError),
     /// The WeChat client could not be built.
     #[error(transparent)]
     Client(#[from] client::ClientError),
     /// The consumer could not start.
-    #[error("cannot consume: {0}")]
+    #[error("cannot consume")]
     Consume(#[from] BusError),
     /// The worker task panicked or was cancelled.
-    #[error("worker task failed: {0}")]
-    Task(String),
+    #[error("worker task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// A started worker.
@@ -76,9 +76,7 @@ impl Worker {
 
     /// Waits until the worker has stopped (after `shutdown` was cancelled).
     pub async fn wait(self) -> Result<(), WorkerError> {
-        self.task
-            .await
-            .map_err(|e| WorkerError::Task(e.to_string()))?
+        self.task.await.map_err(WorkerError::Task)?
     }
 }
 
@@ -102,7 +100,7 @@ pub async fn start(
             REDIS_COMMAND_TIMEOUT,
             connections.clone(),
         )
-        .map_err(|e| WorkerError::Redis(e.to_string()))?,
+        .map_err(WorkerError::Redis)?,
     );
     let rabbit = RabbitBus::connect(
         &config.rabbitmq.url,
@@ -119,10 +117,7 @@ pub async fn start(
     };
     let Worker { http_addr, task } = worker;
     let task = tokio::spawn(async move {
-        let result = task
-            .await
-            .map_err(|e| WorkerError::Task(e.to_string()))
-            .and_then(|r| r);
+        let result = task.await.map_err(WorkerError::Task).and_then(|r| r);
         rabbit.close().await;
         connections.cancel();
         result
@@ -148,15 +143,8 @@ pub async fn start_with(
         .local_addr()
         .map_err(|source| WorkerError::Bind { addr, source })?;
     let client = WechatClient::new(&config.wechat.api_base, config.wechat.http_timeout)?;
-    let metrics = Arc::new(WorkerMetrics::new(config.gateway.metrics_per_account));
-    let observer = Arc::new(MetricsObserver {
-        metrics: Arc::clone(&metrics),
-        accounts: config
-            .accounts
-            .iter()
-            .map(|a| (a.appid.clone(), a.id.as_str().to_owned()))
-            .collect(),
-    });
+    let metrics = Arc::new(WorkerMetrics::new());
+    let observer = Arc::new(MetricsObserver::new(&config, Arc::clone(&metrics)));
     let tokens = TokenService::with_observer(
         Arc::clone(&store),
         Arc::new(client.clone()),
@@ -183,7 +171,12 @@ pub async fn start_with(
         store,
         metrics,
     });
-    let http_task = tokio::spawn(health::serve(listener, health, shutdown.clone()));
+    let http_task = tokio::spawn(health::serve(
+        listener,
+        health,
+        ConnectionLimits::default(),
+        shutdown.clone(),
+    ));
     tracing::info!(%http_addr, "worker listening for health and metrics");
 
     let task = tokio::spawn(async move {
@@ -202,9 +195,19 @@ struct MetricsObserver {
 }
 
 impl MetricsObserver {
+    fn new(config: &Config, metrics: Arc<WorkerMetrics>) -> Self {
+        let accounts = config
+            .accounts
+            .iter()
+            .map(|a| (a.appid.clone(), a.id.as_str().to_owned()))
+            .collect();
+        Self { metrics, accounts }
+    }
+
+    /// The account id of `appid` ("" for an appid no account has). Always set, whatever
+    /// `gateway.metrics_per_account` says: token series are one per account at most.
     fn account(&self, appid: &str) -> String {
-        let id = self.accounts.get(appid).map_or("", String::as_str);
-        self.metrics.account_label(id)
+        self.accounts.get(appid).cloned().unwrap_or_default()
     }
 }
 
@@ -226,5 +229,72 @@ impl TokenObserver for MetricsObserver {
                 account: self.account(appid),
             })
             .set(count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// `error` says `display` and carries its cause as a source, not in its own text (a log
+    /// prints the chain, so the cause would show twice).
+    fn check(error: &WorkerError, display: &str) {
+        assert_eq!(error.to_string(), display);
+        let source = error.source().expect("the cause is kept as the source");
+        assert!(
+            !display.contains(&source.to_string()),
+            "{display} repeats {source}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_redis_url_keeps_the_store_error_as_source() {
+        let config = Config::from_toml(
+            "[redis]\nurl = \"redis://127.0.0.1:notaport/0\"\n[worker]\nhttp_listen = \"127.0.0.1:0\"\n",
+            |_| None,
+        )
+        .unwrap();
+        let error = start(Arc::new(config), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, WorkerError::Redis(_)), "{error:?}");
+        check(&error, "bad redis url");
+    }
+
+    #[tokio::test]
+    async fn a_failed_task_keeps_the_join_error_as_source() {
+        let task = tokio::spawn(std::future::pending());
+        task.abort();
+        let worker = Worker {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            task,
+        };
+        let error = worker.wait().await.unwrap_err();
+        assert!(matches!(error, WorkerError::Task(_)), "{error:?}");
+        check(&error, "worker task failed");
+    }
+
+    #[test]
+    fn token_metrics_name_the_account_whatever_the_gateway_switch() {
+        let config = Config::from_toml(
+            "[gateway]\nmetrics_per_account = false\n\n[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\nmode = \"plain\"\n",
+            |_| None,
+        )
+        .unwrap();
+        let metrics = Arc::new(WorkerMetrics::new());
+        let observer = MetricsObserver::new(&config, Arc::clone(&metrics));
+        observer.refreshed("wx1", "ok");
+        observer.requests_today("wx1", 3);
+        let text = metrics.encode();
+        assert!(
+            text.contains("wxgate_token_refresh_total{account=\"demo\",result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wxgate_token_requests_today{account=\"demo\"} 3"),
+            "{text}"
+        );
     }
 }

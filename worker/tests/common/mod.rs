@@ -16,7 +16,6 @@ use wx_worker::Worker;
 use wxgate_core::bus::{Bus, HeaderValue, Message, Properties};
 use wxgate_core::config::Config;
 use wxgate_core::rabbit::RabbitBus;
-use wxgate_core::store::StoreError;
 use wxgate_core::topology::{Names, Topology, routing_key};
 use wxgate_sim::{PushAccount, PushMode, Sim, SimConfig};
 
@@ -45,7 +44,7 @@ pub struct Harness {
     workers: Vec<(CancellationToken, Worker)>,
     gateways: Vec<(
         CancellationToken,
-        tokio::task::JoinHandle<Result<(), StoreError>>,
+        tokio::task::JoinHandle<Result<(), wx_gateway::ServeError>>,
     )>,
     cleanup: CleanupGuard,
 }

@@ -1,0 +1,112 @@
+//! Serving HTTP/1 connections with the protections every wxgate listener needs: a cap on open
+//! connections, a deadline for request headers, and a bounded drain at shutdown.
+//!
+//! Only connection mechanics live here; what a request means (routes, status codes) belongs
+//! to the binary that passes the handler.
+
+use std::convert::Infallible;
+use std::error::Error;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Bounds of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections at most; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Time a connection has to deliver a request's complete headers. It also closes a
+    /// keep-alive connection idle for that long, so a client cannot hold a slot for free.
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get to finish once shutdown is asked for.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    /// 16,384 connections, 10 s for headers, 10 s to drain.
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `listener` with `handler` until `shutdown` is cancelled, then stops accepting and
+/// lets in-flight requests finish within [`ConnectionLimits::drain_timeout`].
+///
+/// A connection slot is taken before `accept`, so past
+/// [`ConnectionLimits::max_connections`] clients wait in the kernel's backlog rather than in
+/// memory here. A failed `accept` (out of file descriptors, …) is logged and retried after
+/// 50 ms.
+pub async fn serve<H, F, B>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => permit,
+        };
+        // Only a closed semaphore fails, and nothing closes it.
+        let Ok(permit) = permit else { break };
+        let (stream, _) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |request| {
+            let response = handler(request);
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("stopped accepting; draining in-flight requests");
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed");
+    }
+}
