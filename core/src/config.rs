@@ -179,7 +179,7 @@ pub struct RedisConfig {
 pub struct RabbitConfig {
     /// `amqp://user:pass@host:port/vhost`. Contains a password: never log it.
     pub url: String,
-    /// Queue type of `{ns}.worker`.
+    /// Queue type of every durable queue (`{ns}.worker`, its retry queues, `{ns}.worker.dead`).
     pub queue_type: QueueType,
 }
 

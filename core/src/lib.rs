@@ -9,7 +9,6 @@
 pub mod amqp;
 pub mod bus;
 pub mod config;
-pub mod connections;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

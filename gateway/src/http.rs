@@ -8,8 +8,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wxgate_core::connections::{self, ConnectionLimits};
 use wxgate_core::metrics;
+use wxgate_serve::{self as connections, ConnectionLimits};
 
 use crate::pipeline::{self, CallbackError, CallbackQuery};
 use crate::state::Gateway;

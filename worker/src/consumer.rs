@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wechat::Decision;
 use wechat::errcode::{Class, classify};
-use wxgate_core::bus::{Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message};
+use wxgate_core::ErrorChain;
+use wxgate_core::bus::{
+    Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message, PublishError,
+};
 use wxgate_core::config::{Account, Config};
 use wxgate_core::keys::Keys;
 use wxgate_core::metrics::WorkerMetrics;
@@ -124,7 +127,7 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Resul
 async fn requeue_buffered(stream: &mut DeliveryStream) {
     while let Some(delivery) = stream.try_recv() {
         if let Err(e) = delivery.nack(true).await {
-            tracing::warn!(error = %e, "cannot requeue a buffered delivery");
+            tracing::warn!(error = %ErrorChain(&e), "cannot requeue a buffered delivery");
         }
     }
 }
@@ -163,7 +166,7 @@ async fn handle(ctx: &Context, delivery: Delivery) {
         }
     };
     if let Err(e) = settled {
-        tracing::warn!(error = %e, "cannot settle delivery; the broker will redeliver it");
+        tracing::warn!(error = %ErrorChain(&e), "cannot settle delivery; the broker will redeliver it");
     }
 }
 
@@ -189,7 +192,7 @@ async fn retry(
             delivery.ack().await
         }
         Err(e) => {
-            tracing::warn!(error = %e, %queue, "cannot publish retry; requeueing");
+            tracing::warn!(error = %ErrorChain(&e), %queue, "cannot publish retry; requeueing");
             delivery.nack(true).await
         }
     }
@@ -227,17 +230,28 @@ async fn dead(
             delivery.ack().await
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot publish dead letter; requeueing");
+            tracing::warn!(error = %ErrorChain(&e), "cannot publish dead letter; requeueing");
             delivery.nack(true).await
         }
     }
 }
 
-async fn publish(ctx: &Context, queue: &str, message: &Message) -> Result<(), String> {
+/// Why a retry or dead-letter copy was not published; the original is requeued.
+#[derive(Debug, thiserror::Error)]
+enum RepublishError {
+    /// The broker refused the copy or the connection failed.
+    #[error("broker did not take the copy")]
+    Publish(#[source] PublishError),
+    /// No confirm within [`PUBLISH_TIMEOUT`].
+    #[error("broker did not confirm the copy in time")]
+    Timeout,
+}
+
+async fn publish(ctx: &Context, queue: &str, message: &Message) -> Result<(), RepublishError> {
     match tokio::time::timeout(PUBLISH_TIMEOUT, ctx.bus.publish("", queue, message)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("publish timed out".into()),
+        Ok(Err(e)) => Err(RepublishError::Publish(e)),
+        Err(_) => Err(RepublishError::Timeout),
     }
 }
 
@@ -287,7 +301,7 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
     let msg = match wechat::parse(event.raw_xml.as_bytes(), &ctx.config.message_limits()) {
         Ok(msg) => msg,
         Err(e) => {
-            tracing::warn!(error = %e, "event xml does not parse");
+            tracing::warn!(error = %ErrorChain(&e), "event xml does not parse");
             return Outcome::Permanent {
                 reason: "unparsable_xml",
                 errcode: None,
@@ -312,7 +326,7 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
         Ok(Some(_)) => return Outcome::Skipped("already sent"),
         Ok(None) => {}
         Err(e) => {
-            tracing::warn!(error = %e, "cannot check the sent marker");
+            tracing::warn!(error = %ErrorChain(&e), "cannot check the sent marker");
             return Outcome::Transient {
                 reason: "store_unavailable",
                 errcode: None,
@@ -328,7 +342,7 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
             .await
     {
         // WeChat has it; a redelivery (rare) could send it again. Settle as sent anyway.
-        tracing::warn!(error = %e, "cannot write the sent marker");
+        tracing::warn!(error = %ErrorChain(&e), "cannot write the sent marker");
     }
     outcome
 }
@@ -367,7 +381,7 @@ async fn send(
 }
 
 fn token_failure(e: &wxgate_core::tokens::TokenError) -> Outcome {
-    tracing::warn!(error = %e, "no access token");
+    tracing::warn!(error = %ErrorChain(e), "no access token");
     if e.is_transient() {
         Outcome::Transient {
             reason: "token_unavailable",
@@ -411,7 +425,7 @@ async fn send_once(
     let answer = match answer {
         Ok(answer) => answer,
         Err(e) => {
-            tracing::warn!(error = %e, "custom/send failed");
+            tracing::warn!(error = %ErrorChain(&e), "custom/send failed");
             let reason = match e {
                 CallError::Unreachable(_) => "wechat_unreachable",
                 CallError::Status(_) => "wechat_http_status",

@@ -9,9 +9,9 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wxgate_core::bus::Bus;
-use wxgate_core::connections::{self, ConnectionLimits};
 use wxgate_core::metrics::{self, WorkerMetrics};
 use wxgate_core::store::Store;
+use wxgate_serve::{self as connections, ConnectionLimits};
 
 /// What the server reports on.
 pub(crate) struct Health {

@@ -21,13 +21,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wxgate_core::bus::{Bus, BusError};
 use wxgate_core::config::Config;
-use wxgate_core::connections::ConnectionLimits;
 use wxgate_core::keys::Keys;
 use wxgate_core::metrics::{AccountLabel, AccountResult, WorkerMetrics};
-use wxgate_core::rabbit::RabbitBus;
+use wxgate_core::rabbit::{RabbitBus, TopologyMismatch};
 use wxgate_core::store::{RedisStore, Store, StoreError};
 use wxgate_core::tokens::{TokenObserver, TokenService, TokenSettings};
 use wxgate_core::topology::{Names, Topology};
+use wxgate_serve::ConnectionLimits;
 
 pub use client::{ApiAnswer, CallError, WechatClient};
 pub use consumer::{ATTEMPT_HEADER, ATTEMPTS_HEADER, ERRCODE_HEADER, REASON_HEADER};
@@ -59,6 +59,10 @@ pub enum WorkerError {
     /// The worker task panicked or was cancelled.
     #[error("worker task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// The broker holds a queue or exchange with other arguments than this configuration
+    /// declares: a configuration error no retry can fix. The worker stopped as on shutdown.
+    #[error(transparent)]
+    Topology(#[from] TopologyMismatch),
 }
 
 /// A started worker.
@@ -107,10 +111,21 @@ pub async fn start(
         Topology::for_config(&config),
         connections.clone(),
     );
-    let started = start_with(config, Arc::new(rabbit.clone()), store, shutdown).await;
+    // A topology the broker refuses stops the worker as a shutdown would.
+    let stop = shutdown.child_token();
+    let gave_up = tokio::spawn({
+        let (rabbit, stop) = (rabbit.clone(), stop.clone());
+        async move {
+            let mismatch = rabbit.gave_up().await;
+            stop.cancel();
+            mismatch
+        }
+    });
+    let started = start_with(config, Arc::new(rabbit.clone()), store, stop).await;
     let worker = match started {
         Ok(worker) => worker,
         Err(e) => {
+            gave_up.abort();
             connections.cancel();
             return Err(e);
         }
@@ -118,9 +133,18 @@ pub async fn start(
     let Worker { http_addr, task } = worker;
     let task = tokio::spawn(async move {
         let result = task.await.map_err(WorkerError::Task).and_then(|r| r);
+        let mismatch = if gave_up.is_finished() {
+            gave_up.await.ok()
+        } else {
+            gave_up.abort();
+            None
+        };
         rabbit.close().await;
         connections.cancel();
-        result
+        match mismatch {
+            Some(mismatch) => Err(mismatch.into()),
+            None => result,
+        }
     });
     Ok(Worker { http_addr, task })
 }

@@ -39,14 +39,20 @@ async fn main() -> ExitCode {
     };
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
+        // The configuration disagrees with the broker: a configuration error.
+        Err(e @ wx_worker::WorkerError::Topology(_)) => {
+            tracing::error!(error = %wxgate_core::ErrorChain(&e), "worker stopped");
+            eprintln!("wx-worker: {}", wxgate_core::ErrorChain(&e));
+            ExitCode::from(2)
+        }
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "worker failed");
+            tracing::error!(error = %wxgate_core::ErrorChain(&e), "worker failed");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(config: Arc<Config>) -> anyhow::Result<()> {
+async fn run(config: Arc<Config>) -> Result<(), wx_worker::WorkerError> {
     let shutdown = CancellationToken::new();
     let worker = wx_worker::start(config, shutdown.clone()).await?;
     tokio::spawn(async move {

@@ -399,3 +399,29 @@ async fn events_in_progress_at_shutdown_are_finished_or_requeued() {
     assert_eq!(h.sim.call_count(SEND), 10, "no event was sent twice");
     h.finish().await;
 }
+
+/// The harness declared the queues as classic ones; a worker configured for quorum queues
+/// stops with an error naming the queue and the argument instead of retrying forever.
+#[tokio::test]
+async fn a_queue_of_another_type_stops_the_worker_naming_it() {
+    let harness = Harness::new(&[]).await;
+    let mut config = (*harness.config).clone();
+    config.rabbitmq.queue_type = wxgate_core::config::QueueType::Quorum;
+    let worker = wx_worker::start(
+        std::sync::Arc::new(config),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(30), worker.wait())
+        .await
+        .expect("the worker stops by itself");
+    match result {
+        Err(wx_worker::WorkerError::Topology(mismatch)) => {
+            assert_eq!(mismatch.name, format!("{}.worker", harness.ns));
+            assert_eq!(mismatch.argument, "x-queue-type");
+        }
+        other => panic!("expected a topology mismatch, got {other:?}"),
+    }
+    harness.finish().await;
+}

@@ -1,8 +1,10 @@
 //! Serving HTTP/1 connections with the protections every wxgate listener needs: a cap on open
-//! connections, a deadline for request headers, and a bounded drain at shutdown.
+//! connections, a deadline for request headers, and a bounded drain at shutdown. The gateway's
+//! callback listener and the worker's health listener both serve through it, so their
+//! protections cannot drift apart.
 //!
-//! Only connection mechanics live here; what a request means (routes, status codes) belongs
-//! to the binary that passes the handler.
+//! Only connection mechanics live here: no routes, no status codes, no knowledge of WeChat,
+//! Redis or RabbitMQ. What a request means belongs to the binary that passes the handler.
 
 use std::convert::Infallible;
 use std::error::Error;
