@@ -172,13 +172,7 @@ impl WechatClient {
         query: &[(&str, &str)],
         body: Option<Bytes>,
     ) -> Result<ApiAnswer, CallError> {
-        let mut uri = format!("{}{path}", self.api_base);
-        for (i, (key, value)) in query.iter().enumerate() {
-            uri.push(if i == 0 { '?' } else { '&' });
-            uri.push_str(&percent_encode(key));
-            uri.push('=');
-            uri.push_str(&percent_encode(value));
-        }
+        let uri = uri(&self.api_base, path, query);
         let mut request = Request::builder().method(method).uri(uri);
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json; charset=utf-8");
@@ -294,17 +288,15 @@ impl TokenFetcher for WechatClient {
     }
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
+/// `{api_base}{path}?{query}`, the query form-encoded.
+fn uri(api_base: &str, path: &str, query: &[(&str, &str)]) -> String {
+    let mut uri = format!("{api_base}{path}");
+    if !query.is_empty() {
+        uri.push('?');
+        let start = uri.len();
+        form_urlencoded::Serializer::for_suffix(&mut uri, start).extend_pairs(query);
     }
-    out
+    uri
 }
 
 /// The error and its sources, joined; hyper's top-level message alone says little.
@@ -324,9 +316,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(percent_encode("abc-_.~09"), "abc-_.~09");
-        assert_eq!(percent_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    fn query_values_are_form_encoded() {
+        assert_eq!(uri("http://x", "/p", &[]), "http://x/p");
+        assert_eq!(
+            uri(
+                "http://x",
+                "/p",
+                &[("access_token", "abc-_.*09"), ("k", "a b&c=d/é+")]
+            ),
+            "http://x/p?access_token=abc-_.*09&k=a+b%26c%3Dd%2F%C3%A9%2B"
+        );
     }
 
     #[test]
