@@ -25,9 +25,10 @@ const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// Why a call got no usable answer from WeChat.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
-    /// Connection failed, or no complete answer within `wechat.http_timeout_ms`.
-    #[error("wechat unreachable: {0}")]
-    Unreachable(String),
+    /// Connection failed, or no complete answer within `wechat.http_timeout_ms`; the source
+    /// says which.
+    #[error("wechat unreachable")]
+    Unreachable(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// WeChat answered with a non-success HTTP status.
     #[error("wechat answered http status {0}")]
     Status(u16),
@@ -179,24 +180,24 @@ impl WechatClient {
         }
         let request = request
             .body(Full::new(body.unwrap_or_default()))
-            .map_err(|e| CallError::Unreachable(format!("bad request: {e}")))?;
+            .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
         let exchange = async {
             let response = self
                 .http
                 .request(request)
                 .await
-                .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+                .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
             let status = response.status();
             let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|e| CallError::Unreachable(format!("reading answer: {e}")))?
+                .map_err(|e| CallError::Unreachable(Arc::from(e)))?
                 .to_bytes();
             Ok::<_, CallError>((status, bytes))
         };
         let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| CallError::Unreachable("timed out".into()))??;
+            .map_err(|e| CallError::Unreachable(Arc::new(e)))??;
         if status != StatusCode::OK {
             return Err(CallError::Status(status.as_u16()));
         }
@@ -257,7 +258,11 @@ impl TokenFetcher for WechatClient {
                 .await
             }
         };
-        let answer = answer.map_err(|e| FetchError::Unreachable(e.to_string()))?;
+        // `FetchError` holds text: the causes go into it, not only "wechat unreachable".
+        let answer = answer.map_err(|e| {
+            let causes = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source());
+            FetchError::Unreachable(causes.map(|e| e.to_string()).collect::<Vec<_>>().join(": "))
+        })?;
         tracing::debug!(
             appid,
             errcode = answer.errcode,
@@ -299,18 +304,6 @@ fn uri(api_base: &str, path: &str, query: &[(&str, &str)]) -> String {
     uri
 }
 
-/// The error and its sources, joined; hyper's top-level message alone says little.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,7 +323,13 @@ mod tests {
 
     #[test]
     fn transient_call_errors() {
-        assert!(CallError::Unreachable("x".into()).is_transient());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let unreachable = CallError::Unreachable(Arc::new(refused));
+        assert!(unreachable.is_transient());
+        // The cause is the source, not part of the message: a log prints each once.
+        assert_eq!(unreachable.to_string(), "wechat unreachable");
+        let source = std::error::Error::source(&unreachable).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("connection refused"));
         assert!(CallError::Status(500).is_transient());
         assert!(CallError::Status(429).is_transient());
         assert!(!CallError::Status(404).is_transient());

@@ -411,7 +411,7 @@ async fn send_once(
     let answer = match answer {
         Ok(answer) => answer,
         Err(e) => {
-            tracing::warn!(error = %e, "custom/send failed");
+            tracing::warn!(error = &e as &dyn std::error::Error, "custom/send failed");
             let reason = match e {
                 CallError::Unreachable(_) => "wechat_unreachable",
                 CallError::Status(_) => "wechat_http_status",
