@@ -4,7 +4,7 @@
 // Test support: a failed step should fail the test at once, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -393,28 +393,42 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// The value of counter `name{labels}` in the worker's `/metrics`, 0 when absent.
-pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
-    let (_, body) = http_get(addr, "/metrics").await;
+/// Every sample in the `/metrics` of `addr` whose series starts with `prefix` (e.g.
+/// `wxgate_worker_events_total{`), by series.
+pub async fn samples(addr: std::net::SocketAddr, prefix: &str) -> BTreeMap<String, f64> {
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "GET /metrics on {addr}");
     body.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
         })
-        .unwrap_or(0.0)
+        .collect()
 }
 
-/// Polls `/metrics` until `series` reaches `at_least`, within [`WAIT`].
+/// The value of series `name{labels}` in `/metrics`; panics, naming it, when it is absent. A
+/// labelled counter appears with its first increment: to check that something never happened,
+/// compare all of [`samples`] instead.
+pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let all = samples(addr, series).await;
+    match all.get(series) {
+        Some(value) => *value,
+        None => panic!("{addr}/metrics has no series {series}"),
+    }
+}
+
+/// Polls `/metrics` until `series` exists and reaches `at_least`, within [`WAIT`].
 pub async fn wait_metric(addr: std::net::SocketAddr, series: &str, at_least: f64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let value = metric(addr, series).await;
-        if value >= at_least {
+        let value = samples(addr, series).await.get(series).copied();
+        if value.is_some_and(|value| value >= at_least) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{series} stayed at {value}, wanted {at_least}"
+            "{series} stayed at {value:?}, wanted {at_least}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
