@@ -16,11 +16,7 @@ use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 use wxgate_core::amqp::{ConnectError, Publisher};
 use wxgate_core::bus::{HeaderValue, Properties, PublishError};
-
-fn url() -> String {
-    std::env::var("WXGATE__RABBITMQ__URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+use wxgate_tests::{on_own_runtime, rabbitmq_url as url};
 
 /// A topic exchange and a queue bound to it with `#`, or (unbound) an exchange alone;
 /// deleted by [`Broker::finish`].
@@ -88,31 +84,21 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         let (queue, exchange) = (self.queue.clone(), self.exchange.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+        on_own_runtime(async move {
+            let Ok(connection) = Connection::connect(&url(), ConnectionProperties::default()).await
             else {
                 return;
             };
-            runtime.block_on(async move {
-                let Ok(connection) =
-                    Connection::connect(&url(), ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                if let Ok(channel) = connection.create_channel().await {
-                    let _ = channel
-                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                    let _ = channel
-                        .exchange_delete(exchange.as_str().into(), Default::default())
-                        .await;
-                }
-                let _ = connection.close(200, "cleanup".into()).await;
-            });
-        })
-        .join();
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), Default::default())
+                    .await;
+            }
+            let _ = connection.close(200, "cleanup".into()).await;
+        });
     }
 }
 
