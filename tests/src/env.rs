@@ -572,7 +572,7 @@ listen = "127.0.0.1:0"
             tokio::time::timeout(WAIT, self.amqp.close(200, ShortString::from("test done"))).await;
         let purged = tokio::time::timeout(
             CLEANUP,
-            purge(
+            remove_namespace(
                 &self.ns,
                 &self.redis_url,
                 &self.rabbitmq_url,
@@ -600,15 +600,19 @@ impl Drop for TestEnv {
         let rabbitmq_url = self.rabbitmq_url.clone();
         let retry_queues = self.config.worker.retry_delays.len();
         on_own_runtime(async move {
-            let _ = tokio::time::timeout(WAIT, purge(&ns, &redis_url, &rabbitmq_url, retry_queues))
-                .await;
+            let _ = tokio::time::timeout(
+                WAIT,
+                remove_namespace(&ns, &redis_url, &rabbitmq_url, retry_queues),
+            )
+            .await;
         });
     }
 }
 
 /// Deletes `{ns}.worker`, `{ns}.worker.retry.{0..retry_queues}`, `{ns}.worker.dead`, the
-/// exchange `{ns}.events` and every Redis key `{ns}:*`.
-async fn purge(
+/// exchange `{ns}.events` and every Redis key `{ns}:*`; the error lists what failed. Not
+/// bounded in time: wrap it in a timeout.
+pub async fn remove_namespace(
     ns: &str,
     redis_url: &str,
     rabbitmq_url: &str,

@@ -20,7 +20,10 @@ mod proxy;
 
 pub use cleanup::{RedisKeys, on_own_runtime};
 pub use consumer::{EventConsumer, ReceivedEvent};
-pub use env::{DEFAULT_RABBITMQ_URL, DEFAULT_REDIS_URL, Options, TestEnv, rabbitmq_url, redis_url};
+pub use env::{
+    DEFAULT_RABBITMQ_URL, DEFAULT_REDIS_URL, Options, TestEnv, rabbitmq_url, redis_url,
+    remove_namespace,
+};
 pub use http::{RawResponse, query, raw_exchange};
 pub use poll::{bounded, eventually};
 pub use proxy::TcpProxy;

@@ -26,6 +26,8 @@ pub const SECRET: &str = "demo-secret-for-the-simulator";
 pub const ORIGINAL_ID: &str = "gh_0123456789ab";
 pub const SEND: &str = "/cgi-bin/message/custom/send";
 pub const WAIT: Duration = Duration::from_secs(20);
+/// How long removing a test's namespace may take.
+const CLEANUP: Duration = Duration::from_secs(60);
 
 pub fn redis_url() -> String {
     std::env::var("WXGATE__REDIS__URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
@@ -65,15 +67,9 @@ impl Drop for CleanupGuard {
         let ns = self.ns.clone();
         let retry_queues = self.retry_queues;
         // Inside a panicking test's runtime: clean up on a runtime of our own.
-        let _ = std::thread::spawn(move || {
-            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                runtime.block_on(cleanup(&ns, retry_queues));
-            }
-        })
-        .join();
+        wxgate_tests::on_own_runtime(async move {
+            let _ = tokio::time::timeout(CLEANUP, remove(&ns, retry_queues)).await;
+        });
     }
 }
 
@@ -269,8 +265,14 @@ impl Harness {
         }
         self.bus.close().await;
         self.bus_shutdown.cancel();
-        cleanup(&self.ns, self.config.worker.retry_delays.len()).await;
         self.cleanup.done = true;
+        tokio::time::timeout(
+            CLEANUP,
+            remove(&self.ns, self.config.worker.retry_delays.len()),
+        )
+        .await
+        .expect("the namespace is removed within 60 s")
+        .unwrap_or_else(|e| panic!("removing namespace {}: {e}", self.ns));
         self.sim.shutdown().await;
     }
 }
@@ -288,45 +290,9 @@ pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
         })
 }
 
-async fn cleanup(ns: &str, retry_queues: usize) {
-    let mut redis = redis_connection().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{ns}:*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: i64 = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-    }
-    let connection =
-        lapin::Connection::connect(&rabbit_url(), lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let names = Names::new(ns);
-    let mut queues = vec![names.worker_queue(), names.dead_queue()];
-    queues.extend((0..retry_queues).map(|i| names.retry_queue(i)));
-    for queue in queues {
-        channel
-            .queue_delete(
-                queue.as_str().into(),
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await
-            .unwrap();
-    }
-    channel
-        .exchange_delete(
-            names.events_exchange().as_str().into(),
-            lapin::options::ExchangeDeleteOptions::default(),
-        )
-        .await
-        .unwrap();
-    let _ = connection.close(200, "done".into()).await;
+/// Deletes the namespace's queues, exchange and Redis keys.
+async fn remove(ns: &str, retry_queues: usize) -> Result<(), String> {
+    wxgate_tests::remove_namespace(ns, &redis_url(), &rabbit_url(), retry_queues).await
 }
 
 /// The routing key and AMQP message the gateway publishes for `xml` of account `demo`.
