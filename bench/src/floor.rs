@@ -222,7 +222,9 @@ async fn handle(floor: &Floor, req: Request<Incoming>) -> Response<Full<Bytes>> 
         let Some(account) = account else {
             return text(StatusCode::NOT_FOUND, "unknown account");
         };
-        let query = CallbackQuery::parse(head.uri.query().unwrap_or(""));
+        let Ok(query) = CallbackQuery::parse(head.uri.query().unwrap_or("")) else {
+            return text(StatusCode::BAD_REQUEST, "query not utf-8");
+        };
         let timestamp = query.timestamp.as_deref().unwrap_or("");
         let nonce = query.nonce.as_deref().unwrap_or("");
         let signature = query.signature.as_deref().unwrap_or("");

@@ -1,5 +1,6 @@
 //! Store behaviour, written once and run against the in-memory store and real Redis
-//! (`WXGATE__REDIS__URL`, default redis://127.0.0.1:6379/0).
+//! (`WXGATE__REDIS__URL`, default redis://127.0.0.1:6379/0). The keys a test writes to Redis
+//! are deleted however it ends.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed setup should panic
 
@@ -7,14 +8,14 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use wxgate_core::store::{MemoryStore, RedisStore, SetNx, Store};
+use wxgate_tests::{RedisKeys, redis_url};
 
 fn namespace() -> String {
     format!("t{:016x}", rand::random::<u64>())
 }
 
 async fn redis() -> (RedisStore, CancellationToken) {
-    let url = std::env::var("WXGATE__REDIS__URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned());
+    let url = redis_url();
     let shutdown = CancellationToken::new();
     let store = RedisStore::connect(&url, Duration::from_secs(2), shutdown.clone()).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -165,10 +166,6 @@ async fn behaves_like_redis(store: &dyn Store, ns: &str) {
     );
     assert!(store.hdel(&hash, "a").await.unwrap());
     assert_eq!(store.hget(&hash, "a").await.unwrap(), None);
-
-    for k in [key, fresh, taken, held, counter, short, hash] {
-        store.del(&k).await.unwrap();
-    }
 }
 
 #[tokio::test]
@@ -179,6 +176,9 @@ async fn memory_store_behaves_like_redis() {
 #[tokio::test]
 async fn redis_store_behaves_like_redis() {
     let (store, shutdown) = redis().await;
-    behaves_like_redis(&store, &namespace()).await;
+    let ns = namespace();
+    let keys = RedisKeys::guard(&ns, &redis_url());
+    behaves_like_redis(&store, &ns).await;
+    keys.remove().await;
     shutdown.cancel();
 }

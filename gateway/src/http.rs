@@ -103,7 +103,7 @@ async fn callback(
         .account(account_id)
         .ok_or(CallbackError::UnknownAccount)?;
     let (head, body) = req.into_parts();
-    let query = CallbackQuery::parse(head.uri.query().unwrap_or(""));
+    let query = CallbackQuery::parse(head.uri.query().unwrap_or(""))?;
     if head.method == Method::GET {
         return pipeline::verify_get(account, &query).map(|body| (body, "verified"));
     }

@@ -43,6 +43,9 @@ pub enum CallbackError {
     /// A GET without `echostr`.
     #[error("echostr missing")]
     MissingEchostr,
+    /// A query parameter that percent-decodes to bytes that are not UTF-8.
+    #[error("query parameter {0} is not UTF-8 once percent-decoded")]
+    QueryNotUtf8(&'static str),
     /// The encrypted body has no usable `<Encrypt>`.
     #[error("encrypted envelope invalid: {0}")]
     BadEnvelope(ParseError),
@@ -78,9 +81,10 @@ impl CallbackError {
             Self::BodyRead => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::BadTimestamp => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::StaleTimestamp => (StatusCode::FORBIDDEN, "stale"),
-            Self::EncryptedRefused | Self::PlainRefused | Self::MissingEchostr => {
-                (StatusCode::BAD_REQUEST, "bad_request")
-            }
+            Self::EncryptedRefused
+            | Self::PlainRefused
+            | Self::MissingEchostr
+            | Self::QueryNotUtf8(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::BadEnvelope(_) | Self::BadXml(_) => (StatusCode::BAD_REQUEST, "bad_xml"),
             Self::BadSignature => (StatusCode::FORBIDDEN, "bad_signature"),
             Self::Decrypt(_) => (StatusCode::BAD_REQUEST, "bad_crypto"),
@@ -93,8 +97,9 @@ impl CallbackError {
     }
 }
 
-/// The query parameters WeChat signs, as received (percent-decoded), borrowed from the
-/// request line unless decoding changed them.
+/// The query parameters WeChat signs, as received (form-decoded: `+` is a space, `%XX` a
+/// byte, a `%` not followed by two hex digits stays as written), borrowed from the request
+/// line unless decoding changed them.
 #[derive(Debug, Default)]
 pub struct CallbackQuery<'q> {
     /// `signature`.
@@ -112,23 +117,28 @@ pub struct CallbackQuery<'q> {
 }
 
 impl<'q> CallbackQuery<'q> {
-    /// Parses a raw query string; unknown parameters are ignored.
-    pub fn parse(query: &'q str) -> Self {
+    /// Parses a raw query string. Unknown parameters (`openid`, …) are ignored unread; when a
+    /// parameter appears twice the last one counts.
+    ///
+    /// Errors with [`CallbackError::QueryNotUtf8`] when a parameter above decodes to bytes
+    /// that are not UTF-8: it is refused rather than rewritten, since `echostr` must come back
+    /// exactly as sent and the others are signed.
+    pub fn parse(query: &'q str) -> Result<Self, CallbackError> {
         let mut q = Self::default();
         for pair in query.split('&') {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let slot = match k {
-                "signature" => &mut q.signature,
-                "timestamp" => &mut q.timestamp,
-                "nonce" => &mut q.nonce,
-                "echostr" => &mut q.echostr,
-                "encrypt_type" => &mut q.encrypt_type,
-                "msg_signature" => &mut q.msg_signature,
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let (name, slot) = match name {
+                "signature" => ("signature", &mut q.signature),
+                "timestamp" => ("timestamp", &mut q.timestamp),
+                "nonce" => ("nonce", &mut q.nonce),
+                "echostr" => ("echostr", &mut q.echostr),
+                "encrypt_type" => ("encrypt_type", &mut q.encrypt_type),
+                "msg_signature" => ("msg_signature", &mut q.msg_signature),
                 _ => continue,
             };
-            *slot = Some(percent_decode(v));
+            *slot = Some(form_decode(value).ok_or(CallbackError::QueryNotUtf8(name))?);
         }
-        q
+        Ok(q)
     }
 
     fn encrypted(&self) -> bool {
@@ -138,34 +148,21 @@ impl<'q> CallbackQuery<'q> {
     }
 }
 
-fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(s);
+/// One `application/x-www-form-urlencoded` value, as `form_urlencoded` decodes it but
+/// without its lossy UTF-8 step: `None` when the bytes are not UTF-8.
+fn form_decode(value: &str) -> Option<Cow<'_, str>> {
+    if !value.contains('+') {
+        return percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .ok();
     }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    // `+` is a space in a query (WeChat's reference servers decode it so), and replacing it
+    // first leaves a `%2B` to decode to `+`.
+    let spaced = value.replace('+', " ");
+    let decoded = percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()?;
+    Some(Cow::Owned(decoded.into_owned()))
 }
 
 /// A successful answer.
@@ -444,7 +441,8 @@ mod tests {
     fn query_is_parsed_and_decoded() {
         let q = CallbackQuery::parse(
             "signature=ab&timestamp=1&nonce=a%2Bb&encrypt_type=aes&msg_signature=cd&openid=x&echostr=e+f",
-        );
+        )
+        .unwrap();
         assert_eq!(q.signature.as_deref(), Some("ab"));
         assert_eq!(q.timestamp.as_deref(), Some("1"));
         assert_eq!(q.nonce.as_deref(), Some("a+b"));
@@ -453,10 +451,45 @@ mod tests {
         assert_eq!(q.echostr.as_deref(), Some("e f"));
     }
 
+    /// `echostr=raw` decodes to `decoded`, or is refused when `None`.
+    fn check(raw: &str, decoded: Option<&str>) {
+        let query = format!("echostr={raw}");
+        let parsed = CallbackQuery::parse(&query);
+        match (parsed, decoded) {
+            (Ok(q), Some(want)) => assert_eq!(q.echostr.as_deref(), Some(want), "{raw}"),
+            (Err(e), None) => assert!(
+                matches!(e, CallbackError::QueryNotUtf8("echostr")),
+                "{raw}: {e}"
+            ),
+            (parsed, want) => panic!("{raw}: got {parsed:?}, want {want:?}"),
+        }
+    }
+
     #[test]
-    fn broken_percent_escapes_do_not_panic() {
-        assert_eq!(percent_decode("%"), "%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%4"), "%4");
+    fn values_are_form_decoded_and_broken_escapes_kept() {
+        check("", Some(""));
+        // A plus is a space, an escaped one a plus; hex digits in either case.
+        check("a+b", Some("a b"));
+        check("a%2Bb", Some("a+b"));
+        check("%E4%B8%96", Some("世"));
+        check("%e4%b8%96", Some("世"));
+        // Nothing after the `%`, one digit, or not hex digits: kept as written.
+        check("a%", Some("a%"));
+        check("%4", Some("%4"));
+        check("%G1", Some("%G1"));
+        check("%zz+", Some("%zz "));
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_refused() {
+        check("%FF", None);
+        check("a+%FF", None);
+        check("%E4%B8", None);
+        // Unknown parameters are not read, so they cannot be refused.
+        assert!(CallbackQuery::parse("openid=%FF&nonce=1").is_ok());
+        assert!(matches!(
+            CallbackQuery::parse("nonce=1&signature=%C0%AF"),
+            Err(CallbackError::QueryNotUtf8("signature"))
+        ));
     }
 }

@@ -187,10 +187,7 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     pub(crate) fn query(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        crate::query::find(self.query, name)
     }
 
     /// The JSON object body: `44002` when empty, `47001` when not a JSON object.

@@ -40,10 +40,7 @@ pub struct Call {
 impl Call {
     /// The first query parameter named `name`.
     pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
+        crate::query::find(&self.query, name)
     }
 }
 

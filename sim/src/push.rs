@@ -491,7 +491,7 @@ fn push_uri(gateway_base: &str, account_id: &str, query: &str) -> Result<Uri, Pu
     let url = format!(
         "{}/{}?{query}",
         gateway_base.trim_end_matches('/'),
-        query::encode(account_id)
+        query::path_segment(account_id)
     );
     let uri: Uri = url
         .parse()

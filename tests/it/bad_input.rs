@@ -2,6 +2,7 @@
 //! once with that step's status and publish nothing. Each one is a valid callback with one
 //! thing broken, so a missing check would show up as a 200 and an event.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -501,5 +502,58 @@ async fn body_of_exactly_max_body_bytes_is_accepted() {
         .until(&wxgate_tests::event_id_of("plain", &xml), WAIT)
         .await;
     assert!(before.is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_escapes_are_decoded_once_and_what_is_not_utf8_is_refused() {
+    let env = TestEnv::start().await;
+    let mut events = env.consumer().await;
+    let plain = &env.plain;
+    // Each row: the query after signature and timestamp, as written (not encoded); the nonce
+    // the signature covers; the status.
+    let cases = [
+        ("nonce=12+34", "12 34", 200),
+        ("nonce=12%2B34", "12+34", 200),
+        ("nonce=%G1", "%G1", 200),
+        ("nonce=12%", "12%", 200),
+        // Parameters the gateway does not read are not decoded.
+        ("nonce=1&openid=%FF", "1", 200),
+        // A plus is not kept as written.
+        ("nonce=12+34", "12+34", 403),
+        // Not UTF-8, signed as a lossy decoder would read it: refused before the signature.
+        ("nonce=%FF", "\u{fffd}", 400),
+        ("nonce=%E4%B8", "\u{fffd}", 400),
+        ("nonce=1&encrypt_type=%FF", "1", 400),
+    ];
+    let mut accepted = HashSet::new();
+    let mut failures = Vec::new();
+    for (rest, signed_nonce, want) in cases {
+        let timestamp = now_s().to_string();
+        let signature = wechat::url_signature(&plain.token, &timestamp, signed_nonce);
+        let xml = env.text(plain, rest);
+        let path = format!("/wx/plain?signature={signature}&timestamp={timestamp}&{rest}");
+        let (status, body) = env.post(&path, xml.clone()).await;
+        if status != want {
+            failures.push(format!(
+                "{rest} (signed as {signed_nonce:?}): got {status} ({:?}), want {want}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        if want == 200 {
+            accepted.insert(wxgate_tests::event_id_of(&plain.id, &xml));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let published: HashSet<String> = env
+        .marker(&mut events)
+        .await
+        .into_iter()
+        .map(|r| r.event.event_id)
+        .collect();
+    assert_eq!(
+        published, accepted,
+        "exactly the accepted callbacks are published"
+    );
     env.cleanup().await;
 }

@@ -268,11 +268,8 @@ async fn plain_voice_is_published_with_recognition() {
 
 /// DESIGN.md §3 written out: the first 16 bytes of the SHA-256 of the lines joined by `\n`.
 fn contract_event_id(lines: &[&str]) -> String {
-    Sha256::digest(lines.join("\n").as_bytes())
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let digest = Sha256::digest(lines.join("\n").as_bytes());
+    hex::encode(&digest[..16])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,66 @@ async fn get_verification_echoes_echostr_in_every_mode() {
     env.cleanup().await;
 }
 
+/// `GET /wx/plain?signature&timestamp&nonce&echostr` with `nonce` and `echostr` written into
+/// the query as given (not encoded), signed over `signed_nonce`.
+async fn get_as_written(
+    env: &TestEnv,
+    nonce: &str,
+    signed_nonce: &str,
+    echostr: &str,
+) -> (u16, String) {
+    let timestamp = now_s().to_string();
+    let signature = wechat::url_signature(&env.plain.token, &timestamp, signed_nonce);
+    let (status, body) = env
+        .get(&format!(
+            "/wx/plain?signature={signature}&timestamp={timestamp}&nonce={nonce}&echostr={echostr}"
+        ))
+        .await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_verification_decodes_the_query_once_and_refuses_what_is_not_utf8() {
+    let env = TestEnv::start().await;
+    let mut failures = Vec::new();
+    // `+` is a space and `%2B` a plus, as in every form decoder (WeChat's reference servers
+    // included); a `%` without two hex digits after it stays as written; what is not UTF-8
+    // once decoded (a lone byte, a character cut short) is refused, not rewritten.
+    for (echostr, want) in [
+        ("a+b", (200, "a b")),
+        ("a%2Bb", (200, "a+b")),
+        ("%E4%B8%96", (200, "世")),
+        ("%G1", (200, "%G1")),
+        ("12%", (200, "12%")),
+        ("%FF", (400, "Bad Request")),
+        ("%E4%B8", (400, "Bad Request")),
+    ] {
+        let (status, body) = get_as_written(&env, "1", "1", echostr).await;
+        if (status, body.as_str()) != want {
+            failures.push(format!(
+                "echostr={echostr}: got {status} {body:?}, want {want:?}"
+            ));
+        }
+    }
+    // The signature covers the nonce as decoded: a plus kept as written fails it.
+    for (nonce, signed_nonce, want) in [
+        ("1+2", "1 2", 200),
+        ("1%2B2", "1+2", 200),
+        ("%G1", "%G1", 200),
+        ("1+2", "1+2", 403),
+        ("%FF", "\u{fffd}", 400),
+    ] {
+        let (status, _) = get_as_written(&env, nonce, signed_nonce, "e").await;
+        if status != want {
+            failures.push(format!(
+                "nonce={nonce} signed as {signed_nonce:?}: got {status}, want {want}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_verification_with_a_bad_signature_is_403() {
     let env = TestEnv::start().await;

@@ -24,6 +24,7 @@ use wx_gateway::ServeError;
 use wxgate_core::Config;
 use wxgate_sim::{Inbound, MsgIdGen, PushAccount, PushClient, PushMode, PushOutcome};
 
+use crate::cleanup::{on_own_runtime, purge_redis};
 use crate::consumer::{EventConsumer, ReceivedEvent};
 use crate::poll::{bounded, eventually};
 
@@ -572,7 +573,7 @@ listen = "127.0.0.1:0"
             tokio::time::timeout(WAIT, self.amqp.close(200, ShortString::from("test done"))).await;
         let purged = tokio::time::timeout(
             CLEANUP,
-            purge(
+            remove_namespace(
                 &self.ns,
                 &self.redis_url,
                 &self.rabbitmq_url,
@@ -599,26 +600,20 @@ impl Drop for TestEnv {
         let redis_url = self.redis_url.clone();
         let rabbitmq_url = self.rabbitmq_url.clone();
         let retry_queues = self.config.worker.retry_delays.len();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let _ =
-                    tokio::time::timeout(WAIT, purge(&ns, &redis_url, &rabbitmq_url, retry_queues))
-                        .await;
-            });
-        })
-        .join();
+        on_own_runtime(async move {
+            let _ = tokio::time::timeout(
+                WAIT,
+                remove_namespace(&ns, &redis_url, &rabbitmq_url, retry_queues),
+            )
+            .await;
+        });
     }
 }
 
 /// Deletes `{ns}.worker`, `{ns}.worker.retry.{0..retry_queues}`, `{ns}.worker.dead`, the
-/// exchange `{ns}.events` and every Redis key `{ns}:*`.
-async fn purge(
+/// exchange `{ns}.events` and every Redis key `{ns}:*`; the error lists what failed. Not
+/// bounded in time: wrap it in a timeout.
+pub async fn remove_namespace(
     ns: &str,
     redis_url: &str,
     rabbitmq_url: &str,
@@ -685,38 +680,5 @@ async fn purge_rabbitmq(ns: &str, rabbitmq_url: &str, retry_queues: usize) -> Re
         Ok(())
     } else {
         Err(errors.join("; "))
-    }
-}
-
-async fn purge_redis(ns: &str, redis_url: &str) -> Result<(), String> {
-    let client = redis::Client::open(redis_url).map_err(|e| format!("Redis: {e}"))?;
-    let mut redis = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| format!("Redis: {e}"))?;
-    let pattern = format!("{ns}:*");
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            // The database may be shared with many other keys: few, large steps.
-            .arg("COUNT")
-            .arg(20_000)
-            .query_async(&mut redis)
-            .await
-            .map_err(|e| format!("Redis SCAN: {e}"))?;
-        if !keys.is_empty() {
-            redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<i64>(&mut redis)
-                .await
-                .map_err(|e| format!("Redis DEL: {e}"))?;
-        }
-        cursor = next;
-        if cursor == 0 {
-            return Ok(());
-        }
     }
 }

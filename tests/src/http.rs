@@ -110,24 +110,10 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8], within: Duration) ->
     RawResponse::read(&mut stream, within).await
 }
 
-/// An `application/x-www-form-urlencoded` query string; everything but `[A-Za-z0-9_.~-]` is
-/// percent-encoded.
+/// An `application/x-www-form-urlencoded` query string: a space becomes `+`, every byte but
+/// `[A-Za-z0-9*._-]` becomes `%XX`.
 pub fn query(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }

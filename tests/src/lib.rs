@@ -1,6 +1,7 @@
 //! Helpers for wxgate's integration tests (`tests/it`): a gateway per test in its own random
 //! namespace against the real Redis and RabbitMQ, a consumer of `{ns}.events`, a TCP proxy
-//! that cuts a service off and brings it back, and polling with a deadline.
+//! that cuts a service off and brings it back, and polling with a deadline. `wxgate-core`'s
+//! own tests use its clean-up ([`RedisKeys`], [`on_own_runtime`]) and service URLs.
 //!
 //! Must not share state between tests, skip a test when a service is down, or sleep to
 //! synchronise: every wait is a poll with a deadline or a wait on a signal.
@@ -10,14 +11,19 @@
 //! exactly how a broken environment or a failed expectation should be reported.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cleanup;
 mod consumer;
 mod env;
 mod http;
 mod poll;
 mod proxy;
 
+pub use cleanup::{RedisKeys, on_own_runtime};
 pub use consumer::{EventConsumer, ReceivedEvent};
-pub use env::{DEFAULT_RABBITMQ_URL, DEFAULT_REDIS_URL, Options, TestEnv, rabbitmq_url, redis_url};
+pub use env::{
+    DEFAULT_RABBITMQ_URL, DEFAULT_REDIS_URL, Options, TestEnv, rabbitmq_url, redis_url,
+    remove_namespace,
+};
 pub use http::{RawResponse, query, raw_exchange};
 pub use poll::{bounded, eventually};
 pub use proxy::TcpProxy;

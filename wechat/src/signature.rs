@@ -21,14 +21,14 @@ pub enum SignatureError {
 ///
 /// Inputs are used exactly as received (no trimming, no decoding).
 pub fn url_signature(token: &str, timestamp: &str, nonce: &str) -> String {
-    hex_string(&sorted_sha1([token, timestamp, nonce]))
+    hex::encode(sorted_sha1([token, timestamp, nonce]))
 }
 
 /// The `msg_signature` of an encrypted push or reply envelope: like
 /// [`url_signature`] with `encrypt` (the base64 text exactly as carried in
 /// the XML) as a fourth element.
 pub fn msg_signature(token: &str, timestamp: &str, nonce: &str, encrypt: &str) -> String {
-    hex_string(&sorted_sha1([token, timestamp, nonce, encrypt]))
+    hex::encode(sorted_sha1([token, timestamp, nonce, encrypt]))
 }
 
 /// Checks a push `signature` in constant time.
@@ -79,7 +79,7 @@ pub fn jsapi_signature(jsapi_ticket: &str, noncestr: &str, timestamp: &str, url:
     ] {
         hasher.update(part.as_bytes());
     }
-    hex_string(&hasher.finalize().into())
+    hex::encode(hasher.finalize())
 }
 
 /// SHA-1 of the parts sorted by byte value and concatenated.
@@ -94,27 +94,14 @@ fn sorted_sha1<const N: usize>(mut parts: [&str; N]) -> [u8; 20] {
 }
 
 fn compare(expected: &[u8; 20], given: &str) -> Result<(), SignatureError> {
-    if bool::from(hex_bytes(expected).as_slice().ct_eq(given.as_bytes())) {
+    let mut hex = [0u8; 40];
+    // Cannot fail: 20 bytes are 40 hex digits. Were it to, nothing would match.
+    let encoded = hex::encode_to_slice(expected, &mut hex).is_ok();
+    if encoded && bool::from(hex.as_slice().ct_eq(given.as_bytes())) {
         Ok(())
     } else {
         Err(SignatureError::Mismatch)
     }
-}
-
-fn hex_bytes(digest: &[u8; 20]) -> [u8; 40] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 40];
-    for (pair, byte) in out.chunks_exact_mut(2).zip(digest) {
-        // Both nibbles are < 16, so the lookups are in bounds.
-        let high = DIGITS[usize::from(byte >> 4)];
-        let low = DIGITS[usize::from(byte & 0x0f)];
-        pair.copy_from_slice(&[high, low]);
-    }
-    out
-}
-
-fn hex_string(digest: &[u8; 20]) -> String {
-    hex_bytes(digest).iter().copied().map(char::from).collect()
 }
 
 #[cfg(test)]

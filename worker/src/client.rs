@@ -25,9 +25,10 @@ const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// Why a call got no usable answer from WeChat.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
-    /// Connection failed, or no complete answer within `wechat.http_timeout_ms`.
-    #[error("wechat unreachable: {0}")]
-    Unreachable(String),
+    /// Connection failed, or no complete answer within `wechat.http_timeout_ms`; the source
+    /// says which.
+    #[error("wechat unreachable")]
+    Unreachable(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// WeChat answered with a non-success HTTP status.
     #[error("wechat answered http status {0}")]
     Status(u16),
@@ -172,37 +173,31 @@ impl WechatClient {
         query: &[(&str, &str)],
         body: Option<Bytes>,
     ) -> Result<ApiAnswer, CallError> {
-        let mut uri = format!("{}{path}", self.api_base);
-        for (i, (key, value)) in query.iter().enumerate() {
-            uri.push(if i == 0 { '?' } else { '&' });
-            uri.push_str(&percent_encode(key));
-            uri.push('=');
-            uri.push_str(&percent_encode(value));
-        }
+        let uri = uri(&self.api_base, path, query);
         let mut request = Request::builder().method(method).uri(uri);
         if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json; charset=utf-8");
         }
         let request = request
             .body(Full::new(body.unwrap_or_default()))
-            .map_err(|e| CallError::Unreachable(format!("bad request: {e}")))?;
+            .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
         let exchange = async {
             let response = self
                 .http
                 .request(request)
                 .await
-                .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+                .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
             let status = response.status();
             let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|e| CallError::Unreachable(format!("reading answer: {e}")))?
+                .map_err(|e| CallError::Unreachable(Arc::from(e)))?
                 .to_bytes();
             Ok::<_, CallError>((status, bytes))
         };
         let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| CallError::Unreachable("timed out".into()))??;
+            .map_err(|e| CallError::Unreachable(Arc::new(e)))??;
         if status != StatusCode::OK {
             return Err(CallError::Status(status.as_u16()));
         }
@@ -296,29 +291,15 @@ impl TokenFetcher for WechatClient {
     }
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
+/// `{api_base}{path}?{query}`, the query form-encoded.
+fn uri(api_base: &str, path: &str, query: &[(&str, &str)]) -> String {
+    let mut uri = format!("{api_base}{path}");
+    if !query.is_empty() {
+        uri.push('?');
+        let start = uri.len();
+        form_urlencoded::Serializer::for_suffix(&mut uri, start).extend_pairs(query);
     }
-    out
-}
-
-/// The error and its sources, joined; hyper's top-level message alone says little.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+    uri
 }
 
 #[cfg(test)]
@@ -326,14 +307,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(percent_encode("abc-_.~09"), "abc-_.~09");
-        assert_eq!(percent_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    fn query_values_are_form_encoded() {
+        assert_eq!(uri("http://x", "/p", &[]), "http://x/p");
+        assert_eq!(
+            uri(
+                "http://x",
+                "/p",
+                &[("access_token", "abc-_.*09"), ("k", "a b&c=d/é+")]
+            ),
+            "http://x/p?access_token=abc-_.*09&k=a+b%26c%3Dd%2F%C3%A9%2B"
+        );
     }
 
     #[test]
     fn transient_call_errors() {
-        assert!(CallError::Unreachable("x".into()).is_transient());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let unreachable = CallError::Unreachable(Arc::new(refused));
+        assert!(unreachable.is_transient());
+        // The cause is the source, not part of the message: a log prints each once.
+        assert_eq!(unreachable.to_string(), "wechat unreachable");
+        let source = std::error::Error::source(&unreachable).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("connection refused"));
         assert!(CallError::Status(500).is_transient());
         assert!(CallError::Status(429).is_transient());
         assert!(!CallError::Status(404).is_transient());

@@ -158,10 +158,8 @@ async fn gateway(handler: impl Fn(&Seen, usize) -> Behaviour + Send + Sync + 'st
                         let raw_query = parts.uri.query().unwrap_or_default().to_owned();
                         let seen = Seen {
                             path: parts.uri.path().to_owned(),
-                            query: raw_query
-                                .split('&')
-                                .filter_map(|pair| pair.split_once('='))
-                                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            query: form_urlencoded::parse(raw_query.as_bytes())
+                                .into_owned()
                                 .collect(),
                             raw_query,
                             body: String::from_utf8(body.to_vec()).unwrap(),
@@ -219,10 +217,8 @@ async fn plain_push_acknowledged_with_success() {
     assert_eq!(seen[0].q("openid"), user);
     assert!(!seen[0].query.contains_key("encrypt_type"));
     assert!(!seen[0].query.contains_key("msg_signature"));
-    let order: Vec<&str> = seen[0]
-        .raw_query
-        .split('&')
-        .map(|pair| pair.split_once('=').unwrap().0)
+    let order: Vec<String> = form_urlencoded::parse(seen[0].raw_query.as_bytes())
+        .map(|(name, _)| name.into_owned())
         .collect();
     assert_eq!(order, ["signature", "timestamp", "nonce", "openid"]);
     assert_eq!(seen[0].body, hello(&user));
@@ -280,10 +276,8 @@ async fn safe_push_carries_only_the_envelope_and_gets_an_encrypted_reply() {
         })
     );
     assert!(outcome.reply_encrypted);
-    let order: Vec<String> = gw.seen()[0]
-        .raw_query
-        .split('&')
-        .map(|pair| pair.split_once('=').unwrap().0.to_owned())
+    let order: Vec<String> = form_urlencoded::parse(gw.seen()[0].raw_query.as_bytes())
+        .map(|(name, _)| name.into_owned())
         .collect();
     assert_eq!(
         order,

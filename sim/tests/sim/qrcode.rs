@@ -17,11 +17,9 @@ async fn create(sim: &Sim, token: &str, body: Value) -> Value {
     .json()
 }
 
+/// The ticket as a query value, with `+`, `/` and `=` percent-encoded as WeChat requires.
 fn encode(ticket: &str) -> String {
-    ticket
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D")
+    form_urlencoded::byte_serialize(ticket.as_bytes()).collect()
 }
 
 #[tokio::test]

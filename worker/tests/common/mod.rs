@@ -4,7 +4,7 @@
 // Test support: a failed step should fail the test at once, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ pub const SECRET: &str = "demo-secret-for-the-simulator";
 pub const ORIGINAL_ID: &str = "gh_0123456789ab";
 pub const SEND: &str = "/cgi-bin/message/custom/send";
 pub const WAIT: Duration = Duration::from_secs(20);
+/// How long removing a test's namespace may take.
+const CLEANUP: Duration = Duration::from_secs(60);
 
 pub fn redis_url() -> String {
     std::env::var("WXGATE__REDIS__URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
@@ -64,15 +66,9 @@ impl Drop for CleanupGuard {
         let ns = self.ns.clone();
         let retry_queues = self.retry_queues;
         // Inside a panicking test's runtime: clean up on a runtime of our own.
-        let _ = std::thread::spawn(move || {
-            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                runtime.block_on(cleanup(&ns, retry_queues));
-            }
-        })
-        .join();
+        wxgate_tests::on_own_runtime(async move {
+            let _ = tokio::time::timeout(CLEANUP, remove(&ns, retry_queues)).await;
+        });
     }
 }
 
@@ -268,8 +264,14 @@ impl Harness {
         }
         self.bus.close().await;
         self.bus_shutdown.cancel();
-        cleanup(&self.ns, self.config.worker.retry_delays.len()).await;
         self.cleanup.done = true;
+        tokio::time::timeout(
+            CLEANUP,
+            remove(&self.ns, self.config.worker.retry_delays.len()),
+        )
+        .await
+        .expect("the namespace is removed within 60 s")
+        .unwrap_or_else(|e| panic!("removing namespace {}: {e}", self.ns));
         self.sim.shutdown().await;
     }
 }
@@ -287,45 +289,9 @@ pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
         })
 }
 
-async fn cleanup(ns: &str, retry_queues: usize) {
-    let mut redis = redis_connection().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{ns}:*"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: i64 = redis::cmd("DEL")
-            .arg(&keys)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-    }
-    let connection =
-        lapin::Connection::connect(&rabbit_url(), lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let names = Names::new(ns);
-    let mut queues = vec![names.worker_queue(), names.dead_queue()];
-    queues.extend((0..retry_queues).map(|i| names.retry_queue(i)));
-    for queue in queues {
-        channel
-            .queue_delete(
-                queue.as_str().into(),
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await
-            .unwrap();
-    }
-    channel
-        .exchange_delete(
-            names.events_exchange().as_str().into(),
-            lapin::options::ExchangeDeleteOptions::default(),
-        )
-        .await
-        .unwrap();
-    let _ = connection.close(200, "done".into()).await;
+/// Deletes the namespace's queues, exchange and Redis keys.
+async fn remove(ns: &str, retry_queues: usize) -> Result<(), String> {
+    wxgate_tests::remove_namespace(ns, &redis_url(), &rabbit_url(), retry_queues).await
 }
 
 /// The routing key and AMQP message the gateway publishes for `xml` of account `demo`.
@@ -392,28 +358,42 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// The value of counter `name{labels}` in the worker's `/metrics`, 0 when absent.
-pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
-    let (_, body) = http_get(addr, "/metrics").await;
+/// Every sample in the `/metrics` of `addr` whose series starts with `prefix` (e.g.
+/// `wxgate_worker_events_total{`), by series.
+pub async fn samples(addr: std::net::SocketAddr, prefix: &str) -> BTreeMap<String, f64> {
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "GET /metrics on {addr}");
     body.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
         })
-        .unwrap_or(0.0)
+        .collect()
 }
 
-/// Polls `/metrics` until `series` reaches `at_least`, within [`WAIT`].
+/// The value of series `name{labels}` in `/metrics`; panics, naming it, when it is absent. A
+/// labelled counter appears with its first increment: to check that something never happened,
+/// compare all of [`samples`] instead.
+pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let all = samples(addr, series).await;
+    match all.get(series) {
+        Some(value) => *value,
+        None => panic!("{addr}/metrics has no series {series}"),
+    }
+}
+
+/// Polls `/metrics` until `series` exists and reaches `at_least`, within [`WAIT`].
 pub async fn wait_metric(addr: std::net::SocketAddr, series: &str, at_least: f64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let value = metric(addr, series).await;
-        if value >= at_least {
+        let value = samples(addr, series).await.get(series).copied();
+        if value.is_some_and(|value| value >= at_least) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{series} stayed at {value}, wanted {at_least}"
+            "{series} stayed at {value:?}, wanted {at_least}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
