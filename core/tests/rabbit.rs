@@ -6,17 +6,17 @@
 
 use std::time::Duration;
 
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use wxgate_core::Config;
 use wxgate_core::rabbit::{DeclareError, RabbitBus, declare};
 use wxgate_core::topology::Topology;
+use wxgate_tests::Namespace;
 
 fn url() -> String {
-    std::env::var("WXGATE__RABBITMQ__URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    wxgate_tests::rabbitmq_url()
 }
 
 async fn connect() -> Connection {
@@ -41,48 +41,11 @@ fn config(ns: &str, queue_type: &str) -> Config {
     .unwrap()
 }
 
-/// Deletes every queue and the exchange of a namespace's topology however the test ends, on
-/// a runtime of its own (a panicking test's runtime may be unusable).
-struct Cleanup(Topology);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let topology = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(connection) =
-                    Connection::connect(&url(), ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                if let Ok(channel) = connection.create_channel().await {
-                    for queue in &topology.queues {
-                        let _ = channel
-                            .queue_delete(queue.name.as_str().into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                    let _ = channel
-                        .exchange_delete(topology.exchange.as_str().into(), Default::default())
-                        .await;
-                }
-                let _ = connection.close(200, "cleanup".into()).await;
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test]
 async fn every_queue_takes_the_configured_queue_type() {
-    let ns = format!("t{:016x}", rand::random::<u64>());
+    let namespace = Namespace::random(2);
+    let ns = namespace.ns.clone();
     let quorum = Topology::for_config(&config(&ns, "quorum"));
-    let _cleanup = Cleanup(quorum.clone());
     let connection = connect().await;
     declare(&connection.create_channel().await.unwrap(), &quorum)
         .await
@@ -111,10 +74,10 @@ async fn every_queue_takes_the_configured_queue_type() {
 
 #[tokio::test]
 async fn a_queue_with_other_arguments_makes_the_bus_give_up_naming_it() {
-    let ns = format!("t{:016x}", rand::random::<u64>());
+    let namespace = Namespace::random(2);
+    let ns = namespace.ns.clone();
     let config = config(&ns, "quorum");
     let topology = Topology::for_config(&config);
-    let _cleanup = Cleanup(topology.clone());
     // Someone declared the worker queue as a classic queue before.
     let connection = connect().await;
     let mut args = FieldTable::default();

@@ -20,7 +20,7 @@ const LOCK_TTL: Duration = Duration::from_secs(10);
 const SLOW: Duration = Duration::from_secs(12);
 
 fn redis_url() -> String {
-    std::env::var("WXGATE__REDIS__URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
+    wxgate_tests::redis_url()
 }
 
 /// A process's own Redis connection, ready.
@@ -62,37 +62,11 @@ impl TokenFetcher for SlowEndpoint {
     }
 }
 
-/// Deletes the namespace's token keys however the test ends.
-struct Keys(Vec<String>);
-
-impl Drop for Keys {
-    fn drop(&mut self) {
-        let keys = std::mem::take(&mut self.0);
-        let _ = std::thread::spawn(move || {
-            let Ok(client) = redis::Client::open(redis_url()) else {
-                return;
-            };
-            let Ok(mut connection) = client.get_connection_with_timeout(Duration::from_secs(5))
-            else {
-                return;
-            };
-            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query(&mut connection);
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_call_slower_than_the_lock_ttl_is_made_once_for_all_processes() {
     let ns = format!("t{:016x}", rand::random::<u64>());
+    let keys = wxgate_tests::RedisKeys::guard(&ns, &redis_url());
     let appid = "wx0123456789abcdef";
-    let date = wxgate_core::tokens::beijing_date(wxgate_core::now_ms());
-    let _keys = Keys(vec![
-        format!("{ns}:token:{appid}"),
-        format!("{ns}:token-lock:{appid}"),
-        format!("{ns}:token-backoff:{appid}"),
-        format!("{ns}:token-quota:{appid}:{date}"),
-    ]);
     let shutdown = CancellationToken::new();
     let endpoint = Arc::new(SlowEndpoint::default());
     // Four processes: each its own Redis connection and token service.
@@ -149,4 +123,5 @@ async fn a_token_call_slower_than_the_lock_ttl_is_made_once_for_all_processes() 
         "the owner released the lock"
     );
     shutdown.cancel();
+    keys.remove().await;
 }

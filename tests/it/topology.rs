@@ -5,59 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Connection, ConnectionProperties};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wx_gateway::ServeError;
 use wxgate_core::Config;
-use wxgate_tests::{rabbitmq_url, redis_url};
-
-/// Deletes the namespace's exchange and worker queue however the test ends.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let ns = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(connection) =
-                    Connection::connect(&rabbitmq_url(), ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                if let Ok(channel) = connection.create_channel().await {
-                    let _ = channel
-                        .queue_delete(
-                            format!("{ns}.worker").as_str().into(),
-                            QueueDeleteOptions::default(),
-                        )
-                        .await;
-                    let _ = channel
-                        .exchange_delete(
-                            format!("{ns}.events").as_str().into(),
-                            ExchangeDeleteOptions::default(),
-                        )
-                        .await;
-                }
-                let _ = connection.close(200, "cleanup".into()).await;
-            });
-        })
-        .join();
-    }
-}
+use wxgate_tests::{Namespace, rabbitmq_url, redis_url};
 
 #[tokio::test]
 async fn a_worker_queue_of_another_type_stops_the_gateway_naming_it() {
-    let ns = format!("t{:016x}", rand::random::<u64>());
-    let _cleanup = Cleanup(ns.clone());
+    let namespace = Namespace::random(0);
+    let ns = namespace.ns.clone();
     let connection = Connection::connect(&rabbitmq_url(), ConnectionProperties::default())
         .await
         .expect("RabbitMQ is reachable (rabbitmq-server -detached)");

@@ -105,3 +105,46 @@ pub(crate) async fn purge_redis(ns: &str, redis_url: &str) -> Result<(), String>
         }
     }
 }
+
+/// How long deleting a namespace's queues, exchange and keys may take when dropped.
+const NAMESPACE_CLEANUP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Everything a test created under namespace `ns` — `{ns}.worker`, its `retry_queues` retry
+/// queues, `{ns}.worker.dead`, the exchange `{ns}.events` and the Redis keys `{ns}:*` —
+/// deleted when the guard is dropped, however the test ends. For tests that do not run a
+/// whole [`crate::TestEnv`].
+#[derive(Debug)]
+pub struct Namespace {
+    /// The namespace.
+    pub ns: String,
+    retry_queues: usize,
+}
+
+impl Namespace {
+    /// A fresh random namespace `t<hex>` with `retry_queues` retry queues to delete.
+    pub fn random(retry_queues: usize) -> Namespace {
+        Namespace {
+            ns: format!("t{:016x}", rand::random::<u64>()),
+            retry_queues,
+        }
+    }
+}
+
+impl Drop for Namespace {
+    /// Deletes the namespace's objects; errors are ignored (a missing queue is fine).
+    fn drop(&mut self) {
+        let (ns, retry_queues) = (self.ns.clone(), self.retry_queues);
+        on_own_runtime(async move {
+            let _ = tokio::time::timeout(
+                NAMESPACE_CLEANUP,
+                crate::remove_namespace(
+                    &ns,
+                    &crate::redis_url(),
+                    &crate::rabbitmq_url(),
+                    retry_queues,
+                ),
+            )
+            .await;
+        });
+    }
+}
