@@ -194,9 +194,12 @@ struct State {
     failure: Option<Cause>,
 }
 
+/// Where a publish learns its fate.
+type Done = oneshot::Sender<Result<(), PublishError>>;
+
 /// A publish waiting for its confirm.
 struct Pending {
-    done: oneshot::Sender<Result<(), PublishError>>,
+    done: Done,
     /// [`fingerprint`] of what was published, to recognise it in a `basic.return`.
     fingerprint: u64,
     /// A `basic.return` for it came: its ack means "unroutable".
@@ -747,7 +750,7 @@ impl ConfirmReader {
                 Ok(())
             }
             AMQPFrame::Body(_, data) => {
-                if !self.returning.as_ref().is_some_and(|r| r.content.is_some()) {
+                if self.returning.as_ref().is_none_or(|r| r.content.is_none()) {
                     return Err(LinkFailure::Protocol("content body without header".into()));
                 }
                 self.body_received(data.len() as u64, confirms);
@@ -818,10 +821,7 @@ impl ConfirmReader {
 fn resolve(
     pending: &mut BTreeMap<u64, Pending>,
     confirm: Confirm,
-) -> Vec<(
-    oneshot::Sender<Result<(), PublishError>>,
-    Result<(), PublishError>,
-)> {
+) -> Vec<(Done, Result<(), PublishError>)> {
     let (tag, multiple, positive) = match confirm {
         Confirm::Returned(fingerprint) => {
             match pending

@@ -524,6 +524,16 @@ fn key_path(section: &str, key: &str) -> String {
 
 /// `value` of `key` if it lies in `range`, converted to the type the config holds. The one
 /// range check of every bounded numeric key: the error names the key and both bounds.
+/// [`in_range`] for a duration key in milliseconds (`…_ms`).
+fn millis_in(key: &str, value: u64, range: RangeInclusive<u64>) -> Result<Duration, ConfigError> {
+    in_range(key, value, range).map(Duration::from_millis)
+}
+
+/// [`in_range`] for a duration key in seconds (`…_s`).
+fn secs_in(key: &str, value: u64, range: RangeInclusive<u64>) -> Result<Duration, ConfigError> {
+    in_range(key, value, range).map(Duration::from_secs)
+}
+
 fn in_range<T: TryFrom<u64>>(
     key: &str,
     value: u64,
@@ -653,16 +663,16 @@ fn gateway(raw: RawGateway) -> Result<GatewayConfig, ConfigError> {
         )?,
         path_prefix,
         // WeChat gives up on a callback after 5 s.
-        request_budget: Duration::from_millis(in_range(
+        request_budget: millis_in(
             "gateway.request_budget_ms",
             raw.request_budget_ms.unwrap_or(3000),
             100..=4999,
-        )?),
-        publish_timeout: Duration::from_millis(in_range(
+        )?,
+        publish_timeout: millis_in(
             "gateway.publish_timeout_ms",
             raw.publish_timeout_ms.unwrap_or(2000),
             10..=4999,
-        )?),
+        )?,
         max_body_bytes: in_range(
             "gateway.max_body_bytes",
             raw.max_body_bytes.unwrap_or(65536),
@@ -673,11 +683,11 @@ fn gateway(raw: RawGateway) -> Result<GatewayConfig, ConfigError> {
             s => Some(Duration::from_secs(s)),
         },
         // WeChat's retries of one callback span about 15 s.
-        dedup_ttl: Duration::from_secs(in_range(
+        dedup_ttl: secs_in(
             "gateway.dedup_ttl_s",
             raw.dedup_ttl_s.unwrap_or(600),
             30..=7 * 86400,
-        )?),
+        )?,
         metrics_per_account: raw.metrics_per_account.unwrap_or(true),
         // 0 is one thread per CPU.
         threads: in_range("gateway.threads", raw.threads.unwrap_or(1), 0..=256)?,
@@ -729,11 +739,11 @@ fn worker(raw: RawWorker) -> Result<WorkerConfig, ConfigError> {
             raw.max_attempts.unwrap_or(6),
             1..=1000,
         )?,
-        sent_ttl: Duration::from_secs(in_range(
+        sent_ttl: secs_in(
             "worker.sent_ttl_s",
             raw.sent_ttl_s.unwrap_or(86400),
             60..=30 * 86400,
-        )?),
+        )?,
     })
 }
 
@@ -747,16 +757,16 @@ fn wechat(raw: RawWechat) -> Result<WechatConfig, ConfigError> {
     Ok(WechatConfig {
         api_base: with_scheme("wechat.api_base", api_base, &["http://", "https://"])?,
         token_mode: raw.token_mode.unwrap_or(TokenMode::Stable),
-        refresh_ahead: Duration::from_secs(in_range(
+        refresh_ahead: secs_in(
             "wechat.refresh_ahead_s",
             raw.refresh_ahead_s.unwrap_or(300),
             0..=3600,
-        )?),
-        http_timeout: Duration::from_millis(in_range(
+        )?,
+        http_timeout: millis_in(
             "wechat.http_timeout_ms",
             raw.http_timeout_ms.unwrap_or(5000),
             10..=120_000,
-        )?),
+        )?,
     })
 }
 

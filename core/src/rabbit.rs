@@ -83,6 +83,22 @@ fn inequivalent_arg(reply: &str) -> Option<&str> {
     Some(rest.split_once('\'')?.0)
 }
 
+/// Watches a bus for [`RabbitBus::gave_up`]; see [`RabbitBus::stop_on_give_up`].
+#[derive(Debug)]
+pub struct GiveUpWatch(tokio::task::JoinHandle<TopologyMismatch>);
+
+impl GiveUpWatch {
+    /// Ends the watch: the mismatch if the bus gave up, else `None`.
+    pub async fn finish(self) -> Option<TopologyMismatch> {
+        if self.0.is_finished() {
+            self.0.await.ok()
+        } else {
+            self.0.abort();
+            None
+        }
+    }
+}
+
 /// Why a declare failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeclareError {
@@ -207,6 +223,17 @@ impl RabbitBus {
                 return mismatch;
             }
         }
+    }
+
+    /// Cancels `stop` when the bus gives up ([`RabbitBus::gave_up`]), so a process stops as on
+    /// a shutdown signal; [`GiveUpWatch::finish`] then says whether that was why.
+    pub fn stop_on_give_up(&self, stop: CancellationToken) -> GiveUpWatch {
+        let bus = self.clone();
+        GiveUpWatch(tokio::spawn(async move {
+            let mismatch = bus.gave_up().await;
+            stop.cancel();
+            mismatch
+        }))
     }
 
     fn live(&self) -> Option<Arc<Live>> {

@@ -180,29 +180,24 @@ mod tests {
             ]
         );
         assert!(t.queues[1].args.contains(&Arg::Int("x-message-ttl", 10)));
-        for queue in &t.queues {
-            assert!(
-                queue
-                    .args
-                    .contains(&Arg::Str("x-queue-type", "quorum".into())),
-                "{} takes rabbitmq.queue_type",
-                queue.name
-            );
-        }
+        let every_queue_is = |t: &Topology, queue_type: &str| {
+            for queue in &t.queues {
+                assert!(
+                    queue
+                        .args
+                        .contains(&Arg::Str("x-queue-type", queue_type.into())),
+                    "{} takes rabbitmq.queue_type",
+                    queue.name
+                );
+            }
+        };
+        every_queue_is(&t, "quorum");
         let classic = Config::from_toml(
             "namespace = \"t1\"\n[rabbitmq]\nqueue_type = \"classic\"\n",
             |_| None,
         )
         .unwrap();
-        for queue in &Topology::for_config(&classic).queues {
-            assert!(
-                queue
-                    .args
-                    .contains(&Arg::Str("x-queue-type", "classic".into())),
-                "{} takes rabbitmq.queue_type",
-                queue.name
-            );
-        }
+        every_queue_is(&Topology::for_config(&classic), "classic");
         assert!(
             t.queues[1]
                 .args

@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use wxgate_core::Config;
@@ -79,26 +77,7 @@ async fn a_queue_with_other_arguments_makes_the_bus_give_up_naming_it() {
     let config = config(&ns, "quorum");
     let topology = Topology::for_config(&config);
     // Someone declared the worker queue as a classic queue before.
-    let connection = connect().await;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from(b"classic".to_vec())),
-    );
-    connection
-        .create_channel()
-        .await
-        .unwrap()
-        .queue_declare(
-            format!("{ns}.worker").as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
+    namespace.declare_classic_worker_queue().await;
 
     let stop = CancellationToken::new();
     let bus = RabbitBus::connect(&config.rabbitmq.url, topology, stop.clone());
@@ -115,5 +94,4 @@ async fn a_queue_with_other_arguments_makes_the_bus_give_up_naming_it() {
     );
     assert!(!wxgate_core::Bus::is_ready(&bus));
     stop.cancel();
-    let _ = connection.close(200, "done".into()).await;
 }

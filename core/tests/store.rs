@@ -15,18 +15,8 @@ fn namespace() -> String {
 }
 
 async fn redis() -> (RedisStore, CancellationToken) {
-    let url = redis_url();
     let shutdown = CancellationToken::new();
-    let store = RedisStore::connect(&url, Duration::from_secs(2), shutdown.clone()).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !store.is_ready() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Redis at {url} is not reachable; start it with: redis-server --daemonize yes --port 6379 --save ''"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (store, shutdown)
+    (wxgate_tests::ready_redis_store(&shutdown).await, shutdown)
 }
 
 async fn behaves_like_redis(store: &dyn Store, ns: &str) {

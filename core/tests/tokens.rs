@@ -25,17 +25,7 @@ fn redis_url() -> String {
 
 /// A process's own Redis connection, ready.
 async fn store(shutdown: &CancellationToken) -> Arc<RedisStore> {
-    let url = redis_url();
-    let store = RedisStore::connect(&url, Duration::from_secs(2), shutdown.clone()).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !store.is_ready() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Redis at {url} is not reachable; start it with: redis-server --daemonize yes --port 6379 --save ''"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Arc::new(store)
+    Arc::new(wxgate_tests::ready_redis_store(shutdown).await)
 }
 
 /// A token endpoint that answers after [`SLOW`], counting its calls.

@@ -74,14 +74,7 @@ pub async fn serve(
         background.clone(),
     );
     let stop = shutdown.child_token();
-    let gave_up = tokio::spawn({
-        let (bus, stop) = (bus.clone(), stop.clone());
-        async move {
-            let mismatch = bus.gave_up().await;
-            stop.cancel();
-            mismatch
-        }
-    });
+    let gave_up = bus.stop_on_give_up(stop.clone());
     serve_with(
         config,
         listener,
@@ -90,12 +83,7 @@ pub async fn serve(
         stop,
     )
     .await;
-    let mismatch = if gave_up.is_finished() {
-        gave_up.await.ok()
-    } else {
-        gave_up.abort();
-        None
-    };
+    let mismatch = gave_up.finish().await;
     bus.close().await;
     background.cancel();
     match mismatch {

@@ -5,9 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Connection, ConnectionProperties};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wx_gateway::ServeError;
@@ -18,28 +15,7 @@ use wxgate_tests::{Namespace, rabbitmq_url, redis_url};
 async fn a_worker_queue_of_another_type_stops_the_gateway_naming_it() {
     let namespace = Namespace::random(0);
     let ns = namespace.ns.clone();
-    let connection = Connection::connect(&rabbitmq_url(), ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ is reachable (rabbitmq-server -detached)");
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from(b"classic".to_vec())),
-    );
-    connection
-        .create_channel()
-        .await
-        .unwrap()
-        .queue_declare(
-            format!("{ns}.worker").as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
+    namespace.declare_classic_worker_queue().await;
 
     let config = Config::from_toml(
         &format!(
@@ -64,5 +40,4 @@ async fn a_worker_queue_of_another_type_stops_the_gateway_naming_it() {
         }
         other => panic!("expected a topology mismatch, got {other:?}"),
     }
-    let _ = connection.close(200, "done".into()).await;
 }

@@ -148,3 +148,67 @@ impl Drop for Namespace {
         });
     }
 }
+
+impl Namespace {
+    /// Declares `{ns}.worker` as a durable classic queue, as a deployment from before
+    /// `rabbitmq.queue_type` applied to every queue might hold it.
+    pub async fn declare_classic_worker_queue(&self) {
+        use lapin::options::QueueDeclareOptions;
+        use lapin::types::{AMQPValue, FieldTable, LongString};
+
+        let connection = lapin::Connection::connect(
+            &crate::rabbitmq_url(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "RabbitMQ is not reachable at {} ({e}); start it with: rabbitmq-server -detached",
+                crate::rabbitmq_url()
+            )
+        });
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from(b"classic".to_vec())),
+        );
+        connection
+            .create_channel()
+            .await
+            .unwrap()
+            .queue_declare(
+                format!("{}.worker", self.ns).as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .unwrap();
+        let _ = connection.close(200, "declared".into()).await;
+    }
+}
+
+/// A [`wxgate_core::store::RedisStore`] on [`crate::redis_url`], connected and answering;
+/// panics with how to start Redis when it is not within 10 s. `shutdown` stops its
+/// background task.
+pub async fn ready_redis_store(
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> wxgate_core::store::RedisStore {
+    use wxgate_core::store::Store;
+
+    let url = crate::redis_url();
+    let store =
+        wxgate_core::store::RedisStore::connect(&url, Duration::from_secs(2), shutdown.clone())
+            .unwrap_or_else(|e| panic!("{url:?} is not a Redis URL: {e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !store.is_ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis at {url} is not reachable; start it with: redis-server --daemonize yes --port 6379 --save ''"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store
+}

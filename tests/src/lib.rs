@@ -18,7 +18,7 @@ mod http;
 mod poll;
 mod proxy;
 
-pub use cleanup::{Namespace, RedisKeys, on_own_runtime};
+pub use cleanup::{Namespace, RedisKeys, on_own_runtime, ready_redis_store};
 pub use consumer::{EventConsumer, ReceivedEvent};
 pub use env::{
     DEFAULT_RABBITMQ_URL, DEFAULT_REDIS_URL, Options, TestEnv, rabbitmq_url, redis_url,

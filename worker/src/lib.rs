@@ -113,19 +113,12 @@ pub async fn start(
     );
     // A topology the broker refuses stops the worker as a shutdown would.
     let stop = shutdown.child_token();
-    let gave_up = tokio::spawn({
-        let (rabbit, stop) = (rabbit.clone(), stop.clone());
-        async move {
-            let mismatch = rabbit.gave_up().await;
-            stop.cancel();
-            mismatch
-        }
-    });
+    let gave_up = rabbit.stop_on_give_up(stop.clone());
     let started = start_with(config, Arc::new(rabbit.clone()), store, stop).await;
     let worker = match started {
         Ok(worker) => worker,
         Err(e) => {
-            gave_up.abort();
+            gave_up.finish().await;
             connections.cancel();
             return Err(e);
         }
@@ -133,12 +126,7 @@ pub async fn start(
     let Worker { http_addr, task } = worker;
     let task = tokio::spawn(async move {
         let result = task.await.map_err(WorkerError::Task).and_then(|r| r);
-        let mismatch = if gave_up.is_finished() {
-            gave_up.await.ok()
-        } else {
-            gave_up.abort();
-            None
-        };
+        let mismatch = gave_up.finish().await;
         rabbit.close().await;
         connections.cancel();
         match mismatch {
