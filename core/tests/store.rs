@@ -52,6 +52,31 @@ async fn behaves_like_redis(store: &dyn Store, ns: &str) {
     let ttl = store.pttl(&key).await.unwrap().unwrap();
     assert!(ttl <= Duration::from_secs(5) && ttl > Duration::from_secs(3));
 
+    // Only the holder of the value extends the key.
+    let extend = Duration::from_secs(60);
+    assert!(
+        !store
+            .compare_and_expire(&key, b"other", extend)
+            .await
+            .unwrap()
+    );
+    assert!(store.pttl(&key).await.unwrap().unwrap() <= Duration::from_secs(5));
+    assert!(
+        store
+            .compare_and_expire(&key, b"Aok", extend)
+            .await
+            .unwrap()
+    );
+    let ttl = store.pttl(&key).await.unwrap().unwrap();
+    assert!(ttl > Duration::from_secs(55), "extended to {ttl:?}");
+    let absent = format!("{ns}:absent");
+    assert!(
+        !store
+            .compare_and_expire(&absent, b"", extend)
+            .await
+            .unwrap()
+    );
+
     assert!(!store.compare_and_delete(&key, b"other").await.unwrap());
     assert!(store.compare_and_delete(&key, b"Aok").await.unwrap());
     assert!(

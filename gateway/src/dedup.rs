@@ -236,7 +236,7 @@ async fn write_records(
     {
         if !batch.is_empty() {
             if let Err(e) = store.set_xx_many(&batch, ttl).await {
-                tracing::warn!(error = %e, answers = batch.len(), "cannot store answers for retries; their retries will be published again");
+                tracing::warn!(error = %wxgate_core::ErrorChain(&e), answers = batch.len(), "cannot store answers for retries; their retries will be published again");
             }
             batch.clear();
         }

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wxgate_core::metrics;
+use wxgate_core::{ErrorChain, metrics};
 use wxgate_serve::{self as connections, ConnectionLimits};
 
 use crate::pipeline::{self, CallbackError, CallbackQuery};
@@ -85,9 +85,9 @@ async fn route(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body>
             let (status, outcome) = error.status();
             gateway.metrics.request(&account_id, outcome);
             if status.is_server_error() {
-                tracing::warn!(account_id = %account_id, %error, status = status.as_u16(), "callback not accepted");
+                tracing::warn!(account_id = %account_id, error = %ErrorChain(&error), status = status.as_u16(), "callback not accepted");
             } else {
-                tracing::info!(account_id = %account_id, %error, status = status.as_u16(), "callback refused");
+                tracing::info!(account_id = %account_id, error = %ErrorChain(&error), status = status.as_u16(), "callback refused");
             }
             text(status, status.canonical_reason().unwrap_or(""))
         }

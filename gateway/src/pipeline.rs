@@ -47,23 +47,23 @@ pub enum CallbackError {
     #[error("query parameter {0} is not UTF-8 once percent-decoded")]
     QueryNotUtf8(&'static str),
     /// The encrypted body has no usable `<Encrypt>`.
-    #[error("encrypted envelope invalid: {0}")]
-    BadEnvelope(ParseError),
+    #[error("encrypted envelope invalid")]
+    BadEnvelope(#[source] ParseError),
     /// Signature or msg_signature mismatch (or missing).
     #[error("signature mismatch")]
     BadSignature,
     /// Decryption failed.
-    #[error("decrypt failed: {0}")]
-    Decrypt(DecryptError),
+    #[error("decrypt failed")]
+    Decrypt(#[source] DecryptError),
     /// The (decrypted) XML is not a valid message.
-    #[error("invalid message xml: {0}")]
-    BadXml(ParseError),
+    #[error("invalid message xml")]
+    BadXml(#[source] ParseError),
     /// Redis failed.
-    #[error("dedup store unavailable: {0}")]
-    Store(StoreError),
+    #[error("dedup store unavailable")]
+    Store(#[source] StoreError),
     /// The broker did not confirm.
-    #[error("publish failed: {0}")]
-    Publish(PublishError),
+    #[error("publish failed")]
+    Publish(#[source] PublishError),
     /// The broker did not confirm in time.
     #[error("publish not confirmed in time")]
     PublishTimeout,
@@ -403,7 +403,7 @@ pub async fn handle_post(
             .inc();
         // WeChat's retry must start afresh, not find our claim.
         if let Err(e) = gateway.store.del(&dedup_key).await {
-            tracing::warn!(error = %e, "cannot release dedup claim; it expires on its own");
+            tracing::warn!(error = %wxgate_core::ErrorChain(&e), "cannot release dedup claim; it expires on its own");
         }
         return Err(error);
     }
