@@ -202,8 +202,20 @@ struct Pending {
     done: Done,
     /// [`fingerprint`] of what was published, to recognise it in a `basic.return`.
     fingerprint: u64,
-    /// A `basic.return` for it came: its ack means "unroutable".
-    returned: bool,
+    /// Whether a `basic.return` came for it.
+    returned: Returned,
+}
+
+/// What the returns received so far say about one open publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Returned {
+    /// None matched it: its ack means "confirmed".
+    No,
+    /// A return matched it and no other open publish: its ack means "unroutable".
+    Yes,
+    /// A return matched it and other open publishes of the same message: one of them came
+    /// back, which one is unknown, so its ack proves nothing ("not confirmed").
+    Maybe,
 }
 
 /// What identifies a published message when the broker returns it: exchange, routing key,
@@ -333,7 +345,7 @@ impl Publisher {
                 Pending {
                     done,
                     fingerprint,
-                    returned: false,
+                    returned: Returned::No,
                 },
             );
             // The writer waits for work when the buffer was empty, and may hold a buffer
@@ -677,8 +689,9 @@ enum Confirm {
 /// A return does not carry the delivery tag. The broker sends it before the confirm of the
 /// same message, but coalesces confirms: the next ack may cover several publishes, routed
 /// and returned ones alike (seen with RabbitMQ 3.10), so "the next confirm" does not say
-/// which. Returns do come in publish order, so a return belongs to the oldest unconfirmed
-/// publish with the same exchange, routing key, message id and body size.
+/// which. A return is matched to the open publish with the same exchange, routing key,
+/// message id and body size; when the same message is in flight more than once, none of its
+/// copies can be reported confirmed (see [`Returned::Maybe`]).
 #[derive(Debug, Default)]
 struct ConfirmReader {
     /// The `basic.return` being received: its exchange and routing key, then (after the
@@ -824,12 +837,20 @@ fn resolve(
 ) -> Vec<(Done, Result<(), PublishError>)> {
     let (tag, multiple, positive) = match confirm {
         Confirm::Returned(fingerprint) => {
-            match pending
+            let mut candidates: Vec<&mut Pending> = pending
                 .values_mut()
-                .find(|p| p.fingerprint == fingerprint && !p.returned)
-            {
-                Some(p) => p.returned = true,
-                None => tracing::debug!("a returned message matches no unconfirmed publish"),
+                .filter(|p| p.fingerprint == fingerprint && p.returned == Returned::No)
+                .collect();
+            match candidates.as_mut_slice() {
+                [] => tracing::debug!("a returned message matches no unconfirmed publish"),
+                [only] => only.returned = Returned::Yes,
+                // The same message is in flight more than once (a retried event): confirms
+                // may come in any order, so none of them can be reported confirmed.
+                several => {
+                    for p in several {
+                        p.returned = Returned::Maybe;
+                    }
+                }
             }
             return Vec::new();
         }
@@ -848,12 +869,10 @@ fn resolve(
     settled
         .into_iter()
         .map(|p| {
-            let result = if !positive {
-                Err(PublishError::NotConfirmed)
-            } else if p.returned {
-                Err(PublishError::Unroutable)
-            } else {
-                Ok(())
+            let result = match (positive, p.returned) {
+                (true, Returned::No) => Ok(()),
+                (true, Returned::Yes) => Err(PublishError::Unroutable),
+                (false, _) | (true, Returned::Maybe) => Err(PublishError::NotConfirmed),
             };
             (p.done, result)
         })
@@ -1183,7 +1202,7 @@ mod tests {
                 Pending {
                     done,
                     fingerprint,
-                    returned: false,
+                    returned: Returned::No,
                 },
             );
             receivers.push((tag, result));
@@ -1225,7 +1244,7 @@ mod tests {
     }
 
     #[test]
-    fn a_return_marks_the_oldest_open_publish_of_the_same_message() {
+    fn a_return_marks_the_one_open_publish_of_the_same_message() {
         const ROUTED: u64 = 1;
         const LOST: u64 = 2;
         // The broker coalesced the confirms of a routed and a returned publish into one
@@ -1235,12 +1254,18 @@ mod tests {
             &[Confirm::Returned(LOST), ack(3, true)],
             &[(1, "ok"), (2, "unroutable"), (3, "ok")],
         );
-        // Two in flight with the same fingerprint (a retried event without a queue): the
-        // returns mark them oldest first, one each.
+        // The same message in flight twice: a return cannot tell which one came back, and
+        // confirms may come in any order (the older one waiting for a quorum while the
+        // returned one is acked at once), so neither is reported confirmed.
         check(
             &[(1, LOST), (2, LOST), (3, ROUTED)],
-            &[Confirm::Returned(LOST), ack(1, false), ack(3, true)],
-            &[(1, "unroutable"), (2, "ok"), (3, "ok")],
+            &[
+                Confirm::Returned(LOST),
+                ack(2, false),
+                ack(1, false),
+                ack(3, true),
+            ],
+            &[(1, "nack"), (2, "nack"), (3, "ok")],
         );
         check(
             &[(1, LOST), (2, LOST)],
@@ -1249,7 +1274,13 @@ mod tests {
                 Confirm::Returned(LOST),
                 ack(2, true),
             ],
-            &[(1, "unroutable"), (2, "unroutable")],
+            &[(1, "nack"), (2, "nack")],
+        );
+        // Once the older one is settled, a return of the same message is unambiguous.
+        check(
+            &[(1, LOST), (2, LOST)],
+            &[ack(1, false), Confirm::Returned(LOST), ack(2, false)],
+            &[(1, "ok"), (2, "unroutable")],
         );
     }
 
@@ -1261,12 +1292,31 @@ mod tests {
             multiple: false,
             positive: false,
         };
-        // The return of 1 goes with its nack: 2, the same message again, is confirmed plainly.
-        check(
-            &[(1, SAME), (2, SAME)],
-            &[Confirm::Returned(SAME), nack, ack(2, false)],
-            &[(1, "nack"), (2, "ok")],
+        // The return of 1 goes with its nack; 2, the same message published afterwards, is
+        // confirmed plainly: nothing stale is left to spoil it.
+        let (mut pending, mut receivers) = pending(&[(1, SAME)]);
+        let mut settle = |pending: &mut BTreeMap<u64, Pending>, confirm| {
+            for (done, result) in resolve(pending, confirm) {
+                let _ = done.send(result);
+            }
+        };
+        settle(&mut pending, Confirm::Returned(SAME));
+        settle(&mut pending, nack);
+        let (done, mut second) = oneshot::channel();
+        pending.insert(
+            2,
+            Pending {
+                done,
+                fingerprint: SAME,
+                returned: Returned::No,
+            },
         );
+        settle(&mut pending, ack(2, false));
+        assert!(matches!(
+            receivers[0].1.try_recv(),
+            Ok(Err(PublishError::NotConfirmed))
+        ));
+        assert!(matches!(second.try_recv(), Ok(Ok(()))));
         // A return that matches nothing open changes nothing.
         check(
             &[(1, SAME)],

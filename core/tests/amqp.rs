@@ -346,8 +346,10 @@ async fn wrong_credentials_and_bad_urls_are_connect_errors() {
     assert!(matches!(result, Err(ConnectError::Tls)));
 }
 
-/// Returns are matched to confirms by order, not by message id: publishes that share an id
-/// (a retried event) or have none must each learn their own fate.
+/// Returns are matched to publishes by content, not by the next confirm: with routed and
+/// unroutable publishes in flight together, each learns its own fate. A message in flight
+/// twice that comes back cannot be told apart from its copy, so neither copy may be
+/// reported confirmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_and_routed_publishes_in_flight_each_get_their_own_answer() {
     let broker = Broker::new(false).await;
@@ -369,27 +371,37 @@ async fn unroutable_and_routed_publishes_in_flight_each_get_their_own_answer() {
         let publisher = publisher.clone();
         let exchange = broker.exchange.clone();
         tasks.push(tokio::spawn(async move {
+            // Even: routed; odd: no queue. i % 4 < 2: one id shared by many publishes in
+            // flight; otherwise an id of its own.
             let routed = i % 2 == 0;
+            let shared = i % 4 < 2;
             let key = if routed { "routed.text" } else { "lost.text" };
-            // Half share one id, half carry none.
-            let properties = if i % 4 < 2 {
-                properties("same")
+            let id = if shared {
+                "same".to_owned()
             } else {
-                Properties::default()
+                format!("id-{i}")
             };
-            let result = publisher.publish(&exchange, key, &properties, b"x").await;
-            (i, routed, result)
+            let result = publisher
+                .publish(&exchange, key, &properties(&id), b"x")
+                .await;
+            (i, routed, shared, result)
         }));
     }
     for task in tasks {
-        let (i, routed, result) = task.await.unwrap();
-        if routed {
-            assert!(result.is_ok(), "publish {i} was routed: {result:?}");
-        } else {
-            assert!(
+        let (i, routed, shared, result) = task.await.unwrap();
+        match (routed, shared) {
+            (true, _) => assert!(result.is_ok(), "publish {i} was routed: {result:?}"),
+            (false, false) => assert!(
                 matches!(result, Err(PublishError::Unroutable)),
                 "publish {i} had no queue: {result:?}"
-            );
+            ),
+            (false, true) => assert!(
+                matches!(
+                    result,
+                    Err(PublishError::Unroutable | PublishError::NotConfirmed)
+                ),
+                "publish {i} had no queue and must not be reported confirmed: {result:?}"
+            ),
         }
     }
     // The same id once more, routed: no stale return of an earlier publish is left to spoil it.
