@@ -20,10 +20,9 @@ type Body = Full<Bytes>;
 /// requests finish (up to 10 s). At most 16,384 connections are open; headers must arrive
 /// within 10 s.
 pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
-    let handler = move |request: Request<Incoming>| {
-        let gateway = Arc::clone(&gateway);
-        async move { route(&gateway, request).await }
-    };
+    // The route future itself, not an async block around it: hyper keeps a slot of the
+    // future's size per connection, and every wrapping layer adds to it.
+    let handler = move |request: Request<Incoming>| route(Arc::clone(&gateway), request);
     connections::serve(listener, ConnectionLimits::default(), shutdown, handler).await;
 }
 
@@ -37,7 +36,8 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
-async fn route(gateway: &Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
+async fn route(gateway: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> {
+    let gateway = &gateway;
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
