@@ -525,7 +525,7 @@ fn write_frame(out: &mut Vec<u8>, frame: &AMQPFrame) -> Result<(), String> {
             *out = context.write;
             Ok(())
         }
-        Err(e) => Err(format!("cannot encode frame: {e:?}")),
+        Err(e) => Err(format!("{e:?}")),
     }
 }
 

@@ -36,11 +36,18 @@ pub fn now_ms() -> i64 {
 pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
+    /// Some libraries (redis, lapin) print their cause in their own message and return it as
+    /// the source too; a cause whose text the previous level already ends with is skipped.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut previous = self.0.to_string();
+        f.write_str(&previous)?;
         let mut source = self.0.source();
         while let Some(cause) = source {
-            write!(f, ": {cause}")?;
+            let text = cause.to_string();
+            if !previous.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            previous = text;
             source = cause.source();
         }
         Ok(())
@@ -65,5 +72,21 @@ mod tests {
         assert_eq!(ErrorChain(&error).to_string(), "outer: middle: root");
         let alone = std::io::Error::other("alone");
         assert_eq!(ErrorChain(&alone).to_string(), "alone");
+    }
+
+    #[test]
+    fn a_cause_a_library_already_printed_is_not_repeated() {
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let redis =
+            crate::StoreError::Command(std::sync::Arc::new(redis::RedisError::from(refused())));
+        let chain = ErrorChain(&redis).to_string();
+        assert_eq!(chain.matches("refused").count(), 1, "{chain}");
+        assert!(chain.starts_with("store command failed: "), "{chain}");
+        let lapin = crate::bus::BusError::Failed {
+            operation: "basic.ack",
+            source: std::sync::Arc::new(lapin::Error::from(refused())),
+        };
+        let chain = ErrorChain(&lapin).to_string();
+        assert_eq!(chain.matches("refused").count(), 1, "{chain}");
     }
 }

@@ -31,6 +31,8 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 /// Publisher channels per connection. Each carries many publishes in flight; a few spread
 /// the broker-side work of confirms.
 const PUBLISH_CHANNELS: usize = 4;
+/// How long a stopped consumer keeps its channel open for deliveries still being settled.
+const SETTLE_AFTER_STOP: Duration = Duration::from_secs(60);
 /// Deadline on every AMQP operation the bus waits for other than a publish's confirm (which
 /// its caller bounds): connect, channel open/close, declare, qos, consume, cancel, ack, nack.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,18 +86,17 @@ fn inequivalent_arg(reply: &str) -> Option<&str> {
 }
 
 /// Watches a bus for [`RabbitBus::gave_up`]; see [`RabbitBus::stop_on_give_up`].
-#[derive(Debug)]
-pub struct GiveUpWatch(tokio::task::JoinHandle<TopologyMismatch>);
+pub struct GiveUpWatch {
+    bus: RabbitBus,
+    task: tokio::task::JoinHandle<()>,
+}
 
 impl GiveUpWatch {
-    /// Ends the watch: the mismatch if the bus gave up, else `None`.
+    /// Ends the watch: the mismatch if the bus gave up, else `None`. Reads the bus itself,
+    /// so a give-up is reported even when the watch task has not finished yet.
     pub async fn finish(self) -> Option<TopologyMismatch> {
-        if self.0.is_finished() {
-            self.0.await.ok()
-        } else {
-            self.0.abort();
-            None
-        }
+        self.task.abort();
+        self.bus.mismatch()
     }
 }
 
@@ -211,17 +212,11 @@ impl RabbitBus {
     /// ([`TopologyMismatch`]); never resolves otherwise. The binaries exit on it with the
     /// error, since no retry can fix a configuration that disagrees with the broker.
     pub async fn gave_up(&self) -> TopologyMismatch {
-        loop {
-            self.shared.gave_up.cancelled().await;
-            if let Some(mismatch) = self
-                .shared
-                .mismatch
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-            {
-                return mismatch;
-            }
+        self.shared.gave_up.cancelled().await;
+        // The mismatch is stored before `gave_up` is cancelled.
+        match self.mismatch() {
+            Some(mismatch) => mismatch,
+            None => std::future::pending().await,
         }
     }
 
@@ -229,11 +224,22 @@ impl RabbitBus {
     /// a shutdown signal; [`GiveUpWatch::finish`] then says whether that was why.
     pub fn stop_on_give_up(&self, stop: CancellationToken) -> GiveUpWatch {
         let bus = self.clone();
-        GiveUpWatch(tokio::spawn(async move {
-            let mismatch = bus.gave_up().await;
-            stop.cancel();
-            mismatch
-        }))
+        GiveUpWatch {
+            bus: self.clone(),
+            task: tokio::spawn(async move {
+                bus.gave_up().await;
+                stop.cancel();
+            }),
+        }
+    }
+
+    /// The mismatch the bus gave up on, if it did.
+    pub fn mismatch(&self) -> Option<TopologyMismatch> {
+        self.shared
+            .mismatch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn live(&self) -> Option<Arc<Live>> {
@@ -695,6 +701,16 @@ async fn consume_loop(
                     let _ = bounded(
                         "basic.cancel",
                         channel.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default()),
+                    )
+                    .await;
+                    // Deliveries already handed out are settled through this channel: it
+                    // stays open until the stream is dropped (its consumer finished or
+                    // requeued them), or SETTLE_AFTER_STOP passes. Closing it earlier made
+                    // the broker requeue them and their acks fail.
+                    let _ = tokio::time::timeout(SETTLE_AFTER_STOP, sender.closed()).await;
+                    let _ = bounded(
+                        "channel.close",
+                        channel.close(200, ShortString::from("consumer stopped")),
                     )
                     .await;
                     return;

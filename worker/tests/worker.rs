@@ -367,7 +367,7 @@ async fn events_in_progress_at_shutdown_are_finished_or_requeued() {
     h.sim.wait_for_calls(SEND, 1, WAIT).await.unwrap();
     h.stop_worker(0).await;
     h.sim.clear_faults();
-    h.start_worker().await;
+    let second = h.start_worker().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let mut sent: Vec<String> = h
@@ -397,6 +397,13 @@ async fn events_in_progress_at_shutdown_are_finished_or_requeued() {
             .ok();
     }
     assert_eq!(h.sim.call_count(SEND), 10, "no event was sent twice");
+    // The first worker settled what it finished before it stopped: nothing it sent came back
+    // to the second one (which would skip it by the sent marker).
+    let outcomes = samples(second, "wxgate_worker_events_total{").await;
+    assert!(
+        outcomes.keys().all(|series| !series.contains("skipped")),
+        "the second worker got events the first had sent: {outcomes:?}"
+    );
     h.finish().await;
 }
 
