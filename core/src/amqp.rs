@@ -599,7 +599,14 @@ async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf, heartbeat: 
             continue;
         }
         shared.writes.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = socket.write_all(&spare).await {
+        // A broker that stops reading (partitioned, or blocked) leaves this write waiting for
+        // socket space: the reader notices missed heartbeats and marks the link dead, which
+        // ends the write too.
+        let written = tokio::select! {
+            written = socket.write_all(&spare) => written,
+            () = shared.dead.cancelled() => break,
+        };
+        if let Err(e) = written {
             fail(&shared, LinkFailure::Write(e));
             break;
         }
@@ -1295,7 +1302,7 @@ mod tests {
         // The return of 1 goes with its nack; 2, the same message published afterwards, is
         // confirmed plainly: nothing stale is left to spoil it.
         let (mut pending, mut receivers) = pending(&[(1, SAME)]);
-        let mut settle = |pending: &mut BTreeMap<u64, Pending>, confirm| {
+        let settle = |pending: &mut BTreeMap<u64, Pending>, confirm| {
             for (done, result) in resolve(pending, confirm) {
                 let _ = done.send(result);
             }

@@ -631,9 +631,16 @@ fn namespace(raw: Option<String>) -> Result<String, ConfigError> {
 /// `[redis]`.
 fn redis(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
     let url = raw.url.as_deref().unwrap_or("redis://127.0.0.1:6379/0");
-    Ok(RedisConfig {
-        url: with_scheme("redis.url", url, &["redis://", "rediss://"])?,
-    })
+    // TLS to Redis (`rediss://`) is not built in: refused here rather than at connect time.
+    let url = with_scheme("redis.url", url, &["redis://"])?;
+    // Parsed, not connected: a bad host, port or database fails here, before anything
+    // listens. The reason never repeats the URL (it may hold a password).
+    ensure(
+        redis::Client::open(url.as_str()).is_ok(),
+        "redis.url",
+        "is not a Redis URL this build can use (redis://[:password@]host[:port][/db])",
+    )?;
+    Ok(RedisConfig { url })
 }
 
 /// `[rabbitmq]`.
@@ -963,6 +970,20 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_url_that_does_not_parse_is_refused_without_echoing_it() {
+        for url in ["redis://127.0.0.1:notaport/0", "redis://:secret@127.0.0.1:6379/x"] {
+            let refused = load(&format!("[redis]\nurl = \"{url}\"\n"), &[]);
+            match refused {
+                Err(ConfigError::Invalid { key, reason }) => {
+                    assert_eq!(key, "redis.url");
+                    assert!(!reason.contains("secret"), "{reason}");
+                }
+                other => panic!("{url} was accepted: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn unknown_key_is_refused() {
         assert!(
             matches!(load("[gateway]\nlistne = \"x\"\n", &[]), Err(ConfigError::Syntax(m)) if m.contains("listne"))
@@ -1104,8 +1125,8 @@ mod tests {
             (
                 "redis",
                 "url",
-                "http://127.0.0.1:6379",
                 "rediss://127.0.0.1:6379/0",
+                "redis://127.0.0.1:6379/0",
             ),
             (
                 "rabbitmq",

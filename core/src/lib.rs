@@ -2,9 +2,8 @@
 //! their RabbitMQ/Redis and in-memory implementations, the RabbitMQ topology, Redis key
 //! names, the shared access tokens, metrics and logging.
 //!
-//! No HTTP routes and no rules live here: the gateway and worker own their edges (the
-//! `connections` module only serves connections for the handler they pass), the `wechat`
-//! crate owns the protocol.
+//! No HTTP server code and no rules live here: the gateway and worker own their edges (both
+//! serve through `wxgate-serve`), the `wechat` crate owns the protocol.
 
 pub mod amqp;
 pub mod bus;

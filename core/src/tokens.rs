@@ -10,7 +10,8 @@
 //! poll the key for the new one for up to `http_timeout_ms` + 1 s. They never call WeChat
 //! themselves.
 //!
-//! WeChat failing (network, 5xx, `-1`, `45011`) sets `{ns}:token-backoff:{appid}` (1 s
+//! WeChat failing (network, 5xx, an answer that is not the token endpoint's JSON, or an
+//! errcode `wechat::errcode::classify` calls transient) sets `{ns}:token-backoff:{appid}` (1 s
 //! doubling to 60 s); while it runs, callers without a valid token fail fast with
 //! [`TokenError::BackingOff`]. Every call to a token endpoint increments
 //! `{ns}:token-quota:{appid}:{YYYYMMDD}` (Beijing date, kept two days).
@@ -264,7 +265,9 @@ impl TokenService {
     /// refreshed one (this process or another refreshes; see the module doc).
     ///
     /// Waits at most `http_timeout` + 1 s for another process's refresh, plus the fetcher's
-    /// own bound when this process refreshes.
+    /// own bound when this process refreshes. A refresh that needs two token calls (WeChat
+    /// handed out the rejected token again, then `force_refresh`) can outlast that wait:
+    /// waiters then fail with [`TokenError::WaitTimeout`] and retry.
     pub async fn get(&self, appid: &str, secret: &Secret) -> Result<AccessToken, TokenError> {
         self.get_inner(appid, secret, None).await
     }

@@ -95,8 +95,10 @@ pub fn routing_key(account_id: &str, msg_type: &str, event: Option<&str>) -> Str
 impl Topology {
     /// The topology of DESIGN.md §1.2 for `config`.
     ///
-    /// Every queue takes `rabbitmq.queue_type`, so with `quorum` every event — waiting,
-    /// waiting to be retried or parked — survives the loss of a cluster node.
+    /// Every queue takes `rabbitmq.queue_type`, so with `quorum` every event that waits, waits
+    /// for a retry or is parked is replicated. The hop from a retry queue back to
+    /// `{ns}.worker` is RabbitMQ's dead-lettering, at-most-once by default: an event whose
+    /// delay ends just as a node is lost can be dropped (a crash window, not a steady loss).
     pub fn for_config(config: &Config) -> Self {
         let names = Names::new(&config.namespace);
         let queue_type = || {

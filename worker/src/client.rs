@@ -32,9 +32,18 @@ pub enum CallError {
     /// WeChat answered with a non-success HTTP status.
     #[error("wechat answered http status {0}")]
     Status(u16),
-    /// The answer was not the expected JSON.
-    #[error("wechat answered an unreadable body: {0}")]
-    BadAnswer(String),
+    /// The answer was not JSON.
+    #[error("wechat answered a body that is not json")]
+    NotJson(#[source] Arc<serde_json::Error>),
+    /// The answer was JSON without the shape every WeChat answer has.
+    #[error("wechat answered json where {what}")]
+    BadAnswer {
+        /// What was wrong, e.g. `errcode is not an integer`.
+        what: &'static str,
+    },
+    /// The request could not be encoded as JSON (a bug, not WeChat's doing).
+    #[error("cannot encode the request as json")]
+    Encode(#[source] Arc<serde_json::Error>),
 }
 
 impl CallError {
@@ -43,7 +52,7 @@ impl CallError {
         match self {
             Self::Unreachable(_) => true,
             Self::Status(status) => *status >= 500 || *status == 429,
-            Self::BadAnswer(_) => false,
+            Self::NotJson(_) | Self::BadAnswer { .. } | Self::Encode(_) => false,
         }
     }
 }
@@ -52,8 +61,8 @@ impl CallError {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The TLS configuration could not be built.
-    #[error("cannot set up TLS: {0}")]
-    Tls(String),
+    #[error("cannot set up TLS")]
+    Tls(#[source] rustls::Error),
 }
 
 /// WeChat's JSON answer to an API call.
@@ -100,7 +109,7 @@ impl WechatClient {
                 tracing::warn!(error = %e, "no system root certificates; https calls will fail");
                 let tls = rustls::ClientConfig::builder_with_provider(provider)
                     .with_safe_default_protocol_versions()
-                    .map_err(|e| ClientError::Tls(e.to_string()))?
+                    .map_err(ClientError::Tls)?
                     .with_root_certificates(rustls::RootCertStore::empty())
                     .with_no_client_auth();
                 hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls)
@@ -129,7 +138,7 @@ impl WechatClient {
         query: &[(&str, &str)],
         body: &Value,
     ) -> Result<ApiAnswer, CallError> {
-        let body = serde_json::to_vec(body).map_err(|e| CallError::BadAnswer(e.to_string()))?;
+        let body = serde_json::to_vec(body).map_err(|e| CallError::Encode(Arc::new(e)))?;
         self.call(Method::POST, path, query, Some(Bytes::from(body)))
             .await
     }
@@ -141,7 +150,7 @@ impl WechatClient {
         message: &CustomMessage,
     ) -> Result<ApiAnswer, CallError> {
         let body =
-            serde_json::to_value(message).map_err(|e| CallError::BadAnswer(e.to_string()))?;
+            serde_json::to_value(message).map_err(|e| CallError::Encode(Arc::new(e)))?;
         self.post(
             "/cgi-bin/message/custom/send",
             &[("access_token", access_token.expose())],
@@ -202,12 +211,14 @@ impl WechatClient {
             return Err(CallError::Status(status.as_u16()));
         }
         let body: Value =
-            serde_json::from_slice(&bytes).map_err(|_| CallError::BadAnswer("not json".into()))?;
+            serde_json::from_slice(&bytes).map_err(|e| CallError::NotJson(Arc::new(e)))?;
         let errcode = match body.get("errcode") {
             None | Some(Value::Null) => 0,
             Some(code) => code
                 .as_i64()
-                .ok_or_else(|| CallError::BadAnswer("errcode is not an integer".into()))?,
+                .ok_or(CallError::BadAnswer {
+                    what: "errcode is not an integer",
+                })?,
         };
         let errmsg = body
             .get("errmsg")
@@ -258,7 +269,11 @@ impl TokenFetcher for WechatClient {
                 .await
             }
         };
-        let answer = answer.map_err(|e| FetchError::Unreachable(std::sync::Arc::new(e)))?;
+        let answer = answer.map_err(|e| match e {
+            CallError::NotJson(_) => FetchError::BadAnswer { what: "not json" },
+            CallError::BadAnswer { what } => FetchError::BadAnswer { what },
+            other => FetchError::Unreachable(Arc::new(other)),
+        })?;
         tracing::debug!(
             appid,
             errcode = answer.errcode,
@@ -331,6 +346,6 @@ mod tests {
         assert!(CallError::Status(500).is_transient());
         assert!(CallError::Status(429).is_transient());
         assert!(!CallError::Status(404).is_transient());
-        assert!(!CallError::BadAnswer("x".into()).is_transient());
+        assert!(!CallError::BadAnswer { what: "x" }.is_transient());
     }
 }

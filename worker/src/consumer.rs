@@ -429,7 +429,8 @@ async fn send_once(
             let reason = match e {
                 CallError::Unreachable(_) => "wechat_unreachable",
                 CallError::Status(_) => "wechat_http_status",
-                CallError::BadAnswer(_) => "wechat_bad_answer",
+                CallError::NotJson(_) | CallError::BadAnswer { .. } => "wechat_bad_answer",
+                CallError::Encode(_) => "request_unencodable",
             };
             return Err(SendFailure::Other(if e.is_transient() {
                 Outcome::Transient {
