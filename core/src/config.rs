@@ -971,7 +971,10 @@ mod tests {
 
     #[test]
     fn a_redis_url_that_does_not_parse_is_refused_without_echoing_it() {
-        for url in ["redis://127.0.0.1:notaport/0", "redis://:secret@127.0.0.1:6379/x"] {
+        for url in [
+            "redis://127.0.0.1:notaport/0",
+            "redis://:secret@127.0.0.1:6379/x",
+        ] {
             let refused = load(&format!("[redis]\nurl = \"{url}\"\n"), &[]);
             match refused {
                 Err(ConfigError::Invalid { key, reason }) => {

@@ -66,6 +66,9 @@ pub async fn serve<H, F, B>(
     B::Error: Into<Box<dyn Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
+    // Cancelled when the drain deadline passes: connections still open are cut then, so
+    // nothing keeps serving while the caller closes what requests need.
+    let cut = CancellationToken::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let permit = tokio::select! {
@@ -96,9 +99,15 @@ pub async fn serve<H, F, B>(
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
+        let cut = cut.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::select! {
+                ended = connection => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                () = cut.cancelled() => {}
             }
             drop(permit);
         });
@@ -109,6 +118,7 @@ pub async fn serve<H, F, B>(
         .await
         .is_err()
     {
-        tracing::warn!("drain deadline passed");
+        tracing::warn!("drain deadline passed; closing the connections still open");
+        cut.cancel();
     }
 }

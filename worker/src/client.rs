@@ -149,8 +149,7 @@ impl WechatClient {
         access_token: &Secret,
         message: &CustomMessage,
     ) -> Result<ApiAnswer, CallError> {
-        let body =
-            serde_json::to_value(message).map_err(|e| CallError::Encode(Arc::new(e)))?;
+        let body = serde_json::to_value(message).map_err(|e| CallError::Encode(Arc::new(e)))?;
         self.post(
             "/cgi-bin/message/custom/send",
             &[("access_token", access_token.expose())],
@@ -214,11 +213,9 @@ impl WechatClient {
             serde_json::from_slice(&bytes).map_err(|e| CallError::NotJson(Arc::new(e)))?;
         let errcode = match body.get("errcode") {
             None | Some(Value::Null) => 0,
-            Some(code) => code
-                .as_i64()
-                .ok_or(CallError::BadAnswer {
-                    what: "errcode is not an integer",
-                })?,
+            Some(code) => code.as_i64().ok_or(CallError::BadAnswer {
+                what: "errcode is not an integer",
+            })?,
         };
         let errmsg = body
             .get("errmsg")
