@@ -122,3 +122,64 @@ pub async fn serve<H, F, B>(
         cut.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_request_still_running_at_the_drain_deadline_is_cut() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let started = Arc::new(Notify::new());
+        let handler = {
+            let started = Arc::clone(&started);
+            move |_request: Request<Incoming>| {
+                let started = Arc::clone(&started);
+                async move {
+                    started.notify_one();
+                    std::future::pending::<()>().await;
+                    Response::new(String::new())
+                }
+            }
+        };
+        let limits = ConnectionLimits {
+            drain_timeout: Duration::from_millis(100),
+            ..ConnectionLimits::default()
+        };
+        let server = tokio::spawn(serve(listener, limits, shutdown.clone(), handler));
+
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, started.notified())
+            .await
+            .expect("the request reaches the handler");
+        shutdown.cancel();
+        tokio::time::timeout(WAIT, server)
+            .await
+            .expect("serve returns once the drain deadline passed")
+            .unwrap();
+        // The connection was closed under the request that never finished: the client sees
+        // the end of the stream (or a reset), not a connection kept open.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(WAIT, client.read_to_end(&mut rest))
+            .await
+            .expect("the connection is closed, not left serving");
+        assert!(
+            read.is_err() || rest.is_empty(),
+            "no answer was due: {rest:?}"
+        );
+    }
+}
