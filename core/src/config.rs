@@ -74,17 +74,28 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AccountId(String);
 
+/// Why a string is not an [`AccountId`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AccountIdError {
+    /// Empty or longer than 64 bytes.
+    #[error("must be 1 to 64 characters")]
+    Length,
+    /// A character outside `[A-Za-z0-9_-]` (a dot would change routing keys).
+    #[error("must match [A-Za-z0-9_-]")]
+    Characters,
+}
+
 impl AccountId {
     /// Checks the syntax of an account id.
-    pub fn parse(id: &str) -> Result<Self, String> {
+    pub fn parse(id: &str) -> Result<Self, AccountIdError> {
         if id.is_empty() || id.len() > 64 {
-            return Err("must be 1 to 64 characters".into());
+            return Err(AccountIdError::Length);
         }
         if !id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err("must match [A-Za-z0-9_-]".into());
+            return Err(AccountIdError::Characters);
         }
         Ok(Self(id.to_owned()))
     }
@@ -828,7 +839,7 @@ fn api_keys(
 
 fn account(i: usize, a: RawAccount) -> Result<Account, ConfigError> {
     let key = |k: &str| format!("accounts[{i}].{k}");
-    let id = AccountId::parse(&a.id).map_err(|e| ConfigError::invalid(key("id"), e))?;
+    let id = AccountId::parse(&a.id).map_err(|e| ConfigError::invalid(key("id"), e.to_string()))?;
     if a.appid.is_empty() || a.appid.len() > 64 || !a.appid.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ConfigError::invalid(
             key("appid"),
