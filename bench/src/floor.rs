@@ -138,10 +138,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         let floor = Arc::new(Floor {
-            limits: Limits {
-                max_bytes: config.gateway.max_body_bytes,
-                ..Limits::default()
-            },
+            limits: config.message_limits(),
             keys: Keys::new(&config.namespace),
             exchange: Names::new(&config.namespace).events_exchange(),
             claims,
