@@ -47,7 +47,7 @@ check_prerequisites() {
 }
 
 # stop NAME PID: SIGTERM, then KILL if it has not exited 15 s later (the gateway and the worker
-# drain for up to 10 s on SIGTERM, DESIGN.md §1.1, §1.3).
+# drain for up to 10 s on SIGTERM, docs/contract.md §1.1, §1.3).
 stop() {
     local name=$1 pid=$2
     [[ -n "$pid" ]] || return 0

@@ -142,7 +142,7 @@ struct Args {
     threads: usize,
 }
 
-/// How callbacks are encrypted (protocol §1.4).
+/// How callbacks are encrypted (docs/protocol.md §1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     /// Plain XML, `signature` only.

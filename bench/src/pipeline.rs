@@ -2,7 +2,7 @@
 //!
 //! For each event it does what wx-gateway does around a callback, with no HTTP and no
 //! protocol work: the dedup claim (`SET NX GET`, batched through the gateway's `Claims`), a
-//! publish of a realistic event to `{ns}.events` with the properties of DESIGN.md §1.2 and
+//! publish of a realistic event to `{ns}.events` with the properties of docs/contract.md §1.2 and
 //! its confirm awaited, and the answer record (`SET XX`, through the gateway's `AnswerLog`).
 //! `--in-flight` events run at once, as concurrent callbacks would.
 //!

@@ -1,4 +1,4 @@
-//! The event bus (DESIGN.md §1): publish with confirm, consume with ack/nack, as a trait with
+//! The event bus (docs/contract.md §1): publish with confirm, consume with ack/nack, as a trait with
 //! a RabbitMQ implementation ([`crate::rabbit::RabbitBus`]).
 //!
 //! Delayed retry and dead-lettering are expressed with plain queues of the topology
@@ -21,7 +21,7 @@ pub enum HeaderValue {
     Int(i64),
 }
 
-/// The AMQP properties wxgate sets and reads (DESIGN.md §1.2).
+/// The AMQP properties wxgate sets and reads (docs/contract.md §1.2).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Properties {
     /// `message_id`: the event id.

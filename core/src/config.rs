@@ -1,4 +1,4 @@
-//! The one configuration of every binary (DESIGN.md §2): a TOML file overridden by
+//! The one configuration of every binary (docs/contract.md §2): a TOML file overridden by
 //! `WXGATE__SECTION__KEY` environment variables, validated before anything listens.
 //!
 //! Loading goes raw → typed: the file is deserialized into `Raw*` structs that refuse unknown
@@ -112,7 +112,7 @@ impl fmt::Display for AccountId {
     }
 }
 
-/// How an account's callbacks are encrypted (protocol §1.4).
+/// How an account's callbacks are encrypted (docs/protocol.md §1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -144,7 +144,7 @@ impl QueueType {
     }
 }
 
-/// Which WeChat token endpoint refreshes access tokens (DESIGN.md §1.4).
+/// Which WeChat token endpoint refreshes access tokens (docs/contract.md §1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenMode {

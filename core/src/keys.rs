@@ -1,4 +1,4 @@
-//! Redis key names (DESIGN.md §1.1–§1.5). Every key starts with `{ns}:`.
+//! Redis key names (docs/contract.md §1.1–§1.5). Every key starts with `{ns}:`.
 
 /// The Redis keys of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]

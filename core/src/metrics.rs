@@ -1,4 +1,4 @@
-//! Every Prometheus metric of wxgate, registered in one place (DESIGN.md §1.1, §1.3).
+//! Every Prometheus metric of wxgate, registered in one place (docs/contract.md §1.1, §1.3).
 //!
 //! Label values come from small fixed sets. On the gateway's metrics `account` is set only when
 //! `gateway.metrics_per_account` is on (otherwise it is the empty string, which Prometheus
@@ -156,7 +156,7 @@ pub struct ErrcodeLabel {
     pub errcode: String,
 }
 
-/// The worker's metrics (DESIGN.md §1.3).
+/// The worker's metrics (docs/contract.md §1.3).
 pub struct WorkerMetrics {
     registry: Registry,
     /// `wxgate_worker_events_total{outcome}`: sent, skipped, retried, dead.

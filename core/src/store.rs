@@ -1,4 +1,4 @@
-//! The key-value store (DESIGN.md §1): the narrow set of Redis operations wxgate needs, as a
+//! The key-value store (docs/contract.md §1): the narrow set of Redis operations wxgate needs, as a
 //! trait with a Redis implementation and an in-memory one with the same semantics.
 //!
 //! Every key is a full key (`{ns}:dedup:…`); implementations add no prefix.

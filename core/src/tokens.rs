@@ -1,4 +1,4 @@
-//! Access tokens shared in Redis (DESIGN.md §1.4): one token per appid for every worker, CLI
+//! Access tokens shared in Redis (docs/contract.md §1.4): one token per appid for every worker, CLI
 //! and gRPC caller, refreshed by one process at a time.
 //!
 //! The store holds `{ns}:token:{appid}` = `{"access_token", "expires_at_ms", "fetched_at_ms"}`
@@ -38,7 +38,7 @@ const LOCK_EXTEND_EVERY: Duration = Duration::from_millis(3_333);
 const POLL_EVERY: Duration = Duration::from_millis(50);
 /// How much longer than one token call a caller waits for another process's refresh.
 const POLL_SLACK: Duration = Duration::from_secs(1);
-/// Least time between two `force_refresh` calls per appid (protocol §5.2).
+/// Least time between two `force_refresh` calls per appid (docs/protocol.md §5.2).
 const FORCE_INTERVAL: Duration = Duration::from_secs(30);
 /// First back-off after WeChat failed.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);

@@ -1,4 +1,4 @@
-//! The RabbitMQ names and topology of DESIGN.md §1.2, derived from the config in one place so
+//! The RabbitMQ names and topology of docs/contract.md §1.2, derived from the config in one place so
 //! gateway and worker declare exactly the same thing.
 
 use crate::config::Config;
@@ -71,7 +71,7 @@ impl Names {
 }
 
 /// The routing key of an event: `{account}.msg.{MsgType}` for messages and
-/// `{account}.event.{event lower-cased}` for events (DESIGN.md §1.2).
+/// `{account}.event.{event lower-cased}` for events (docs/contract.md §1.2).
 ///
 /// `msg_type` and `event` come from the callback: characters that would change the meaning
 /// of a topic pattern (`.`, `*`, `#`) are replaced by `_`.
@@ -93,7 +93,7 @@ pub fn routing_key(account_id: &str, msg_type: &str, event: Option<&str>) -> Str
 }
 
 impl Topology {
-    /// The topology of DESIGN.md §1.2 for `config`.
+    /// The topology of docs/contract.md §1.2 for `config`.
     ///
     /// Every queue takes `rabbitmq.queue_type`, so with `quorum` every event that waits, waits
     /// for a retry or is parked is replicated. The hop from a retry queue back to

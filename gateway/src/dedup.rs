@@ -1,4 +1,4 @@
-//! WeChat retries deduplicated across every gateway process (DESIGN.md §1.1 step 6, §3).
+//! WeChat retries deduplicated across every gateway process (docs/contract.md §1.1 step 6, §3).
 //!
 //! `{ns}:dedup:{event_id}` holds `P` while a request is on it and `A<answer>` once answered.
 //! The `P` claim expires shortly after the request budget, before WeChat retries (5 s), so a

@@ -1,4 +1,4 @@
-//! Conversion of an accepted callback into the wire `wxgate.v1.Event` (DESIGN.md §4). The only
+//! Conversion of an accepted callback into the wire `wxgate.v1.Event` (docs/contract.md §4). The only
 //! module of the gateway that knows the protobuf types.
 
 use wechat::{InboundMessage, MessageKind, Reply};
@@ -19,7 +19,7 @@ pub enum Arrival {
 
 /// Everything the event carries besides the parsed message.
 pub struct Envelope<'a> {
-    /// The event id (DESIGN.md §3).
+    /// The event id (docs/contract.md §3).
     pub event_id: &'a str,
     /// The account's id.
     pub account_id: &'a str,
@@ -35,7 +35,7 @@ pub struct Envelope<'a> {
     pub arrival: Arrival,
 }
 
-/// The AMQP properties of an event (DESIGN.md §1.2): `message_id` the event id, `timestamp`
+/// The AMQP properties of an event (docs/contract.md §1.2): `message_id` the event id, `timestamp`
 /// the receipt in Unix seconds, the protobuf content type and message type, header
 /// `account_id`.
 pub fn properties(event_id: &str, account_id: &str, received_s: i64) -> Properties {

@@ -1,4 +1,4 @@
-//! wx-gateway: the HTTP edge of wxgate (DESIGN.md §1.1). Verifies WeChat callbacks, decrypts
+//! wx-gateway: the HTTP edge of wxgate (docs/contract.md §1.1). Verifies WeChat callbacks, decrypts
 //! safe-mode bodies, deduplicates WeChat's retries in the store, publishes every accepted
 //! event to the bus with a publisher confirm, and only then answers.
 //!

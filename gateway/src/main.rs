@@ -19,7 +19,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// The TOML config file (DESIGN.md §2); every key can be overridden with
+    /// The TOML config file (docs/contract.md §2); every key can be overridden with
     /// WXGATE__SECTION__KEY environment variables.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,

@@ -1,4 +1,4 @@
-//! The callback pipeline of DESIGN.md §1.1, steps 3–9, and the mapping of its errors to HTTP
+//! The callback pipeline of docs/contract.md §1.1, steps 3–9, and the mapping of its errors to HTTP
 //! answers (the one place that decides status codes).
 
 use std::borrow::Cow;
@@ -174,7 +174,7 @@ pub struct Answer {
     pub outcome: &'static str,
 }
 
-/// GET server verification (protocol §1.2): the `echostr` when the signature holds.
+/// GET server verification (docs/protocol.md §1.2): the `echostr` when the signature holds.
 pub fn verify_get(account: &Account, query: &CallbackQuery) -> Result<Bytes, CallbackError> {
     let echostr = query
         .echostr
@@ -295,7 +295,7 @@ fn open(
                     seal: Some((key.clone(), token.to_owned())),
                 });
             }
-            // During key rotation the previous key is tried next (protocol §2.9).
+            // During key rotation the previous key is tried next (docs/protocol.md §2.9).
             Err(e) => {
                 first_error.get_or_insert(e);
             }

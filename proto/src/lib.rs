@@ -1,5 +1,5 @@
 //! Wire types of wxgate, generated from `proto/wxgate/v1/*.proto`: the `Event` published to
-//! RabbitMQ (DESIGN.md §4) and the gRPC services (DESIGN.md §5).
+//! RabbitMQ (docs/contract.md §4) and the gRPC services (docs/contract.md §5).
 //!
 //! Nothing but generated code lives here; conversions to and from domain types live in the
 //! crate that owns the domain type.

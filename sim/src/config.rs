@@ -16,10 +16,10 @@ pub struct SimConfig {
     /// Lifetime of every access token, reported as `expires_in` (WeChat: 7200 s).
     pub token_expires_in: Duration,
     /// How long the previous `/cgi-bin/token` token stays usable after a new
-    /// one was issued (protocol §5.3; WeChat: 300 s).
+    /// one was issued (docs/protocol.md §5.3; WeChat: 300 s).
     pub classic_grace: Duration,
     /// `/cgi-bin/stable_token` renews a token this long before it expires
-    /// (protocol §5.2; WeChat: 300 s).
+    /// (docs/protocol.md §5.2; WeChat: 300 s).
     pub stable_renew_ahead: Duration,
     /// Least time between two effective `force_refresh` calls (WeChat: 30 s);
     /// a force refresh sooner returns the current token unchanged.
@@ -112,7 +112,7 @@ impl SimConfig {
 ///
 /// Days are counted on the simulated clock in Beijing time (UTC+8), as
 /// WeChat resets quotas at local midnight. A path without an entry is
-/// unlimited. The defaults are WeChat's classic figures (protocol §14), so a
+/// unlimited. The defaults are WeChat's classic figures (docs/protocol.md §14), so a
 /// long benchmark can reach `45009` on `custom/send` after 500,000 calls:
 /// raise it with [`Quotas::set`] or use [`Quotas::unlimited`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +127,7 @@ impl Default for Quotas {
 }
 
 impl Quotas {
-    /// WeChat's documented per-account daily quotas (protocol §5.3, §10.5, §14).
+    /// WeChat's documented per-account daily quotas (docs/protocol.md §5.3, §10.5, §14).
     pub fn wechat_defaults() -> Quotas {
         let daily = [
             ("/cgi-bin/token", 2000),
@@ -207,7 +207,7 @@ impl FromStr for OpenIdPolicy {
     }
 }
 
-/// A user action that WeChat treats as an interaction (protocol §6.4).
+/// A user action that WeChat treats as an interaction (docs/protocol.md §6.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Interaction {
@@ -261,7 +261,7 @@ impl WindowRule {
     }
 }
 
-/// The windows opened by each interaction (protocol §6.4). Each interaction
+/// The windows opened by each interaction (docs/protocol.md §6.4). Each interaction
 /// opens a new window with its own count; a send uses the open window that
 /// closes first and still has room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,7 +288,7 @@ const HOURS_48: Duration = Duration::from_secs(48 * 3600);
 const MINUTE: Duration = Duration::from_secs(60);
 
 impl WindowRules {
-    /// The rules in force since 2023-06-12 (protocol §6.4).
+    /// The rules in force since 2023-06-12 (docs/protocol.md §6.4).
     pub const fn since_2023() -> WindowRules {
         WindowRules {
             message: WindowRule::new(5, HOURS_48),

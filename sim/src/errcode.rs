@@ -1,5 +1,5 @@
 //! WeChat errcodes as the simulator answers them: the errmsg texts and the
-//! ` rid: …` suffix (protocol §13).
+//! ` rid: …` suffix (docs/protocol.md §13).
 
 use rand::Rng;
 use serde_json::{Value, json};

@@ -1,4 +1,4 @@
-//! The XML of pushes, written the way WeChat writes them (protocol §3):
+//! The XML of pushes, written the way WeChat writes them (docs/protocol.md §3):
 //! strings in CDATA, numbers bare, one element per line.
 
 use std::fmt::Display;
@@ -397,7 +397,7 @@ impl Xml {
 }
 
 /// `<name><![CDATA[value]]></name>`, with `]]>` split across two CDATA
-/// sections and characters XML 1.0 forbids removed (protocol §4.5).
+/// sections and characters XML 1.0 forbids removed (docs/protocol.md §4.5).
 fn cdata_element(out: &mut String, name: &str, value: &str) {
     out.push('<');
     out.push_str(name);

@@ -6,13 +6,13 @@
 //! - a fake WeChat API server ([`start`] → [`Sim`]): access tokens with
 //!   WeChat's renewal, grace and force-refresh rules, customer-service,
 //!   template and mass messages, QR codes, menus, JS-SDK tickets, users and
-//!   OAuth, each validated with WeChat's errcodes (protocol §5–§13); with a
+//!   OAuth, each validated with WeChat's errcodes (docs/protocol.md §5–§13); with a
 //!   call log, fault injection, a controllable clock and an HTTP control
 //!   API under `/_sim/`;
 //! - WeChat's pushing side ([`PushClient`], [`Inbound`]): builds the XML
 //!   of every inbound message and event, signs and encrypts it as WeChat
 //!   does (plain, compat, safe), delivers it with WeChat's timeout and
-//!   retries, and judges the answer as WeChat would (protocol §1–§4).
+//!   retries, and judges the answer as WeChat would (docs/protocol.md §1–§4).
 //!
 //! It must not be used against real WeChat or hold real secrets: state is
 //! in memory only, the control API has no authentication, and the call log

@@ -1,4 +1,4 @@
-//! Custom menus (protocol §10): validation with WeChat's errcodes, the
+//! Custom menus (docs/protocol.md §10): validation with WeChat's errcodes, the
 //! default menu and conditional menus.
 
 use serde_json::{Map, Value, json};
@@ -28,7 +28,7 @@ enum Kind {
 }
 
 /// Whether a button is validated as a top-level button or a sub-button;
-/// the errcodes differ (protocol §10.4).
+/// the errcodes differ (docs/protocol.md §10.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Level {
     Top,
@@ -74,7 +74,7 @@ impl Level {
     }
 }
 
-/// Validates a `button` array (protocol §10.2–10.4).
+/// Validates a `button` array (docs/protocol.md §10.2–10.4).
 fn check_buttons(buttons: Option<&Value>, kind: Kind) -> Result<(), ApiError> {
     let buttons = buttons
         .and_then(Value::as_array)
@@ -158,7 +158,7 @@ fn check_leaf(button: &Map<String, Value>, level: Level) -> Result<(), ApiError>
     Ok(())
 }
 
-/// Validates a conditional menu's `matchrule` (protocol §10.5).
+/// Validates a conditional menu's `matchrule` (docs/protocol.md §10.5).
 fn check_matchrule(rule: Option<&Value>) -> Result<(), ApiError> {
     let rule = rule
         .and_then(Value::as_object)

@@ -1,4 +1,4 @@
-//! Outbound messages: customer-service messages and typing (protocol §6),
+//! Outbound messages: customer-service messages and typing (docs/protocol.md §6),
 //! templates (§7) and mass sends (§8).
 
 use serde_json::{Map, Value, json};
@@ -7,11 +7,11 @@ use crate::api::{Ctx, str_field};
 use crate::errcode::ApiError;
 use crate::state::State;
 
-/// Typing lasts this long (protocol §6.3).
+/// Typing lasts this long (docs/protocol.md §6.3).
 const TYPING_MS: i64 = 15_000;
-/// Typing needs an interaction this recent (protocol §6.3).
+/// Typing needs an interaction this recent (docs/protocol.md §6.3).
 const TYPING_INTERACTION_MS: i64 = 30_000;
-/// `client_msg_id` of templates is remembered this long (protocol §7.1).
+/// `client_msg_id` of templates is remembered this long (docs/protocol.md §7.1).
 const TEMPLATE_IDEMPOTENCY_MS: i64 = 10 * 60 * 1000;
 
 /// `POST /cgi-bin/message/custom/send`.
@@ -38,7 +38,7 @@ pub(crate) fn custom_send(
     Ok(ok())
 }
 
-/// Validates the type-specific object of a custom message (protocol §6.2).
+/// Validates the type-specific object of a custom message (docs/protocol.md §6.2).
 fn check_custom_content(
     msgtype: &str,
     body: &Map<String, Value>,
@@ -134,7 +134,7 @@ fn optional_strings(object: &Map<String, Value>, names: &[&str]) -> Result<(), A
     Ok(())
 }
 
-/// `prefix@account`, prefix 1..=10 letters or digits (protocol §6.1).
+/// `prefix@account`, prefix 1..=10 letters or digits (docs/protocol.md §6.1).
 fn is_kf_account(kf_account: &str) -> bool {
     match kf_account.split_once('@') {
         Some((prefix, account)) => {
@@ -245,7 +245,7 @@ fn data_invalid(key: &str) -> ApiError {
     ApiError::with_msg(47003, format!("argument invalid! data.{key}.value invalid"))
 }
 
-/// The category-template value rules (protocol §7.1) for keys named
+/// The category-template value rules (docs/protocol.md §7.1) for keys named
 /// `thing3`, `number1`, …; other keys (industry templates) accept anything.
 fn template_value_ok(key: &str, value: &str) -> bool {
     let kind = key.trim_end_matches(|c: char| c.is_ascii_digit());
@@ -365,7 +365,7 @@ fn mass_job(state: &mut State, appid: &str, body: &Map<String, Value>) -> Result
     Ok(answer)
 }
 
-/// Validates the type-specific object of a mass message (protocol §8.2).
+/// Validates the type-specific object of a mass message (docs/protocol.md §8.2).
 fn check_mass_content(msgtype: &str, body: &Map<String, Value>) -> Result<(), ApiError> {
     let object = |name: &str| {
         body.get(name)

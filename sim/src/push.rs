@@ -1,6 +1,6 @@
 //! WeChat's pushing side: sign, encrypt and deliver a push to a gateway
 //! with WeChat's timeout and retries, then judge the answer the way WeChat
-//! would (protocol §1, §2, §3.4, §4.4).
+//! would (docs/protocol.md §1, §2, §3.4, §4.4).
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -320,7 +320,7 @@ impl PushClient {
         })
     }
 
-    /// Performs the GET URL verification (protocol §1.2) against
+    /// Performs the GET URL verification (docs/protocol.md §1.2) against
     /// `{gateway_base}/{account.id}` with `echostr`, once, and returns the
     /// answer. A correct gateway answers 200 with the body `echostr`.
     pub async fn verify_get(
@@ -387,7 +387,7 @@ impl PushClient {
     }
 }
 
-/// Judges a 200 answer per protocol §4.4; returns the verdict and whether
+/// Judges a 200 answer per docs/protocol.md §4.4; returns the verdict and whether
 /// the reply was encrypted.
 fn judge(
     answer: &[u8],
@@ -440,7 +440,7 @@ fn judge(
     (Answer::Reply(rendered.reply), encrypted)
 }
 
-/// The interaction a push stands for (protocol §6.4), if any.
+/// The interaction a push stands for (docs/protocol.md §6.4), if any.
 fn interaction_of(message: &InboundMessage) -> Option<Interaction> {
     if message.msg_type != "event" {
         return Some(Interaction::Message);

@@ -1,4 +1,4 @@
-//! Parametric QR codes (protocol §9): `/cgi-bin/qrcode/create` and the
+//! Parametric QR codes (docs/protocol.md §9): `/cgi-bin/qrcode/create` and the
 //! image at `/cgi-bin/showqrcode`.
 
 use bytes::Bytes;

@@ -248,7 +248,7 @@ impl Sim {
     /// Reproduces WeChat rejecting a token it still hands out: API calls
     /// with any current token of `appid` answer `40001`, yet
     /// `/cgi-bin/stable_token` in normal mode keeps returning the current
-    /// stable token until it is renewed or force-refreshed (protocol §5.5,
+    /// stable token until it is renewed or force-refreshed (docs/protocol.md §5.5,
     /// item 5). Returns how many tokens were marked.
     pub fn reject_tokens(&self, appid: &str) -> usize {
         let now = self.inner.clock.now_ms();

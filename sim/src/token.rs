@@ -1,4 +1,4 @@
-//! Access tokens (protocol §5): `/cgi-bin/token`, `/cgi-bin/stable_token`,
+//! Access tokens (docs/protocol.md §5): `/cgi-bin/token`, `/cgi-bin/stable_token`,
 //! and the JS-SDK ticket (§11.1).
 
 use serde_json::{Value, json};
@@ -18,7 +18,7 @@ pub(crate) fn classic(state: &mut State, ctx: &Ctx<'_>) -> Result<Value, ApiErro
     let secret = non_empty(ctx.query("secret")).ok_or(ApiError::new(41004))?;
     let account = state.accounts.get(appid).ok_or(ApiError::new(40013))?;
     if account.secret != secret {
-        // On the token endpoint 40001 means a wrong AppSecret (protocol §5.4).
+        // On the token endpoint 40001 means a wrong AppSecret (docs/protocol.md §5.4).
         return Err(ApiError::with_msg(
             40001,
             "invalid credential, access_token is invalid or not latest",

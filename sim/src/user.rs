@@ -1,4 +1,4 @@
-//! Users: `/cgi-bin/user/info` (protocol §12.7) and web authorization
+//! Users: `/cgi-bin/user/info` (docs/protocol.md §12.7) and web authorization
 //! (§12.2, §12.4) with codes minted by the simulator.
 
 use serde_json::{Value, json};
@@ -8,7 +8,7 @@ use crate::clock::duration_ms;
 use crate::errcode::ApiError;
 use crate::state::{OAuthCode, State, WebToken, random_string};
 
-/// The scope an OAuth code was granted with (protocol §12.1).
+/// The scope an OAuth code was granted with (docs/protocol.md §12.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OAuthScope {
     /// `snsapi_base`: OpenID only; `/sns/userinfo` answers `48001`.

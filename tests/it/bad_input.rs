@@ -1,4 +1,4 @@
-//! Callbacks that fail a step of the pipeline (DESIGN.md §1.1 steps 1–5) are answered at
+//! Callbacks that fail a step of the pipeline (docs/contract.md §1.1 steps 1–5) are answered at
 //! once with that step's status and publish nothing. Each one is a valid callback with one
 //! thing broken, so a missing check would show up as a 200 and an event.
 

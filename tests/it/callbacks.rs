@@ -1,5 +1,5 @@
 //! Every way a callback can arrive (plain, compat, safe; messages and events) is answered
-//! `success` and published once, as the event of DESIGN.md §4 with the routing key and
+//! `success` and published once, as the event of docs/contract.md §4 with the routing key and
 //! AMQP properties of §1.2.
 
 use std::collections::HashMap;
@@ -266,7 +266,7 @@ async fn plain_voice_is_published_with_recognition() {
     env.cleanup().await;
 }
 
-/// DESIGN.md §3 written out: the first 16 bytes of the SHA-256 of the lines joined by `\n`.
+/// docs/contract.md §3 written out: the first 16 bytes of the SHA-256 of the lines joined by `\n`.
 fn contract_event_id(lines: &[&str]) -> String {
     let digest = Sha256::digest(lines.join("\n").as_bytes());
     hex::encode(&digest[..16])

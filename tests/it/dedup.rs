@@ -1,5 +1,5 @@
 //! WeChat's retries of one callback (same event id) are answered alike and published once
-//! (DESIGN.md §1.1 step 6, §3).
+//! (docs/contract.md §1.1 step 6, §3).
 
 use std::time::Duration;
 

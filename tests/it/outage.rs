@@ -1,4 +1,4 @@
-//! Losing RabbitMQ or Redis (DESIGN.md §1.1, §6): callbacks answer 503 and `/readyz` 503
+//! Losing RabbitMQ or Redis (docs/contract.md §1.1, §6): callbacks answer 503 and `/readyz` 503
 //! while it is gone, the gateway reconnects by itself, and every callback answered 200 is
 //! in the queue. The service is taken away through a proxy, so other tests keep it.
 

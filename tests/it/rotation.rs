@@ -1,4 +1,4 @@
-//! Key rotation (DESIGN.md §1.1 step 4): during a rotation the account's previous Token and
+//! Key rotation (docs/contract.md §1.1 step 4): during a rotation the account's previous Token and
 //! EncodingAESKey are accepted after the current ones, and a reply is sealed with the pair
 //! the request verified with.
 

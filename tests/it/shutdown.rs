@@ -1,4 +1,4 @@
-//! Graceful shutdown (DESIGN.md §1.1, "SIGTERM"): stop accepting, finish the callbacks in
+//! Graceful shutdown (docs/contract.md §1.1, "SIGTERM"): stop accepting, finish the callbacks in
 //! flight, record their answers, then return.
 
 use std::time::Duration;

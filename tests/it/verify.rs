@@ -1,4 +1,4 @@
-//! Server URL verification (`GET /wx/{account}`, protocol §1.2) and the operational routes.
+//! Server URL verification (`GET /wx/{account}`, docs/protocol.md §1.2) and the operational routes.
 
 use std::time::Duration;
 

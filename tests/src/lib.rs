@@ -51,7 +51,7 @@ pub fn nonce() -> String {
     rand::random_range(100_000_000_u64..10_000_000_000).to_string()
 }
 
-/// The event id (DESIGN.md §3) the gateway must give the plain push `xml` for `account_id`,
+/// The event id (docs/contract.md §3) the gateway must give the plain push `xml` for `account_id`,
 /// recomputed with the `wechat` crate.
 pub fn event_id_of(account_id: &str, xml: &str) -> String {
     let message = wechat::parse(xml.as_bytes(), &wechat::Limits::default())

@@ -1,4 +1,4 @@
-//! WXBizMsgCrypt message encryption (protocol §2): the AES key, encrypting
+//! WXBizMsgCrypt message encryption (docs/protocol.md §2): the AES key, encrypting
 //! and decrypting `Encrypt` values, and the encrypted reply envelope.
 //!
 //! AES-256-CBC with IV = key[..16], PKCS#7 padding to 32-byte blocks, the
@@ -23,7 +23,7 @@ const HEADER_LEN: usize = 20;
 
 /// Decodes the 43-character EncodingAESKey: no padding, and the two unused
 /// low bits of the last character may be set (console keys usually have
-/// them set; protocol §2.1).
+/// them set; docs/protocol.md §2.1).
 const KEY_ENGINE: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new()
@@ -130,7 +130,7 @@ pub enum DecryptError {
     BadUtf8,
 }
 
-/// Encrypts `msg` for `appid` into the base64 `Encrypt` value (protocol §2.4).
+/// Encrypts `msg` for `appid` into the base64 `Encrypt` value (docs/protocol.md §2.4).
 ///
 /// `random` must come from the caller's RNG (16 fresh bytes per message);
 /// with fixed bytes the output is deterministic, which the tests rely on.
@@ -218,7 +218,7 @@ pub fn decrypt_utf8(key: &AesKey, appid: &str, encrypt: &str) -> Result<String, 
     String::from_utf8(decrypt(key, appid, encrypt)?).map_err(|_| DecryptError::BadUtf8)
 }
 
-/// The values of an encrypted reply envelope (protocol §2.7), as carried.
+/// The values of an encrypted reply envelope (docs/protocol.md §2.7), as carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedReply {
     /// `Encrypt`: the base64 ciphertext.
@@ -231,7 +231,7 @@ pub struct SealedReply {
     pub nonce: String,
 }
 
-/// Encrypts `reply_xml` and wraps it in the reply envelope of protocol §2.7:
+/// Encrypts `reply_xml` and wraps it in the reply envelope of docs/protocol.md §2.7:
 /// `<xml><Encrypt>…</Encrypt><MsgSignature>…</MsgSignature><TimeStamp>…</TimeStamp><Nonce>…</Nonce></xml>`.
 ///
 /// `timestamp` and `nonce` are normally the push's own query values; any
@@ -265,7 +265,7 @@ pub fn seal_reply(
     out
 }
 
-/// Reads a reply envelope (protocol §2.7); the simulator uses it to check
+/// Reads a reply envelope (docs/protocol.md §2.7); the simulator uses it to check
 /// gateway answers. `Encrypt`, `MsgSignature`, `TimeStamp` and `Nonce` must
 /// be present directly under `<xml>` (CDATA or plain text). Nothing is
 /// verified: check the signature, then [`decrypt_utf8`] and

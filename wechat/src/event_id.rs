@@ -1,4 +1,4 @@
-//! The event id of DESIGN.md §3: the dedup key, AMQP `message_id` and
+//! The event id of docs/contract.md §3: the dedup key, AMQP `message_id` and
 //! `Event.event_id` of every accepted callback.
 
 use sha2::{Digest, Sha256};

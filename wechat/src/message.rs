@@ -1,4 +1,4 @@
-//! Inbound pushes (protocol §3): the encrypted envelope, and the full typed
+//! Inbound pushes (docs/protocol.md §3): the encrypted envelope, and the full typed
 //! message with every element kept by its WeChat name.
 
 use crate::xml::{self, Leaf};
@@ -73,7 +73,7 @@ pub enum ParseError {
     BadArticleCount,
 }
 
-/// The outer body of an encrypted push (protocol §2.6): `ToUserName` and
+/// The outer body of an encrypted push (docs/protocol.md §2.6): `ToUserName` and
 /// `Encrypt` as found directly under the root, each `None` when absent.
 ///
 /// Works on safe-mode bodies and on compat-mode bodies (which also carry the
@@ -144,7 +144,7 @@ impl InboundMessage {
     }
 }
 
-/// `scancode_push` or `scancode_waitmsg` (protocol §3.3).
+/// `scancode_push` or `scancode_waitmsg` (docs/protocol.md §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScanCodeEvent {
     /// `scancode_push`: the client shows the result itself.
@@ -204,7 +204,7 @@ pub struct SubscribeMsgItem {
     pub error_status: String,
 }
 
-/// Typed view of a push (protocol §3.2, §3.3).
+/// Typed view of a push (docs/protocol.md §3.2, §3.3).
 ///
 /// Type-specific elements that are absent give `""`, `None` or `0`; only the
 /// four common elements are required. A type-specific number that is present

@@ -1,13 +1,13 @@
-//! Passive replies (protocol §4): the seven reply types, rendering them as
+//! Passive replies (docs/protocol.md §4): the seven reply types, rendering them as
 //! reply XML, and parsing reply XML back (for the simulator).
 
 use crate::message::{Limits, ParseError, field_of, split_repeated};
 use crate::xml;
 
-/// Most articles a news reply may carry (protocol §4.2).
+/// Most articles a news reply may carry (docs/protocol.md §4.2).
 pub const MAX_NEWS_ARTICLES: usize = 8;
 
-/// A passive reply, sent as the HTTP body of the push (protocol §4.2).
+/// A passive reply, sent as the HTTP body of the push (docs/protocol.md §4.2).
 ///
 /// `MediaId`s must have been uploaded beforehand. Strings may contain
 /// anything; rendering drops characters XML 1.0 forbids.
@@ -51,7 +51,7 @@ pub enum Reply {
         thumb_media_id: String,
     },
     /// `news`: 1 article when answering a user message, up to 8 otherwise
-    /// (protocol §4.2); [`render`] writes whatever it is given.
+    /// (docs/protocol.md §4.2); [`render`] writes whatever it is given.
     News {
         /// The `Articles/item`s.
         articles: Vec<Article>,
@@ -91,7 +91,7 @@ pub struct Article {
     pub url: String,
 }
 
-/// Renders the reply XML of protocol §4.2, compact (no newlines).
+/// Renders the reply XML of docs/protocol.md §4.2, compact (no newlines).
 ///
 /// `to_user` is the push's `FromUserName` (the user), `from_user` its
 /// `ToUserName` (the account), `create_time` Unix seconds. Strings go in

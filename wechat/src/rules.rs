@@ -1,4 +1,4 @@
-//! Reply rules (DESIGN.md §2): the configuration shapes, their validation
+//! Reply rules (docs/contract.md §2): the configuration shapes, their validation
 //! into [`Rules`], and the pure decision "which reply, if any, for this
 //! message".
 
@@ -116,7 +116,7 @@ pub struct ReplySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub music: Option<MusicSpec>,
     /// A news reply with 1 to 8 articles (only the first is sent when
-    /// answering a user message, protocol §4.2).
+    /// answering a user message, docs/protocol.md §4.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub news: Option<Vec<ArticleSpec>>,
     /// Hand the conversation to customer service (passive rules only).
@@ -877,7 +877,7 @@ mod tests {
         struct Accounts {
             custom: Vec<RuleSpec>,
         }
-        // DESIGN.md §2, verbatim.
+        // docs/contract.md §2, verbatim.
         let config: Config = toml::from_str(
             r#"
 [[accounts.custom]]

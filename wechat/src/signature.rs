@@ -1,4 +1,4 @@
-//! SHA-1 signatures: push `signature` (protocol §1.2), `msg_signature`
+//! SHA-1 signatures: push `signature` (docs/protocol.md §1.2), `msg_signature`
 //! (§2.5) and the JS-SDK signature (§11.2).
 //!
 //! These run on every request: inputs are hashed in place, the only
@@ -61,7 +61,7 @@ pub fn verify_msg_signature(
     )
 }
 
-/// The JS-SDK `signature` for `wx.config` (protocol §11.2): SHA-1 of
+/// The JS-SDK `signature` for `wx.config` (docs/protocol.md §11.2): SHA-1 of
 /// `jsapi_ticket=…&noncestr=…&timestamp=…&url=…`, values raw (no URL
 /// encoding), with `url` cut at its first `#`.
 pub fn jsapi_signature(jsapi_ticket: &str, noncestr: &str, timestamp: &str, url: &str) -> String {

@@ -422,7 +422,7 @@ pub(crate) fn strip_illegal(text: &str) -> Cow<'_, str> {
 }
 
 /// Appends `text` as one or more CDATA sections: forbidden characters are
-/// removed, and every `]]>` is split as `]]]]><![CDATA[>` (protocol §4.5).
+/// removed, and every `]]>` is split as `]]]]><![CDATA[>` (docs/protocol.md §4.5).
 pub(crate) fn push_cdata(out: &mut String, text: &str) {
     let text = strip_illegal(text);
     out.push_str("<![CDATA[");

@@ -143,7 +143,7 @@ impl WechatClient {
             .await
     }
 
-    /// `POST /cgi-bin/message/custom/send` (protocol §6.1).
+    /// `POST /cgi-bin/message/custom/send` (docs/protocol.md §6.1).
     pub async fn custom_send(
         &self,
         access_token: &Secret,
@@ -158,7 +158,7 @@ impl WechatClient {
         .await
     }
 
-    /// `POST /cgi-bin/message/custom/typing` (protocol §6.3); `typing` false cancels.
+    /// `POST /cgi-bin/message/custom/typing` (docs/protocol.md §6.3); `typing` false cancels.
     pub async fn custom_typing(
         &self,
         access_token: &Secret,

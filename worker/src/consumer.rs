@@ -1,4 +1,4 @@
-//! The consumer of `{ns}.worker` (DESIGN.md §1.3, §6): decode, decide with the account's
+//! The consumer of `{ns}.worker` (docs/contract.md §1.3, §6): decode, decide with the account's
 //! custom rules, send through `custom/send` once per event id, and settle every delivery
 //! exactly one way: acked after a send or a skip, re-published to a retry queue, or parked in
 //! `{ns}.worker.dead`. A delivery whose retry or dead-letter publish fails is nacked with
@@ -28,7 +28,7 @@ use wxgate_core::topology::Names;
 use crate::client::{CallError, WechatClient};
 use crate::custom::CustomMessage;
 
-/// Header counting retries (DESIGN.md §1.2).
+/// Header counting retries (docs/contract.md §1.2).
 pub const ATTEMPT_HEADER: &str = "x-wxgate-attempt";
 /// Dead-letter header: why.
 pub const REASON_HEADER: &str = "x-wxgate-reason";

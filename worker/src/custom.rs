@@ -1,4 +1,4 @@
-//! Customer-service messages (protocol §6.2): the JSON body of `custom/send` for every
+//! Customer-service messages (docs/protocol.md §6.2): the JSON body of `custom/send` for every
 //! `msgtype`, and the mapping from a rule's [`wechat::Reply`].
 
 use serde::Serialize;
@@ -24,7 +24,7 @@ pub struct KfAccount {
     pub kf_account: String,
 }
 
-/// The `msgtype` and its object, one variant per type of protocol §6.2.
+/// The `msgtype` and its object, one variant per type of docs/protocol.md §6.2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "msgtype", rename_all = "lowercase")]
 pub enum CustomBody {

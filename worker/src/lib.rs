@@ -1,9 +1,9 @@
-//! The wxgate worker (DESIGN.md §1.3): consumes `{ns}.worker`, answers events through
+//! The wxgate worker (docs/contract.md §1.3): consumes `{ns}.worker`, answers events through
 //! WeChat's customer-service API with the access token shared in Redis, retries and
-//! dead-letters per DESIGN.md §6, and serves `/healthz`, `/readyz` and `/metrics`.
+//! dead-letters per docs/contract.md §6, and serves `/healthz`, `/readyz` and `/metrics`.
 //!
 //! It keeps no state of its own: events live in RabbitMQ, tokens and sent markers in Redis.
-//! It never logs access tokens, secrets or message bodies. The gRPC API (DESIGN.md §1.5, §5)
+//! It never logs access tokens, secrets or message bodies. The gRPC API (docs/contract.md §1.5, §5)
 //! is not served yet: `worker.grpc_listen` is unused.
 
 pub mod client;

@@ -1,4 +1,4 @@
-//! `wx-worker --config FILE`: the wxgate worker (DESIGN.md §1.3).
+//! `wx-worker --config FILE`: the wxgate worker (docs/contract.md §1.3).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

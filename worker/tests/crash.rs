@@ -1,5 +1,5 @@
 //! A wx-worker process killed with SIGKILL in the middle of a batch and started again:
-//! every event still gets its reply (DESIGN.md §6 crash windows).
+//! every event still gets its reply (docs/contract.md §6 crash windows).
 
 #![allow(clippy::expect_used)] // test code: a worker that cannot start should fail the test
 

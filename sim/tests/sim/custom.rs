@@ -111,7 +111,7 @@ async fn strict_policy_needs_known_users_and_open_windows() {
     sim.add_user(APP, &user).unwrap();
     assert_eq!(send_text(&sim, &token, &user).await, 45015, "no window yet");
 
-    // A user message opens 5 messages for 48 hours (protocol §6.4).
+    // A user message opens 5 messages for 48 hours (docs/protocol.md §6.4).
     sim.record_interaction(APP, &user, Interaction::Message)
         .unwrap();
     for _ in 0..5 {

@@ -205,7 +205,7 @@ impl Harness {
         Names::new(&self.ns)
     }
 
-    /// Publishes `xml` as the gateway would (DESIGN.md §1.2, §4); returns the event id.
+    /// Publishes `xml` as the gateway would (docs/contract.md §1.2, §4); returns the event id.
     pub async fn publish_xml(&self, xml: &str) -> String {
         let (key, message) = event_message(xml, None);
         self.bus
