@@ -11,11 +11,7 @@ use tokio_util::sync::CancellationToken;
 use wxgate_core::Config;
 use wxgate_core::rabbit::{DeclareError, RabbitBus, declare};
 use wxgate_core::topology::Topology;
-use wxgate_tests::Namespace;
-
-fn url() -> String {
-    wxgate_tests::rabbitmq_url()
-}
+use wxgate_tests::{Namespace, rabbitmq_url as url};
 
 async fn connect() -> Connection {
     Connection::connect(&url(), ConnectionProperties::default())

@@ -19,10 +19,6 @@ const LOCK_TTL: Duration = Duration::from_secs(10);
 /// WeChat's answer takes longer than that.
 const SLOW: Duration = Duration::from_secs(12);
 
-fn redis_url() -> String {
-    wxgate_tests::redis_url()
-}
-
 /// A process's own Redis connection, ready.
 async fn store(shutdown: &CancellationToken) -> Arc<RedisStore> {
     Arc::new(wxgate_tests::ready_redis_store(shutdown).await)
@@ -55,7 +51,7 @@ impl TokenFetcher for SlowEndpoint {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_call_slower_than_the_lock_ttl_is_made_once_for_all_processes() {
     let ns = format!("t{:016x}", rand::random::<u64>());
-    let keys = wxgate_tests::RedisKeys::guard(&ns, &redis_url());
+    let keys = wxgate_tests::RedisKeys::guard(&ns, &wxgate_tests::redis_url());
     let appid = "wx0123456789abcdef";
     let shutdown = CancellationToken::new();
     let endpoint = Arc::new(SlowEndpoint::default());
