@@ -18,7 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
     let includes = [std::path::PathBuf::from(".")];
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("wxgate_v1.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
         .build_server(true)
         .build_client(true)
         .compile_with_config(config, &protos, &includes)?;

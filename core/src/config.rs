@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -237,6 +237,27 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     /// Lifetime of `{ns}:sent:{event_id}` markers.
     pub sent_ttl: Duration,
+    /// TLS for the gRPC API (`worker.grpc_tls_cert` and `worker.grpc_tls_key`, PEM files);
+    /// `None` serves plain HTTP/2.
+    pub grpc_tls: Option<GrpcTls>,
+    /// Default retention of each consumer group's queue: at most this many events
+    /// (`x-max-length`; the oldest are dropped beyond it).
+    pub group_max_length: u64,
+    /// Default retention of each consumer group's queue: events older than this are dropped
+    /// (`x-message-ttl`).
+    pub group_message_ttl: Duration,
+}
+
+/// TLS of the gRPC API. Paths are checked to exist at load; their contents are read (and
+/// refused with a clear error when they are not PEM) when the worker starts.
+#[derive(Debug, Clone)]
+pub struct GrpcTls {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[wechat]`.
@@ -250,6 +271,10 @@ pub struct WechatConfig {
     pub refresh_ahead: Duration,
     /// Timeout of every WeChat API call.
     pub http_timeout: Duration,
+    /// Base URL of `showqrcode` (QR code images), without a trailing `/`.
+    pub mp_base: String,
+    /// Base URL of the OAuth authorize page users open, without a trailing `/`.
+    pub open_base: String,
 }
 
 /// One Official Account.
@@ -345,6 +370,11 @@ struct RawWorker {
     retry_delays_ms: Option<Vec<u64>>,
     max_attempts: Option<u64>,
     sent_ttl_s: Option<u64>,
+    grpc_tls_cert: Option<String>,
+    grpc_tls_key: Option<String>,
+    grpc_tls_client_ca: Option<String>,
+    group_max_length: Option<u64>,
+    group_message_ttl_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -354,6 +384,8 @@ struct RawWechat {
     token_mode: Option<TokenMode>,
     refresh_ahead_s: Option<u64>,
     http_timeout_ms: Option<u64>,
+    mp_base: Option<String>,
+    open_base: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -416,10 +448,17 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("worker", "retry_delays_ms", EnvKind::IntList),
     ("worker", "max_attempts", EnvKind::Int),
     ("worker", "sent_ttl_s", EnvKind::Int),
+    ("worker", "grpc_tls_cert", EnvKind::Str),
+    ("worker", "grpc_tls_key", EnvKind::Str),
+    ("worker", "grpc_tls_client_ca", EnvKind::Str),
+    ("worker", "group_max_length", EnvKind::Int),
+    ("worker", "group_message_ttl_s", EnvKind::Int),
     ("wechat", "api_base", EnvKind::Str),
     ("wechat", "token_mode", EnvKind::Str),
     ("wechat", "refresh_ahead_s", EnvKind::Int),
     ("wechat", "http_timeout_ms", EnvKind::Int),
+    ("wechat", "mp_base", EnvKind::Str),
+    ("wechat", "open_base", EnvKind::Str),
 ];
 
 impl Config {
@@ -762,7 +801,59 @@ fn worker(raw: RawWorker) -> Result<WorkerConfig, ConfigError> {
             raw.sent_ttl_s.unwrap_or(86400),
             60..=30 * 86400,
         )?,
+        grpc_tls: grpc_tls(
+            raw.grpc_tls_cert.as_deref(),
+            raw.grpc_tls_key.as_deref(),
+            raw.grpc_tls_client_ca.as_deref(),
+        )?,
+        group_max_length: in_range(
+            "worker.group_max_length",
+            raw.group_max_length.unwrap_or(1_000_000),
+            1..=100_000_000,
+        )?,
+        group_message_ttl: secs_in(
+            "worker.group_message_ttl_s",
+            raw.group_message_ttl_s.unwrap_or(604_800),
+            1..=90 * 86400,
+        )?,
     })
+}
+
+/// `worker.grpc_tls_*`: cert and key both or neither; a client CA only with them.
+fn grpc_tls(
+    cert: Option<&str>,
+    key: Option<&str>,
+    client_ca: Option<&str>,
+) -> Result<Option<GrpcTls>, ConfigError> {
+    let existing = |key: &str, path: &str| -> Result<PathBuf, ConfigError> {
+        ensure(Path::new(path).is_file(), key, "names no readable file")?;
+        Ok(PathBuf::from(path))
+    };
+    match (cert, key) {
+        (None, None) => {
+            ensure(
+                client_ca.is_none(),
+                "worker.grpc_tls_client_ca",
+                "needs worker.grpc_tls_cert and worker.grpc_tls_key",
+            )?;
+            Ok(None)
+        }
+        (Some(cert), Some(key)) => Ok(Some(GrpcTls {
+            cert: existing("worker.grpc_tls_cert", cert)?,
+            key: existing("worker.grpc_tls_key", key)?,
+            client_ca: client_ca
+                .map(|ca| existing("worker.grpc_tls_client_ca", ca))
+                .transpose()?,
+        })),
+        (Some(_), None) => Err(ConfigError::Invalid {
+            key: "worker.grpc_tls_key".to_owned(),
+            reason: "must be set with worker.grpc_tls_cert (both or neither)".to_owned(),
+        }),
+        (None, Some(_)) => Err(ConfigError::Invalid {
+            key: "worker.grpc_tls_cert".to_owned(),
+            reason: "must be set with worker.grpc_tls_key (both or neither)".to_owned(),
+        }),
+    }
 }
 
 /// `[wechat]`.
@@ -784,6 +875,22 @@ fn wechat(raw: RawWechat) -> Result<WechatConfig, ConfigError> {
             "wechat.http_timeout_ms",
             raw.http_timeout_ms.unwrap_or(5000),
             10..=120_000,
+        )?,
+        mp_base: with_scheme(
+            "wechat.mp_base",
+            raw.mp_base
+                .as_deref()
+                .unwrap_or("https://mp.weixin.qq.com")
+                .trim_end_matches('/'),
+            &["http://", "https://"],
+        )?,
+        open_base: with_scheme(
+            "wechat.open_base",
+            raw.open_base
+                .as_deref()
+                .unwrap_or("https://open.weixin.qq.com")
+                .trim_end_matches('/'),
+            &["http://", "https://"],
         )?,
     })
 }

@@ -5,6 +5,7 @@
 //! No HTTP server code and no rules live here: the gateway and worker own their edges (both
 //! serve through `wxgate-serve`), the `wechat` crate owns the protocol.
 
+pub mod accounts;
 pub mod amqp;
 pub mod bus;
 pub mod config;

@@ -10,6 +10,9 @@ pub mod v1 {
     tonic::include_proto!("wxgate.v1");
 }
 
+/// The encoded `FileDescriptorSet` of every `wxgate.v1` file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("wxgate_v1");
+
 /// The AMQP `type` property of an event.
 pub const EVENT_TYPE: &str = "wxgate.v1.Event";
 /// The AMQP `content_type` property of an event.

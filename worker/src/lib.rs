@@ -3,12 +3,13 @@
 //! dead-letters per docs/contract.md §6, and serves `/healthz`, `/readyz` and `/metrics`.
 //!
 //! It keeps no state of its own: events live in RabbitMQ, tokens and sent markers in Redis.
-//! It never logs access tokens, secrets or message bodies. The gRPC API (docs/contract.md §1.5, §5)
-//! is not served yet: `worker.grpc_listen` is unused.
+//! It never logs access tokens, secrets or message bodies. It also serves the gRPC API of
+//! docs/contract.md §1.5 and §5 on `worker.grpc_listen` ([`grpc`]).
 
 pub mod client;
 mod consumer;
 pub mod custom;
+pub mod grpc;
 mod health;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use wxgate_core::accounts::Registry;
 use wxgate_core::bus::{Bus, BusError};
 use wxgate_core::config::Config;
 use wxgate_core::keys::Keys;
@@ -56,6 +58,9 @@ pub enum WorkerError {
     /// The consumer could not start.
     #[error("cannot consume")]
     Consume(#[from] BusError),
+    /// The gRPC API could not be set up (TLS files).
+    #[error(transparent)]
+    Grpc(#[from] grpc::GrpcError),
     /// The worker task panicked or was cancelled.
     #[error("worker task failed")]
     Task(#[source] tokio::task::JoinError),
@@ -69,6 +74,7 @@ pub enum WorkerError {
 #[derive(Debug)]
 pub struct Worker {
     http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
     task: JoinHandle<Result<(), WorkerError>>,
 }
 
@@ -76,6 +82,11 @@ impl Worker {
     /// The address `/healthz`, `/readyz` and `/metrics` are served on (useful with port 0).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The address the gRPC API is served on (useful with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
     }
 
     /// Waits until the worker has stopped (after `shutdown` was cancelled).
@@ -123,7 +134,11 @@ pub async fn start(
             return Err(e);
         }
     };
-    let Worker { http_addr, task } = worker;
+    let Worker {
+        http_addr,
+        grpc_addr,
+        task,
+    } = worker;
     let task = tokio::spawn(async move {
         let result = task.await.map_err(WorkerError::Task).and_then(|r| r);
         let mismatch = gave_up.finish().await;
@@ -134,7 +149,11 @@ pub async fn start(
             None => result,
         }
     });
-    Ok(Worker { http_addr, task })
+    Ok(Worker {
+        http_addr,
+        grpc_addr,
+        task,
+    })
 }
 
 /// Like [`start`], on a bus and store the caller made (e.g. the in-memory pair of
@@ -154,6 +173,26 @@ pub async fn start_with(
     let http_addr = listener
         .local_addr()
         .map_err(|source| WorkerError::Bind { addr, source })?;
+    let tls = config
+        .worker
+        .grpc_tls
+        .as_ref()
+        .map(grpc::tls_config)
+        .transpose()?;
+    let grpc_bind = config.worker.grpc_listen;
+    let grpc_listener = TcpListener::bind(grpc_bind)
+        .await
+        .map_err(|source| WorkerError::Bind {
+            addr: grpc_bind,
+            source,
+        })?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| WorkerError::Bind {
+            addr: grpc_bind,
+            source,
+        })?;
+    let grpc_tls_on = tls.is_some();
     let client = WechatClient::new(&config.wechat.api_base, config.wechat.http_timeout)?;
     let metrics = Arc::new(WorkerMetrics::new());
     let observer = Arc::new(MetricsObserver::new(&config, Arc::clone(&metrics)));
@@ -168,6 +207,18 @@ pub async fn start_with(
         },
         Some(observer),
     );
+    let accounts = Arc::new(Registry::from_config(&config));
+    let api = Arc::new(grpc::Api {
+        config: Arc::clone(&config),
+        accounts: Arc::clone(&accounts),
+        tokens: tokens.clone(),
+        client: client.clone(),
+        bus: Arc::clone(&bus),
+        store: Arc::clone(&store),
+        names: Names::new(&config.namespace),
+        keys: Keys::new(&config.namespace),
+        metrics: Arc::clone(&metrics),
+    });
     let ctx = Arc::new(consumer::Context {
         names: Names::new(&config.namespace),
         keys: Keys::new(&config.namespace),
@@ -190,14 +241,26 @@ pub async fn start_with(
         shutdown.clone(),
     ));
     tracing::info!(%http_addr, "worker listening for health and metrics");
+    let grpc_task = tokio::spawn(grpc::serve(grpc_listener, api, tls, shutdown.clone()));
+    tracing::info!(%grpc_addr, tls = grpc_tls_on, "worker serving the grpc api");
 
     let task = tokio::spawn(async move {
         let result = consumer::run(ctx, shutdown).await;
         http_task.abort();
+        // The server stops on `shutdown` too and lets calls in progress finish.
+        match tokio::time::timeout(Duration::from_secs(10), grpc_task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %wxgate_core::ErrorChain(&e), "grpc server"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("grpc calls still running after 10 s; stopping anyway"),
+        }
         tracing::info!("worker stopped");
         result.map_err(WorkerError::from)
     });
-    Ok(Worker { http_addr, task })
+    Ok(Worker {
+        http_addr,
+        grpc_addr,
+        task,
+    })
 }
 
 /// Feeds token refreshes into the metrics, labelled by account id.
@@ -280,6 +343,7 @@ mod tests {
         task.abort();
         let worker = Worker {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             task,
         };
         let error = worker.wait().await.unwrap_err();

@@ -25,6 +25,12 @@ pub const SECRET: &str = "demo-secret-for-the-simulator";
 pub const ORIGINAL_ID: &str = "gh_0123456789ab";
 pub const SEND: &str = "/cgi-bin/message/custom/send";
 pub const WAIT: Duration = Duration::from_secs(20);
+/// An API key with `accounts = ["*"]` (every account, Accounts and DeadLetters).
+pub const ADMIN_KEY: &str = "test-admin-key";
+/// An API key for account `demo` only.
+pub const DEMO_KEY: &str = "test-demo-key";
+/// An API key for account `plain` only.
+pub const PLAIN_KEY: &str = "test-plain-key";
 /// How long removing a test's namespace may take.
 const CLEANUP: Duration = Duration::from_secs(60);
 
@@ -44,6 +50,7 @@ pub struct Harness {
     pub bus: RabbitBus,
     bus_shutdown: CancellationToken,
     workers: Vec<(CancellationToken, Worker)>,
+    grpc_addrs: Vec<std::net::SocketAddr>,
     gateways: Vec<(
         CancellationToken,
         tokio::task::JoinHandle<Result<(), wx_gateway::ServeError>>,
@@ -90,6 +97,7 @@ impl Harness {
             ("WXGATE__WECHAT__API_BASE", sim.base_url()),
             ("WXGATE__WECHAT__HTTP_TIMEOUT_MS", "3000".into()),
             ("WXGATE__WORKER__HTTP_LISTEN", "127.0.0.1:0".into()),
+            ("WXGATE__WORKER__GRPC_LISTEN", "127.0.0.1:0".into()),
             ("WXGATE__WORKER__RETRY_DELAYS_MS", "50,100".into()),
             ("WXGATE__WORKER__MAX_ATTEMPTS", "4".into()),
         ]
@@ -100,8 +108,19 @@ impl Harness {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/tutorial.toml");
-        let config =
-            Arc::new(Config::load(std::path::Path::new(path), |k| env.get(k).cloned()).unwrap());
+        let mut config = Config::load(std::path::Path::new(path), |k| env.get(k).cloned()).unwrap();
+        for (name, key, accounts) in [
+            ("admin", ADMIN_KEY, "*"),
+            ("demo", DEMO_KEY, "demo"),
+            ("plain", PLAIN_KEY, "plain"),
+        ] {
+            config.api_keys.push(wxgate_core::config::ApiKey {
+                name: name.to_owned(),
+                sha256: sha256_hex(key),
+                accounts: vec![accounts.to_owned()],
+            });
+        }
+        let config = Arc::new(config);
         // WeChat knows every account of the config.
         for account in &config.accounts {
             sim.add_account(&account.appid, account.secret.expose());
@@ -125,6 +144,7 @@ impl Harness {
             bus,
             bus_shutdown,
             workers: Vec::new(),
+            grpc_addrs: Vec::new(),
             gateways: Vec::new(),
             cleanup: CleanupGuard {
                 ns: ns.clone(),
@@ -143,8 +163,21 @@ impl Harness {
             .await
             .unwrap();
         let addr = worker.http_addr();
+        self.grpc_addrs.push(worker.grpc_addr());
         self.workers.push((shutdown, worker));
         addr
+    }
+
+    /// A gRPC channel to the `i`-th started worker's API (plain HTTP/2).
+    pub async fn channel(&self, i: usize) -> tonic::transport::Channel {
+        let addr = self.grpc_addrs[i];
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(WAIT)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the grpc api at {addr}: {e}"))
     }
 
     /// Starts a gateway in this process on the harness config; returns the callback base
@@ -193,6 +226,7 @@ impl Harness {
 
     /// Stops the `i`-th started worker and waits for it (it must return Ok).
     pub async fn stop_worker(&mut self, i: usize) {
+        self.grpc_addrs.remove(i);
         let (shutdown, worker) = self.workers.remove(i);
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(20), worker.wait())
@@ -274,6 +308,21 @@ impl Harness {
         .unwrap_or_else(|e| panic!("removing namespace {}: {e}", self.ns));
         self.sim.shutdown().await;
     }
+}
+
+/// Lower-case hex SHA-256 of `key`, as `[[api_keys]].sha256` holds it.
+pub fn sha256_hex(key: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// `request` with `authorization: Bearer {key}`.
+pub fn authed<T>(key: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
 }
 
 pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
