@@ -213,6 +213,49 @@ impl Drop for DeliveryStream {
     }
 }
 
+/// What [`Bus::sweep`] does with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Leave it in the queue.
+    Keep,
+    /// Remove it.
+    Remove,
+    /// Publish `message` straight to queue `queue` (confirmed), then remove the original.
+    Move {
+        /// The target queue.
+        queue: String,
+        /// What to publish there.
+        message: Message,
+    },
+}
+
+/// Decides what [`Bus::sweep`] does with each message; implemented for every
+/// `FnMut(&Message) -> Disposition + Send` closure.
+pub trait Decide: Send {
+    /// The disposition of `message`.
+    fn decide(&mut self, message: &Message) -> Disposition;
+}
+
+impl<F: FnMut(&Message) -> Disposition + Send> Decide for F {
+    fn decide(&mut self, message: &Message) -> Disposition {
+        self(message)
+    }
+}
+
+/// What a [`Bus::sweep`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Messages looked at.
+    pub scanned: usize,
+    /// Messages removed (including moved ones).
+    pub removed: usize,
+    /// Messages moved.
+    pub moved: usize,
+    /// Messages in the queue behind the last one looked at, when the sweep began them
+    /// (the broker's count; others may have added or taken some since).
+    pub behind: u64,
+}
+
 /// The bus operations.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -232,6 +275,21 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Whether the bus is connected and the topology is declared.
     fn is_ready(&self) -> bool;
+
+    /// Walks `queue` from its head, at most `max` messages, asking `decide` about each:
+    /// [`Disposition::Keep`] leaves it where it was, [`Disposition::Remove`] removes it,
+    /// [`Disposition::Move`] publishes a new message to another queue (with a confirm) and
+    /// only then removes the old one. Kept messages stay in the queue in their order; a
+    /// sweep that fails or is interrupted keeps every message it had not settled, so it may
+    /// leave a moved message in both queues but never in neither. Other consumers of the
+    /// queue do not see the messages under inspection until the sweep ends. Bounded: every
+    /// broker operation has a deadline.
+    async fn sweep(
+        &self,
+        queue: &str,
+        max: usize,
+        decide: &mut dyn Decide,
+    ) -> Result<Swept, BusError>;
 
     /// Waits up to `deadline` for [`Bus::is_ready`]; true when ready.
     async fn wait_ready(&self, deadline: Duration) -> bool {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{ConnectError, Publisher};
 use crate::bus::{
-    Acker, Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message, Properties, PublishError,
+    Acker, Bus, BusError, Decide, Delivery, DeliveryStream, Disposition, HeaderValue, Message,
+    Properties, PublishError, Swept,
 };
 use crate::topology::{Arg, Topology};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -640,6 +641,83 @@ impl Bus for RabbitBus {
     fn is_ready(&self) -> bool {
         self.shared.ready.load(Ordering::Relaxed)
     }
+
+    async fn sweep(
+        &self,
+        queue: &str,
+        max: usize,
+        decide: &mut dyn Decide,
+    ) -> Result<Swept, BusError> {
+        let live = self.live().ok_or(BusError::Unavailable)?;
+        // A channel of its own: the messages it takes without acking return to the queue,
+        // in order, when it closes; closing is how "keep" is done (a requeueing nack would
+        // count as a failed delivery where the broker limits those).
+        let channel = bounded("channel.open", live.connection.create_channel()).await?;
+        let result = sweep_on(self, &channel, queue, max, decide).await;
+        let _ = bounded(
+            "channel.close",
+            channel.close(200, ShortString::from("sweep done")),
+        )
+        .await;
+        result
+    }
+}
+
+async fn sweep_on(
+    bus: &RabbitBus,
+    channel: &Channel,
+    queue: &str,
+    max: usize,
+    decide: &mut dyn Decide,
+) -> Result<Swept, BusError> {
+    let mut swept = Swept::default();
+    while swept.scanned < max {
+        let got = bounded(
+            "basic.get",
+            channel.basic_get(ShortString::from(queue), BasicGetOptions { no_ack: false }),
+        )
+        .await?;
+        let Some(got) = got else { break };
+        swept.scanned += 1;
+        swept.behind = u64::from(got.message_count);
+        let delivery = got.delivery;
+        let message = Message {
+            body: Bytes::from(delivery.data),
+            properties: from_amqp(&delivery.properties),
+        };
+        match decide.decide(&message) {
+            Disposition::Keep => {}
+            Disposition::Remove => {
+                bounded("basic.ack", delivery.acker.ack(BasicAckOptions::default())).await?;
+                swept.removed += 1;
+            }
+            Disposition::Move {
+                queue: target,
+                message,
+            } => {
+                match tokio::time::timeout(OPERATION_TIMEOUT, bus.publish("", &target, &message))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(BusError::Failed {
+                            operation: "publish",
+                            source: Arc::new(e),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(BusError::Timeout {
+                            operation: "publish",
+                        });
+                    }
+                }
+                bounded("basic.ack", delivery.acker.ack(BasicAckOptions::default())).await?;
+                swept.removed += 1;
+                swept.moved += 1;
+            }
+        }
+    }
+    Ok(swept)
 }
 
 async fn consume_loop(

@@ -36,6 +36,8 @@ pub const REASON_HEADER: &str = "x-wxgate-reason";
 pub const ERRCODE_HEADER: &str = "x-wxgate-errcode";
 /// Dead-letter header: attempts made.
 pub const ATTEMPTS_HEADER: &str = "x-wxgate-attempts";
+/// Header of a dead letter: when it was parked, Unix milliseconds.
+pub const DEAD_AT_HEADER: &str = "x-wxgate-dead-at-ms";
 
 /// Bound on one retry or dead-letter publish.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -216,6 +218,8 @@ async fn dead(
     }
     copy.properties
         .set_header(ATTEMPTS_HEADER, HeaderValue::Int(attempts));
+    copy.properties
+        .set_header(DEAD_AT_HEADER, HeaderValue::Int(wxgate_core::now_ms()));
     let queue = ctx.names.dead_queue();
     match publish(ctx, &queue, &copy).await {
         Ok(()) => {

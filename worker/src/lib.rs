@@ -32,7 +32,9 @@ use wxgate_core::topology::{Names, Topology};
 use wxgate_serve::ConnectionLimits;
 
 pub use client::{ApiAnswer, CallError, WechatClient};
-pub use consumer::{ATTEMPT_HEADER, ATTEMPTS_HEADER, ERRCODE_HEADER, REASON_HEADER};
+pub use consumer::{
+    ATTEMPT_HEADER, ATTEMPTS_HEADER, DEAD_AT_HEADER, ERRCODE_HEADER, REASON_HEADER,
+};
 pub use custom::{CustomBody, CustomMessage};
 
 /// Bound on one Redis command.
@@ -179,6 +181,8 @@ pub async fn start_with(
         .as_ref()
         .map(grpc::tls_config)
         .transpose()?;
+    let grpc_tls_on = tls.is_some();
+    let grpc_server = grpc::server(tls)?;
     let grpc_bind = config.worker.grpc_listen;
     let grpc_listener = TcpListener::bind(grpc_bind)
         .await
@@ -192,7 +196,6 @@ pub async fn start_with(
             addr: grpc_bind,
             source,
         })?;
-    let grpc_tls_on = tls.is_some();
     let client = WechatClient::new(&config.wechat.api_base, config.wechat.http_timeout)?;
     let metrics = Arc::new(WorkerMetrics::new());
     let observer = Arc::new(MetricsObserver::new(&config, Arc::clone(&metrics)));
@@ -241,7 +244,12 @@ pub async fn start_with(
         shutdown.clone(),
     ));
     tracing::info!(%http_addr, "worker listening for health and metrics");
-    let grpc_task = tokio::spawn(grpc::serve(grpc_listener, api, tls, shutdown.clone()));
+    let grpc_task = tokio::spawn(grpc::serve(
+        grpc_server,
+        grpc_listener,
+        api,
+        shutdown.clone(),
+    ));
     tracing::info!(%grpc_addr, tls = grpc_tls_on, "worker serving the grpc api");
 
     let task = tokio::spawn(async move {
@@ -249,7 +257,6 @@ pub async fn start_with(
         http_task.abort();
         // The server stops on `shutdown` too and lets calls in progress finish.
         match tokio::time::timeout(Duration::from_secs(10), grpc_task).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %wxgate_core::ErrorChain(&e), "grpc server"),
             Ok(_) => {}
             Err(_) => tracing::warn!("grpc calls still running after 10 s; stopping anyway"),
         }

@@ -7,6 +7,7 @@
 //! WeChat rejects it (docs/contract.md §1.4).
 
 pub mod auth;
+pub mod dead_letters;
 pub mod status;
 
 use std::future::Future;
@@ -130,41 +131,46 @@ pub fn tls_config(tls: &GrpcTls) -> Result<ServerTlsConfig, GrpcError> {
     Ok(config)
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then lets calls in progress
-/// finish. Streams (`Events.Subscribe`) end when `shutdown` is cancelled.
+/// The server's transport: HTTP/2 keep-alives, and TLS when `tls` is set (its certificate
+/// and key are parsed here, so a bad file stops the worker before it serves anything).
+pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, GrpcError> {
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true);
+    match tls {
+        Some(tls) => server.tls_config(tls).map_err(GrpcError::Tls),
+        None => Ok(server),
+    }
+}
+
+/// Serves the API on `listener` with `server` (see [`server`]) until `shutdown` is
+/// cancelled, then lets calls in progress finish. Streams (`Events.Subscribe`) end when
+/// `shutdown` is cancelled.
 pub async fn serve(
+    mut server: Server,
     listener: TcpListener,
     api: Arc<Api>,
-    tls: Option<ServerTlsConfig>,
     shutdown: CancellationToken,
-) -> Result<(), GrpcError> {
+) {
     let auth = Auth::new(&api.config.api_keys);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(wxgate_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| {
-            // The descriptor set is generated at build time; a failure is a build bug.
-            tracing::error!(error = %e, "cannot build the reflection service");
-            e
-        });
+        .build_v1();
     tokio::spawn(report_health(
         health_reporter,
         Arc::clone(&api),
         shutdown.clone(),
     ));
 
-    let mut server = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true);
-    if let Some(tls) = tls {
-        server = server.tls_config(tls).map_err(GrpcError::Tls)?;
-    }
     let mut router = server.add_service(health);
-    if let Ok(reflection) = reflection {
-        router = router.add_service(reflection);
+    match reflection {
+        Ok(reflection) => router = router.add_service(reflection),
+        // The descriptor sets are generated at build time: a failure is a build bug, and
+        // the API works without reflection.
+        Err(error) => tracing::error!(%error, "cannot build the reflection service"),
     }
     let router = add_services(router, &api, &auth);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -174,16 +180,19 @@ pub async fn serve(
     if let Err(error) = result {
         tracing::error!(error = %wxgate_core::ErrorChain(&error), "grpc server failed");
     }
-    Ok(())
 }
 
 /// Adds the wxgate services, each behind the API-key interceptor.
 fn add_services(
     router: tonic::transport::server::Router,
-    _api: &Arc<Api>,
-    _auth: &Auth,
+    api: &Arc<Api>,
+    auth: &Auth,
 ) -> tonic::transport::server::Router {
-    router
+    use wxgate_proto::v1::dead_letters_server::DeadLettersServer;
+    router.add_service(authenticated(
+        DeadLettersServer::new(dead_letters::DeadLettersService::new(Arc::clone(api))),
+        auth,
+    ))
 }
 
 /// Wraps a service in the API-key interceptor.
