@@ -1105,6 +1105,53 @@ mod tests {
     }
 
     #[test]
+    fn grpc_tls_needs_cert_and_key_and_existing_files() {
+        let dir = std::env::temp_dir().join(format!("wxgate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("x.pem");
+        std::fs::write(&file, "pem").unwrap();
+        let file = file.display().to_string();
+        let missing = dir.join("missing.pem").display().to_string();
+        assert_eq!(
+            err_key(&format!("[worker]\ngrpc_tls_cert = \"{file}\"\n")),
+            "worker.grpc_tls_key"
+        );
+        assert_eq!(
+            err_key(&format!("[worker]\ngrpc_tls_key = \"{file}\"\n")),
+            "worker.grpc_tls_cert"
+        );
+        assert_eq!(
+            err_key(&format!("[worker]\ngrpc_tls_client_ca = \"{file}\"\n")),
+            "worker.grpc_tls_client_ca"
+        );
+        assert_eq!(
+            err_key(&format!(
+                "[worker]\ngrpc_tls_cert = \"{missing}\"\ngrpc_tls_key = \"{file}\"\n"
+            )),
+            "worker.grpc_tls_cert"
+        );
+        let config = load(
+            &format!(
+                "[worker]\ngrpc_tls_cert = \"{file}\"\ngrpc_tls_key = \"{file}\"\ngrpc_tls_client_ca = \"{file}\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let tls = config.worker.grpc_tls.unwrap();
+        assert_eq!(tls.client_ca.unwrap(), PathBuf::from(&file));
+        let defaults = load("", &[]).unwrap();
+        assert!(defaults.worker.grpc_tls.is_none());
+        assert_eq!(defaults.worker.group_max_length, 1_000_000);
+        assert_eq!(
+            defaults.worker.group_message_ttl,
+            Duration::from_secs(604_800)
+        );
+        assert_eq!(defaults.wechat.mp_base, "https://mp.weixin.qq.com");
+        assert_eq!(defaults.wechat.open_base, "https://open.weixin.qq.com");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn unknown_key_is_refused() {
         assert!(
             matches!(load("[gateway]\nlistne = \"x\"\n", &[]), Err(ConfigError::Syntax(m)) if m.contains("listne"))
