@@ -7,6 +7,7 @@
 //! WeChat rejects it (docs/contract.md §1.4).
 
 pub mod auth;
+pub mod events;
 pub mod status;
 
 use std::future::Future;
@@ -54,6 +55,9 @@ pub struct Api {
     pub keys: Keys,
     /// The worker's metrics.
     pub metrics: Arc<WorkerMetrics>,
+    /// Cancelled when the worker shuts down: open streams (`Events.Subscribe`) end with
+    /// `UNAVAILABLE` so the server can drain.
+    pub shutdown: CancellationToken,
 }
 
 impl Api {
@@ -180,10 +184,14 @@ pub async fn serve(
 /// Adds the wxgate services, each behind the API-key interceptor.
 fn add_services(
     router: tonic::transport::server::Router,
-    _api: &Arc<Api>,
-    _auth: &Auth,
+    api: &Arc<Api>,
+    auth: &Auth,
 ) -> tonic::transport::server::Router {
-    router
+    use wxgate_proto::v1::events_server::EventsServer;
+    router.add_service(authenticated(
+        EventsServer::new(events::EventsService::new(Arc::clone(api))),
+        auth,
+    ))
 }
 
 /// Wraps a service in the API-key interceptor.
