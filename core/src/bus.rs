@@ -256,6 +256,55 @@ pub struct Swept {
     pub behind: u64,
 }
 
+/// A consumer group's queue as [`Bus::declare_group`] declares it (docs/contract.md §1.2,
+/// §1.5): durable, bound to the events exchange with `bindings`, bounded by `max_length` and
+/// `message_ttl` with the oldest events dropped first, and every dropped event dead-lettered
+/// to `dead_letter_exchange` (so it can be counted; nothing is dropped silently).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    /// The queue, `{ns}.group.{group}`.
+    pub queue: String,
+    /// Routing-key patterns bound from the events exchange (topic syntax: `*`, `#`).
+    pub bindings: Vec<String>,
+    /// At most this many messages wait; when full, the oldest is dropped (`drop-head`).
+    pub max_length: u64,
+    /// Messages older than this are dropped. Whole milliseconds count.
+    pub message_ttl: Duration,
+    /// Where dropped, expired and rejected (`nack` without requeue) messages go, with the
+    /// header `x-first-death-reason` (`maxlen`, `expired`, `rejected`) and
+    /// `x-first-death-queue` (this queue).
+    pub dead_letter_exchange: String,
+    /// The queue type (`quorum` or `classic`; `rabbitmq.queue_type`). An in-memory bus may
+    /// ignore it.
+    pub queue_type: String,
+}
+
+/// What a group's queue holds right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Messages ready for delivery (not counting those delivered and not yet settled).
+    pub depth: u64,
+    /// Consumers attached, across every process.
+    pub consumers: u32,
+}
+
+/// Why a group operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// The queue exists with other arguments than the spec (RabbitMQ cannot change a queue's
+    /// arguments): delete the group first. Not retryable.
+    #[error("queue `{queue}` exists with a different `{argument}`")]
+    Mismatch {
+        /// The queue.
+        queue: String,
+        /// The argument that differs, as the broker names it (`x-max-length`, …), or `unknown`.
+        argument: String,
+    },
+    /// The broker failed or did not answer in time.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
 /// The bus operations.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -273,13 +322,29 @@ pub trait Bus: Send + Sync + 'static {
     /// consuming across reconnects until the stream is stopped or dropped.
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BusError>;
 
+    /// Declares a consumer group's queue per `spec` and makes its bindings exactly
+    /// `spec.bindings`: binds each of them and unbinds each of `unbind` that is not among
+    /// them (the caller knows which keys it bound before; the broker cannot list them
+    /// cheaply). Idempotent: declaring the same spec again changes nothing. A queue that
+    /// exists with other arguments (retention, queue type) is [`GroupError::Mismatch`] and
+    /// is left as it was. Each broker operation is bounded by the bus's deadline.
+    async fn declare_group(&self, spec: &GroupSpec, unbind: &[String]) -> Result<(), GroupError>;
+
+    /// Deletes a group's queue with the messages in it (its consumers are cancelled);
+    /// returns how many messages it held. A queue that does not exist is `Ok(0)`.
+    async fn delete_group(&self, queue: &str) -> Result<u64, GroupError>;
+
+    /// The depth and consumer count of a group's queue; `None` when it does not exist.
+    async fn group_stats(&self, queue: &str) -> Result<Option<GroupStats>, GroupError>;
+
     /// Whether the bus is connected and the topology is declared.
     fn is_ready(&self) -> bool;
 
     /// Walks `queue` from its head, at most `max` messages, asking `decide` about each:
     /// [`Disposition::Keep`] leaves it where it was, [`Disposition::Remove`] removes it,
     /// [`Disposition::Move`] publishes a new message to another queue (with a confirm) and
-    /// only then removes the old one. Kept messages stay in the queue in their order; a
+    /// only then removes the old one. Kept messages stay in the queue (back at its head; their
+    /// order among themselves is not promised); a
     /// sweep that fails or is interrupted keeps every message it had not settled, so it may
     /// leave a moved message in both queues but never in neither. Other consumers of the
     /// queue do not see the messages under inspection until the sweep ends. Bounded: every

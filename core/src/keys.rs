@@ -66,4 +66,10 @@ impl Keys {
     pub fn accounts_version(&self) -> String {
         format!("{}:accounts:version", self.ns)
     }
+
+    /// `{ns}:groups`: consumer groups of the gRPC `Events` API, a hash group name → JSON
+    /// (filter, retention, bound routing keys, `created_at_ms`).
+    pub fn groups(&self) -> String {
+        format!("{}:groups", self.ns)
+    }
 }

@@ -156,6 +156,16 @@ pub struct ErrcodeLabel {
     pub errcode: String,
 }
 
+/// Labels `{group, reason}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupReason {
+    /// The consumer group's name (one series per group and reason; groups are few and named
+    /// by operators).
+    pub group: String,
+    /// Why it was dropped: `maxlen`, `expired`, `rejected` or `other`.
+    pub reason: &'static str,
+}
+
 /// The worker's metrics (docs/contract.md §1.3).
 pub struct WorkerMetrics {
     registry: Registry,
@@ -172,6 +182,9 @@ pub struct WorkerMetrics {
     /// `wxgate_token_requests_today{account}`: token endpoint calls today (Beijing date), as
     /// last counted by this process.
     pub token_requests_today: Family<AccountLabel, Gauge>,
+    /// `wxgate_group_dropped_total{group,reason}`: events a consumer group dropped (over its
+    /// retention, or nacked without requeue), as counted by this worker.
+    pub group_dropped: Family<GroupReason, Counter>,
 }
 
 impl Default for WorkerMetrics {
@@ -190,6 +203,7 @@ impl WorkerMetrics {
         let end_to_end_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 18));
         let token_refresh = Family::<AccountResult, Counter>::default();
         let token_requests_today = Family::<AccountLabel, Gauge>::default();
+        let group_dropped = Family::<GroupReason, Counter>::default();
         registry.register(
             "wxgate_worker_events",
             "Events settled, by outcome",
@@ -220,6 +234,11 @@ impl WorkerMetrics {
             "Calls to WeChat's token endpoints today (Beijing date)",
             token_requests_today.clone(),
         );
+        registry.register(
+            "wxgate_group_dropped",
+            "Events consumer groups dropped, by group and reason",
+            group_dropped.clone(),
+        );
         Self {
             registry,
             events,
@@ -228,6 +247,7 @@ impl WorkerMetrics {
             end_to_end_seconds,
             token_refresh,
             token_requests_today,
+            group_dropped,
         }
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{ConnectError, Publisher};
 use crate::bus::{
-    Acker, Bus, BusError, Decide, Delivery, DeliveryStream, Disposition, HeaderValue, Message,
-    Properties, PublishError, Swept,
+    Acker, Bus, BusError, Decide, Delivery, DeliveryStream, Disposition, GroupError, GroupSpec,
+    GroupStats, HeaderValue, Message, Properties, PublishError, Swept,
 };
 use crate::topology::{Arg, Topology};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -173,6 +173,8 @@ struct Live {
     publisher: Option<Publisher>,
     channels: Vec<Channel>,
     next: AtomicUsize,
+    /// The events exchange, `{ns}.events`, that group queues are bound to.
+    exchange: String,
 }
 
 impl Live {
@@ -411,6 +413,7 @@ async fn establish(
         publisher,
         channels,
         next: AtomicUsize::new(0),
+        exchange: topology.exchange.clone(),
     })
 }
 
@@ -435,29 +438,9 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Decla
     .await
     .map_err(|e| mismatch_or("exchange", exchange, e))?;
     for queue in &topology.queues {
-        let mut args = FieldTable::default();
-        for arg in &queue.args {
-            match arg {
-                Arg::Str(k, v) => args.insert(
-                    ShortString::from(*k),
-                    AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
-                ),
-                Arg::Int(k, v) => args.insert(ShortString::from(*k), AMQPValue::LongLongInt(*v)),
-            };
-        }
-        bounded(
-            "queue.declare",
-            channel.queue_declare(
-                ShortString::from(queue.name.as_str()),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                args,
-            ),
-        )
-        .await
-        .map_err(|e| mismatch_or("queue", &queue.name, e))?;
+        declare_queue(channel, &queue.name, &queue.args)
+            .await
+            .map_err(|e| mismatch_or("queue", &queue.name, e))?;
         for key in &queue.bindings {
             bounded(
                 "queue.bind",
@@ -472,7 +455,99 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Decla
             .await?;
         }
     }
+    for fanout in &topology.fanouts {
+        let exchange = fanout.exchange.as_str();
+        bounded(
+            "exchange.declare",
+            channel.exchange_declare(
+                ShortString::from(exchange),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .map_err(|e| mismatch_or("exchange", exchange, e))?;
+        let queue = &fanout.queue;
+        declare_queue(channel, &queue.name, &queue.args)
+            .await
+            .map_err(|e| mismatch_or("queue", &queue.name, e))?;
+        bounded(
+            "queue.bind",
+            channel.queue_bind(
+                ShortString::from(queue.name.as_str()),
+                ShortString::from(exchange),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+    }
     Ok(())
+}
+
+/// Declares durable queue `name` with `args`, under the operation deadline.
+async fn declare_queue(channel: &Channel, name: &str, args: &[Arg]) -> Result<(), BusError> {
+    let mut table = FieldTable::default();
+    for arg in args {
+        match arg {
+            Arg::Str(k, v) => table.insert(
+                ShortString::from(*k),
+                AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
+            ),
+            Arg::Int(k, v) => table.insert(ShortString::from(*k), AMQPValue::LongLongInt(*v)),
+        };
+    }
+    bounded(
+        "queue.declare",
+        channel.queue_declare(
+            ShortString::from(name),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            table,
+        ),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The declaration arguments of a group's queue (docs/contract.md §1.2).
+fn group_args(spec: &GroupSpec) -> Vec<Arg> {
+    vec![
+        Arg::Str("x-queue-type", spec.queue_type.clone()),
+        Arg::Int(
+            "x-max-length",
+            i64::try_from(spec.max_length).unwrap_or(i64::MAX),
+        ),
+        Arg::Int(
+            "x-message-ttl",
+            i64::try_from(spec.message_ttl.as_millis()).unwrap_or(i64::MAX),
+        ),
+        Arg::Str("x-overflow", "drop-head".to_owned()),
+        Arg::Str("x-dead-letter-exchange", spec.dead_letter_exchange.clone()),
+    ]
+}
+
+/// Whether `error` is the broker's `NOT_FOUND` (a passive declare or delete of a queue that
+/// does not exist).
+fn is_not_found(error: &BusError) -> bool {
+    let BusError::Failed { source, .. } = error else {
+        return false;
+    };
+    let Some(lapin_error) = source.downcast_ref::<lapin::Error>() else {
+        return false;
+    };
+    matches!(
+        lapin_error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+    )
 }
 
 /// A [`TopologyMismatch`] when the broker said `PRECONDITION_FAILED` to declaring `name`, else
@@ -638,6 +713,53 @@ impl Bus for RabbitBus {
         Ok(DeliveryStream::new(receiver, stop))
     }
 
+    async fn declare_group(&self, spec: &GroupSpec, unbind: &[String]) -> Result<(), GroupError> {
+        let (live, channel) = self.operation_channel().await?;
+        let result = declare_group_on(&channel, &live.exchange, spec, unbind).await;
+        close_operation_channel(&channel).await;
+        result
+    }
+
+    async fn delete_group(&self, queue: &str) -> Result<u64, GroupError> {
+        let (_live, channel) = self.operation_channel().await?;
+        let result = bounded(
+            "queue.delete",
+            channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()),
+        )
+        .await;
+        close_operation_channel(&channel).await;
+        match result {
+            Ok(count) => Ok(u64::from(count)),
+            Err(e) if is_not_found(&e) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn group_stats(&self, queue: &str) -> Result<Option<GroupStats>, GroupError> {
+        let (_live, channel) = self.operation_channel().await?;
+        let result = bounded(
+            "queue.declare",
+            channel.queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await;
+        close_operation_channel(&channel).await;
+        match result {
+            Ok(found) => Ok(Some(GroupStats {
+                depth: u64::from(found.message_count()),
+                consumers: found.consumer_count(),
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn is_ready(&self) -> bool {
         self.shared.ready.load(Ordering::Relaxed)
     }
@@ -718,6 +840,71 @@ async fn sweep_on(
         }
     }
     Ok(swept)
+}
+
+impl RabbitBus {
+    /// A fresh channel for one management operation: a refused operation closes its channel,
+    /// so none is shared.
+    async fn operation_channel(&self) -> Result<(Arc<Live>, Channel), BusError> {
+        let live = self.live().ok_or(BusError::Unavailable)?;
+        let channel = bounded("channel.open", live.connection.create_channel()).await?;
+        Ok((live, channel))
+    }
+}
+
+/// Closes a management channel; the broker may have closed it already after a refusal.
+async fn close_operation_channel(channel: &Channel) {
+    if channel.status().connected() {
+        let _ = bounded(
+            "channel.close",
+            channel.close(200, ShortString::from("done")),
+        )
+        .await;
+    }
+}
+
+async fn declare_group_on(
+    channel: &Channel,
+    exchange: &str,
+    spec: &GroupSpec,
+    unbind: &[String],
+) -> Result<(), GroupError> {
+    declare_queue(channel, &spec.queue, &group_args(spec))
+        .await
+        .map_err(|e| match mismatch_or("queue", &spec.queue, e) {
+            DeclareError::Mismatch(m) => GroupError::Mismatch {
+                queue: m.name,
+                argument: m.argument,
+            },
+            DeclareError::Bus(e) => GroupError::Bus(e),
+        })?;
+    for key in &spec.bindings {
+        bounded(
+            "queue.bind",
+            channel.queue_bind(
+                ShortString::from(spec.queue.as_str()),
+                ShortString::from(exchange),
+                ShortString::from(key.as_str()),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+    }
+    for key in unbind.iter().filter(|key| !spec.bindings.contains(key)) {
+        // Unbinding a key that is not bound is a no-op for the broker.
+        bounded(
+            "queue.unbind",
+            channel.queue_unbind(
+                ShortString::from(spec.queue.as_str()),
+                ShortString::from(exchange),
+                ShortString::from(key.as_str()),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn consume_loop(

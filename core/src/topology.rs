@@ -1,6 +1,7 @@
 //! The RabbitMQ names and topology of docs/contract.md §1.2, derived from the config in one place so
 //! gateway and worker declare exactly the same thing.
 
+use crate::bus::GroupSpec;
 use crate::config::Config;
 
 /// One argument of a queue declaration.
@@ -23,14 +24,33 @@ pub struct QueueSpec {
     pub bindings: Vec<String>,
 }
 
-/// Everything declared at start: the topic exchange and the worker queues.
+/// A durable fanout exchange and the one queue bound to it (its `bindings` are unused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutSpec {
+    /// The exchange's name.
+    pub exchange: String,
+    /// The queue bound to it.
+    pub queue: QueueSpec,
+}
+
+/// Everything declared at start: the topic exchange, the worker queues and the fanout that
+/// collects what consumer groups drop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     /// `{ns}.events`, a durable topic exchange.
     pub exchange: String,
     /// `{ns}.worker`, its retry queues and `{ns}.worker.dead`.
     pub queues: Vec<QueueSpec>,
+    /// `{ns}.groups.dropped` (exchange and queue).
+    pub fanouts: Vec<FanoutSpec>,
 }
+
+/// How long a record of a dropped group event waits in `{ns}.groups.dropped` for a worker to
+/// count it (ms). Records are only counted, so losing old ones while no worker runs loses
+/// only metric increments.
+pub const GROUPS_DROPPED_TTL_MS: i64 = 600_000;
+/// At most this many records wait in `{ns}.groups.dropped`; older ones are dropped uncounted.
+pub const GROUPS_DROPPED_MAX_LENGTH: i64 = 100_000;
 
 /// The RabbitMQ names of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +87,22 @@ impl Names {
     /// `{ns}.group.{group}`.
     pub fn group_queue(&self, group: &str) -> String {
         format!("{}.group.{group}", self.ns)
+    }
+
+    /// The group whose queue is `queue` (`{ns}.group.{group}`), if it is one of this
+    /// namespace's group queues.
+    pub fn group_of_queue<'a>(&self, queue: &'a str) -> Option<&'a str> {
+        queue
+            .strip_prefix(self.ns.as_str())?
+            .strip_prefix(".group.")
+            .filter(|group| !group.is_empty())
+    }
+
+    /// `{ns}.groups.dropped`: the fanout exchange consumer-group queues dead-letter to, and
+    /// the queue bound to it that the worker counts from. Plural `groups`, so it cannot be
+    /// a group's queue (`{ns}.group.…`).
+    pub fn groups_dropped(&self) -> String {
+        format!("{}.groups.dropped", self.ns)
     }
 }
 
@@ -132,10 +168,46 @@ impl Topology {
             args: vec![queue_type()],
             bindings: Vec::new(),
         });
+        let dropped = names.groups_dropped();
+        let fanouts = vec![FanoutSpec {
+            exchange: dropped.clone(),
+            queue: QueueSpec {
+                name: dropped,
+                args: vec![
+                    Arg::Int("x-message-ttl", GROUPS_DROPPED_TTL_MS),
+                    Arg::Int("x-max-length", GROUPS_DROPPED_MAX_LENGTH),
+                    Arg::Str("x-overflow", "drop-head".to_owned()),
+                    queue_type(),
+                ],
+                bindings: Vec::new(),
+            },
+        }];
         Self {
             exchange: names.events_exchange(),
             queues,
+            fanouts,
         }
+    }
+}
+
+/// The queue of consumer group `group` as docs/contract.md §1.2 declares it: bound with
+/// `bindings`, `rabbitmq.queue_type`, the given retention, dead-lettering to
+/// `{ns}.groups.dropped`.
+pub fn group_spec(
+    config: &Config,
+    group: &str,
+    bindings: Vec<String>,
+    max_length: u64,
+    message_ttl: std::time::Duration,
+) -> GroupSpec {
+    let names = Names::new(&config.namespace);
+    GroupSpec {
+        queue: names.group_queue(group),
+        bindings,
+        max_length,
+        message_ttl,
+        dead_letter_exchange: names.groups_dropped(),
+        queue_type: config.rabbitmq.queue_type.as_str().to_owned(),
     }
 }
 
@@ -163,6 +235,15 @@ mod tests {
     }
 
     #[test]
+    fn group_queues_are_recognised_by_name() {
+        let names = Names::new("t1");
+        assert_eq!(names.group_of_queue(&names.group_queue("crm")), Some("crm"));
+        assert_eq!(names.group_of_queue("t1.group."), None);
+        assert_eq!(names.group_of_queue("t2.group.crm"), None);
+        assert_eq!(names.group_of_queue(&names.groups_dropped()), None);
+    }
+
+    #[test]
     fn topology_has_worker_retry_and_dead_queues() {
         let config = Config::from_toml(
             "namespace = \"t1\"\n[worker]\nretry_delays_ms = [10, 20]\n",
@@ -181,9 +262,12 @@ mod tests {
                 "t1.worker.dead"
             ]
         );
+        assert_eq!(t.fanouts.len(), 1);
+        assert_eq!(t.fanouts[0].exchange, "t1.groups.dropped");
+        assert_eq!(t.fanouts[0].queue.name, "t1.groups.dropped");
         assert!(t.queues[1].args.contains(&Arg::Int("x-message-ttl", 10)));
         let every_queue_is = |t: &Topology, queue_type: &str| {
-            for queue in &t.queues {
+            for queue in t.queues.iter().chain(t.fanouts.iter().map(|f| &f.queue)) {
                 assert!(
                     queue
                         .args

@@ -52,6 +52,7 @@ async fn every_queue_takes_the_configured_queue_type() {
         let one = Topology {
             exchange: classic.exchange.clone(),
             queues: vec![queue.clone()],
+            fanouts: Vec::new(),
         };
         let channel = connection.create_channel().await.unwrap();
         match declare(&channel, &one).await {

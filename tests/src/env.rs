@@ -610,20 +610,27 @@ impl Drop for TestEnv {
     }
 }
 
-/// Deletes `{ns}.worker`, `{ns}.worker.retry.{0..retry_queues}`, `{ns}.worker.dead`, the
-/// exchange `{ns}.events` and every Redis key `{ns}:*`; the error lists what failed. Not
-/// bounded in time: wrap it in a timeout.
+/// Deletes `{ns}.worker`, `{ns}.worker.retry.{0..retry_queues}`, `{ns}.worker.dead`, every
+/// consumer group's queue `{ns}.group.{group}` listed in `{ns}:groups`, the queue and
+/// exchange `{ns}.groups.dropped`, the exchange `{ns}.events` and every Redis key `{ns}:*`;
+/// the error lists what failed. Not bounded in time: wrap it in a timeout.
 pub async fn remove_namespace(
     ns: &str,
     redis_url: &str,
     rabbitmq_url: &str,
     retry_queues: usize,
 ) -> Result<(), String> {
-    let (rabbitmq, redis) = tokio::join!(
-        purge_rabbitmq(ns, rabbitmq_url, retry_queues),
-        purge_redis(ns, redis_url)
-    );
-    let errors: Vec<String> = [rabbitmq, redis]
+    // The groups are known from Redis: read them before the keys go.
+    let groups = group_names(ns, redis_url).await;
+    let rabbitmq = purge_rabbitmq(
+        ns,
+        rabbitmq_url,
+        retry_queues,
+        groups.as_deref().unwrap_or(&[]),
+    )
+    .await;
+    let redis = purge_redis(ns, redis_url).await;
+    let errors: Vec<String> = [groups.map(|_| ()), rabbitmq, redis]
         .into_iter()
         .filter_map(Result::err)
         .collect();
@@ -634,12 +641,36 @@ pub async fn remove_namespace(
     }
 }
 
-async fn purge_rabbitmq(ns: &str, rabbitmq_url: &str, retry_queues: usize) -> Result<(), String> {
+/// The consumer groups named in the hash `{ns}:groups`.
+async fn group_names(ns: &str, redis_url: &str) -> Result<Vec<String>, String> {
+    let client = redis::Client::open(redis_url).map_err(|e| format!("Redis: {e}"))?;
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("Redis: {e}"))?;
+    redis::cmd("HKEYS")
+        .arg(format!("{ns}:groups"))
+        .query_async(&mut redis)
+        .await
+        .map_err(|e| format!("Redis HKEYS {ns}:groups: {e}"))
+}
+
+async fn purge_rabbitmq(
+    ns: &str,
+    rabbitmq_url: &str,
+    retry_queues: usize,
+    groups: &[String],
+) -> Result<(), String> {
     let amqp = Connection::connect(rabbitmq_url, ConnectionProperties::default())
         .await
         .map_err(|e| format!("RabbitMQ: {e}"))?;
-    let mut queues = vec![format!("{ns}.worker"), format!("{ns}.worker.dead")];
+    let mut queues = vec![
+        format!("{ns}.worker"),
+        format!("{ns}.worker.dead"),
+        format!("{ns}.groups.dropped"),
+    ];
     queues.extend((0..retry_queues).map(|i| format!("{ns}.worker.retry.{i}")));
+    queues.extend(groups.iter().map(|group| format!("{ns}.group.{group}")));
     // A failed operation closes its channel: one channel each, all at once.
     let deletions = queues.iter().map(|queue| {
         let amqp = &amqp;
@@ -661,19 +692,20 @@ async fn purge_rabbitmq(ns: &str, rabbitmq_url: &str, retry_queues: usize) -> Re
             errors.push(format!("delete queue {queue}: {e}"));
         }
     }
-    let exchange = format!("{ns}.events");
-    let deleted = async {
-        let channel = amqp.create_channel().await?;
-        channel
-            .exchange_delete(
-                ShortString::from(exchange.as_str()),
-                ExchangeDeleteOptions::default(),
-            )
-            .await
-    }
-    .await;
-    if let Err(e) = deleted {
-        errors.push(format!("delete exchange {exchange}: {e}"));
+    for exchange in [format!("{ns}.events"), format!("{ns}.groups.dropped")] {
+        let deleted = async {
+            let channel = amqp.create_channel().await?;
+            channel
+                .exchange_delete(
+                    ShortString::from(exchange.as_str()),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await
+        }
+        .await;
+        if let Err(e) = deleted {
+            errors.push(format!("delete exchange {exchange}: {e}"));
+        }
     }
     let _ = amqp.close(200, ShortString::from("cleanup")).await;
     if errors.is_empty() {

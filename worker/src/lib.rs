@@ -221,7 +221,14 @@ pub async fn start_with(
         names: Names::new(&config.namespace),
         keys: Keys::new(&config.namespace),
         metrics: Arc::clone(&metrics),
+        shutdown: shutdown.clone(),
     });
+    let mut dropped_task = tokio::spawn(grpc::events::count_dropped(
+        Arc::clone(&bus),
+        Names::new(&config.namespace),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
     let ctx = Arc::new(consumer::Context {
         names: Names::new(&config.namespace),
         keys: Keys::new(&config.namespace),
@@ -255,6 +262,14 @@ pub async fn start_with(
     let task = tokio::spawn(async move {
         let result = consumer::run(ctx, shutdown).await;
         http_task.abort();
+        // It stops on `shutdown`, counting what it had taken already.
+        if tokio::time::timeout(Duration::from_secs(10), &mut dropped_task)
+            .await
+            .is_err()
+        {
+            dropped_task.abort();
+            tracing::warn!("group drop counter still running after 10 s; stopping anyway");
+        }
         // The server stops on `shutdown` too and lets calls in progress finish.
         match tokio::time::timeout(Duration::from_secs(10), grpc_task).await {
             Ok(_) => {}

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod dead_letters;
+pub mod events;
 pub mod status;
 
 use std::future::Future;
@@ -55,6 +56,9 @@ pub struct Api {
     pub keys: Keys,
     /// The worker's metrics.
     pub metrics: Arc<WorkerMetrics>,
+    /// Cancelled when the worker shuts down: open streams (`Events.Subscribe`) end with
+    /// `UNAVAILABLE` so the server can drain.
+    pub shutdown: CancellationToken,
 }
 
 impl Api {
@@ -189,10 +193,16 @@ fn add_services(
     auth: &Auth,
 ) -> tonic::transport::server::Router {
     use wxgate_proto::v1::dead_letters_server::DeadLettersServer;
-    router.add_service(authenticated(
-        DeadLettersServer::new(dead_letters::DeadLettersService::new(Arc::clone(api))),
-        auth,
-    ))
+    use wxgate_proto::v1::events_server::EventsServer;
+    router
+        .add_service(authenticated(
+            DeadLettersServer::new(dead_letters::DeadLettersService::new(Arc::clone(api))),
+            auth,
+        ))
+        .add_service(authenticated(
+            EventsServer::new(events::EventsService::new(Arc::clone(api))),
+            auth,
+        ))
 }
 
 /// Wraps a service in the API-key interceptor.

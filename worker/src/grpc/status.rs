@@ -5,7 +5,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use wechat::errcode::{Class, classify};
 use wxgate_core::ErrorChain;
-use wxgate_core::bus::BusError;
+use wxgate_core::bus::{BusError, GroupError};
 use wxgate_core::store::StoreError;
 use wxgate_core::tokens::TokenError;
 
@@ -56,6 +56,12 @@ pub enum ApiError {
     /// WeChat could not be reached or answered garbage.
     #[error("wechat call failed")]
     Call(#[source] CallError),
+    /// The caller did not send something in time (the first request of a stream).
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The worker is shutting down; the caller should reconnect (to another worker).
+    #[error("worker is shutting down")]
+    ShuttingDown,
     /// Redis failed.
     #[error("store failed")]
     Store(#[source] StoreError),
@@ -89,6 +95,19 @@ impl From<CallError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         Self::Store(e)
+    }
+}
+
+impl From<GroupError> for ApiError {
+    /// A group queue that exists with other arguments is [`ApiError::FailedPrecondition`]
+    /// naming the argument; a broker failure is [`ApiError::Bus`].
+    fn from(e: GroupError) -> Self {
+        match e {
+            GroupError::Mismatch { .. } => Self::FailedPrecondition(format!(
+                "{e}: RabbitMQ cannot change a queue's arguments; DeleteGroup first"
+            )),
+            GroupError::Bus(e) => Self::Bus(e),
+        }
     }
 }
 
@@ -158,6 +177,8 @@ impl From<ApiError> for Status {
             ApiError::Unauthenticated(_) => Status::unauthenticated(message),
             ApiError::PermissionDenied(_) => Status::permission_denied(message),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(message),
+            ApiError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
+            ApiError::ShuttingDown => Status::unavailable(message),
             ApiError::Wechat { errcode, .. } => {
                 let mut trailers = MetadataMap::new();
                 trailers.insert(ERRCODE_TRAILER, MetadataValue::from(*errcode));

@@ -460,3 +460,17 @@ pub fn header_str(message: &Message, name: &str) -> Option<String> {
         HeaderValue::Int(i) => Some(i.to_string()),
     }
 }
+
+impl Harness {
+    /// A gRPC channel to the `i`-th started worker's API without a per-call deadline, for
+    /// long-lived streams (the deadline of [`Harness::channel`] would end them).
+    pub async fn stream_channel(&self, i: usize) -> tonic::transport::Channel {
+        let addr = self.grpc_addrs[i];
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the grpc api at {addr}: {e}"))
+    }
+}
