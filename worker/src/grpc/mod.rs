@@ -163,6 +163,10 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(wxgate_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1();
+    // The reporter starts at SERVING; say NOT_SERVING until Redis and RabbitMQ are there.
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     tokio::spawn(report_health(
         health_reporter,
         Arc::clone(&api),
