@@ -283,9 +283,6 @@ fn sent_to(h: &Harness, user: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dead_letters_are_listed_replayed_once_and_discarded() {
-    if std::env::var("DEBUG_LOG").is_ok() {
-        wxgate_core::logging::init();
-    }
     let mut h = Harness::new(&[]).await;
     h.start_worker().await;
     let channel = h.channel(0).await;
