@@ -7,6 +7,8 @@
 //! WeChat rejects it (docs/contract.md §1.4).
 
 pub mod auth;
+pub mod media;
+pub mod messages;
 pub mod status;
 
 use std::future::Future;
@@ -180,10 +182,20 @@ pub async fn serve(
 /// Adds the wxgate services, each behind the API-key interceptor.
 fn add_services(
     router: tonic::transport::server::Router,
-    _api: &Arc<Api>,
-    _auth: &Auth,
+    api: &Arc<Api>,
+    auth: &Auth,
 ) -> tonic::transport::server::Router {
-    router
+    use wxgate_proto::v1::media_server::MediaServer;
+    use wxgate_proto::v1::messages_server::MessagesServer;
+    let router = router.add_service(authenticated(
+        MessagesServer::new(messages::MessagesService::new(Arc::clone(api))),
+        auth,
+    ));
+    router.add_service(authenticated(
+        MediaServer::new(media::MediaService::new(Arc::clone(api)))
+            .max_decoding_message_size(media::MAX_REQUEST_BYTES),
+        auth,
+    ))
 }
 
 /// Wraps a service in the API-key interceptor.
