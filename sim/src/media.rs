@@ -90,7 +90,14 @@ pub(crate) fn upload_image(
     ctx: &Ctx<'_>,
 ) -> Result<Value, ApiError> {
     let limit = state.config.media_limits.article_image_bytes;
-    let media = accept(state, appid, ctx, "uploadimg", limit, &["jpg", "jpeg", "png"])?;
+    let media = accept(
+        state,
+        appid,
+        ctx,
+        "uploadimg",
+        limit,
+        &["jpg", "jpeg", "png"],
+    )?;
     let url = format!(
         "http://mmbiz.qpic.cn/sim_mmbiz/{appid}/{:x}/0",
         state.next_msg_id()
@@ -264,6 +271,12 @@ mod tests {
         assert!(parse("application/json", b"{}").is_none());
         assert!(parse("multipart/form-data", b"--x--").is_none());
         assert!(parse(TYPE, b"--XyZ\r\nno end of headers").is_none());
-        assert!(parse(TYPE, b"--XyZ\r\nContent-Disposition: form-data; name=\"m\"\r\n\r\nunterminated").is_none());
+        assert!(
+            parse(
+                TYPE,
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"m\"\r\n\r\nunterminated"
+            )
+            .is_none()
+        );
     }
 }

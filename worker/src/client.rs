@@ -162,10 +162,9 @@ impl WechatClient {
     ) -> Result<ApiAnswer, CallError> {
         let boundary = format!("wxgate-{:032x}", rand::random::<u128>());
         let body = multipart_body(&boundary, file);
-        let content_type = HeaderValue::from_str(&format!(
-            "multipart/form-data; boundary={boundary}"
-        ))
-        .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
+        let content_type =
+            HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}"))
+                .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
         self.call(Method::POST, path, query, Some((body, content_type)))
             .await
     }

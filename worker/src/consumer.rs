@@ -335,7 +335,14 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
         }
     }
 
-    let outcome = send_all(ctx, account, &event.event_id, &messages, event.received_at_ms).await;
+    let outcome = send_all(
+        ctx,
+        account,
+        &event.event_id,
+        &messages,
+        event.received_at_ms,
+    )
+    .await;
     if outcome == Outcome::Sent
         && let Err(e) = ctx
             .store

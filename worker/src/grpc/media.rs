@@ -165,9 +165,8 @@ impl Media for MediaService {
         let account = self.account(&request, &request.get_ref().account_id)?;
         let upload = request.get_ref();
         let kind = pb::MediaType::try_from(upload.r#type).unwrap_or(pb::MediaType::Unspecified);
-        let (name, max, extensions) = rules(kind).ok_or_else(|| {
-            ApiError::invalid("type", "must be IMAGE, VOICE, VIDEO or THUMB")
-        })?;
+        let (name, max, extensions) = rules(kind)
+            .ok_or_else(|| ApiError::invalid("type", "must be IMAGE, VOICE, VIDEO or THUMB"))?;
         let content_type = check_file(
             &upload.filename,
             &upload.content_type,
