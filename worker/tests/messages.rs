@@ -54,7 +54,12 @@ fn text(touser: &str, content: &str) -> pb::SendCustomRequest {
 
 /// The body of the last call to `path`.
 fn last_body(h: &Harness, path: &str) -> Value {
-    h.sim.calls_to(path).last().expect("a call").body.clone()
+    h.sim
+        .calls_to(path)
+        .last()
+        .unwrap_or_else(|| panic!("no call to {path}"))
+        .body
+        .clone()
 }
 
 /// Every call to the message and media endpoints so far.
@@ -876,9 +881,9 @@ async fn media_of_the_wrong_type_or_size_is_refused_before_the_call() {
 // ---------------------------------------------------------------------------------------------
 // The worker's own rule replies use the same sending code.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_news_rule_sends_every_article_one_message_each() {
-    let mut h = Harness::new_with(&[], |config| {
+/// The harness with one custom rule for `demo`: text `news` → a news reply of three articles.
+async fn news_harness() -> Harness {
+    Harness::new_with(&[], |config| {
         let specs: Vec<wechat::rules::RuleSpec> = serde_json::from_value(json!([{
             "match": {"content": "news"},
             "reply": {"news": [
@@ -887,11 +892,19 @@ async fn a_news_rule_sends_every_article_one_message_each() {
                 {"title": "C"},
             ]},
         }]))
-        .unwrap();
-        let account = config.accounts.iter_mut().find(|a| a.id.as_str() == ACCOUNT).unwrap();
-        account.custom = wechat::rules::compile(&specs, wechat::rules::RulePath::Custom).unwrap();
+        .unwrap_or_else(|e| panic!("rule specs: {e}"));
+        let Some(account) = config.accounts.iter_mut().find(|a| a.id.as_str() == ACCOUNT) else {
+            panic!("no account {ACCOUNT} in the tutorial config");
+        };
+        account.custom = wechat::rules::compile(&specs, wechat::rules::RulePath::Custom)
+            .unwrap_or_else(|e| panic!("rules: {e}"));
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_news_rule_sends_every_article_one_message_each() {
+    let mut h = news_harness().await;
     h.start_worker().await;
     let user = random_openid();
     h.publish_xml(&Inbound::now(ORIGINAL_ID, &user).text(77, "news"))
@@ -912,5 +925,40 @@ async fn a_news_rule_sends_every_article_one_message_each() {
         calls[1].body["news"]["articles"][0],
         json!({"title": "B", "description": "", "url": "https://e.com/b", "picurl": ""})
     );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivered_news_reply_resumes_after_the_articles_already_sent() {
+    let mut h = news_harness().await;
+    let user = random_openid();
+    let (key, message) = event_message(&Inbound::now(ORIGINAL_ID, &user).text(78, "news"), None);
+    let event_id = message.properties.message_id.clone().unwrap();
+    // A previous delivery sent the first article, then failed (a crash, or WeChat busy).
+    let mut redis = redis_connection().await;
+    let () = redis::cmd("SET")
+        .arg(format!("{}:sent:{event_id}:0", h.ns))
+        .arg("1")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let addr = h.start_worker().await;
+    h.publish(&key, &message).await;
+    let calls = h.sim.wait_for_calls(SEND, 2, WAIT).await.unwrap();
+    let titles: Vec<Value> = calls
+        .iter()
+        .map(|call| call.body["news"]["articles"][0]["title"].clone())
+        .collect();
+    assert_eq!(titles, [json!("B"), json!("C")]);
+    // Once every part is out the event's sent marker stands for the whole reply.
+    wait_metric(addr, "wxgate_worker_events_total{outcome=\"sent\"}", 1.0).await;
+    let sent: Option<String> = redis::cmd("GET")
+        .arg(format!("{}:sent:{event_id}", h.ns))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(sent.as_deref(), Some("1"));
     h.finish().await;
 }
