@@ -27,6 +27,13 @@ impl Keys {
         format!("{}:sent:{event_id}", self.ns)
     }
 
+    /// `{ns}:sent:{event_id}:{part}`: part `part` (from 0) of a reply sent as several
+    /// customer-service messages (news, one per article) went out; lets a redelivery resume
+    /// after the parts already sent. Same lifetime as [`Keys::sent`].
+    pub fn sent_part(&self, event_id: &str, part: usize) -> String {
+        format!("{}:sent:{event_id}:{part}", self.ns)
+    }
+
     /// `{ns}:token:{appid}`: the shared access token.
     pub fn token(&self, appid: &str) -> String {
         format!("{}:token:{appid}", self.ns)

@@ -136,7 +136,7 @@ fn payload(kind: MessageKind) -> Option<pb::event::Payload> {
             content,
             bizmsgmenuid: bizmsgmenuid.unwrap_or_default(),
         }),
-        MessageKind::Image { pic_url, media_id } => P::Image(pb::Media { media_id, pic_url }),
+        MessageKind::Image { pic_url, media_id } => P::Image(pb::Image { media_id, pic_url }),
         MessageKind::Voice {
             media_id,
             format,

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::errcode::ApiError;
 use crate::state::State;
-use crate::{menu, message, qrcode, token, user};
+use crate::{media, menu, message, qrcode, token, user};
 
 /// An endpoint of the simulated API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +33,8 @@ pub(crate) enum Endpoint {
     UserInfo,
     OAuthAccessToken,
     SnsUserInfo,
+    MediaUpload,
+    MediaUploadImg,
 }
 
 /// How an endpoint is authorised.
@@ -44,7 +46,7 @@ enum Auth {
     AccessToken,
 }
 
-const ALL: [Endpoint; 21] = [
+const ALL: [Endpoint; 23] = [
     Endpoint::Token,
     Endpoint::StableToken,
     Endpoint::CustomSend,
@@ -66,6 +68,8 @@ const ALL: [Endpoint; 21] = [
     Endpoint::UserInfo,
     Endpoint::OAuthAccessToken,
     Endpoint::SnsUserInfo,
+    Endpoint::MediaUpload,
+    Endpoint::MediaUploadImg,
 ];
 
 impl Endpoint {
@@ -96,6 +100,8 @@ impl Endpoint {
             Endpoint::UserInfo => "/cgi-bin/user/info",
             Endpoint::OAuthAccessToken => "/sns/oauth2/access_token",
             Endpoint::SnsUserInfo => "/sns/userinfo",
+            Endpoint::MediaUpload => "/cgi-bin/media/upload",
+            Endpoint::MediaUploadImg => "/cgi-bin/media/uploadimg",
         }
     }
 
@@ -114,7 +120,14 @@ impl Endpoint {
                 | Endpoint::MenuAddConditional
                 | Endpoint::MenuDelConditional
                 | Endpoint::MenuTryMatch
+                | Endpoint::MediaUpload
+                | Endpoint::MediaUploadImg
         )
+    }
+
+    /// Whether the body is `multipart/form-data` rather than JSON.
+    pub(crate) fn is_multipart(self) -> bool {
+        matches!(self, Endpoint::MediaUpload | Endpoint::MediaUploadImg)
     }
 
     fn auth(self) -> Auth {
@@ -182,6 +195,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) method: &'a Method,
     pub(crate) query: &'a [(String, String)],
     pub(crate) body: &'a Body,
+    /// The request's `Content-Type` header, if it is valid text.
+    pub(crate) content_type: Option<&'a str>,
     pub(crate) now_ms: i64,
 }
 
@@ -235,7 +250,7 @@ fn run(state: &mut State, endpoint: Endpoint, ctx: &Ctx<'_>) -> Result<Outcome, 
             Some(appid)
         }
     };
-    if endpoint.is_post() && endpoint != Endpoint::StableToken {
+    if endpoint.is_post() && endpoint != Endpoint::StableToken && !endpoint.is_multipart() {
         if ctx.body.json.is_none() {
             return Err(ApiError::new(44002));
         }
@@ -263,6 +278,8 @@ fn run(state: &mut State, endpoint: Endpoint, ctx: &Ctx<'_>) -> Result<Outcome, 
         Endpoint::MenuAddConditional => menu::add_conditional(state, appid, ctx)?,
         Endpoint::MenuDelConditional => menu::del_conditional(state, appid, ctx)?,
         Endpoint::MenuTryMatch => menu::try_match(state, appid, ctx)?,
+        Endpoint::MediaUpload => media::upload(state, appid, ctx)?,
+        Endpoint::MediaUploadImg => media::upload_image(state, appid, ctx)?,
         Endpoint::UserInfo => user::info(state, appid, ctx)?,
         Endpoint::OAuthAccessToken => user::oauth_access_token(state, ctx)?,
         Endpoint::SnsUserInfo => user::sns_userinfo(state, ctx)?,

@@ -46,8 +46,11 @@ pub struct SimConfig {
     pub jsapi_ticket_expires_in: Duration,
     /// Lifetime of an unused OAuth code (WeChat: 300 s; `42003` after).
     pub oauth_code_lifetime: Duration,
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted request body, in bytes (HTTP 413 beyond); the default, 12 MiB, holds
+    /// the largest media upload.
     pub max_body_bytes: usize,
+    /// Largest media uploads (docs/protocol.md §15; `45001` beyond).
+    pub media_limits: crate::media::MediaLimits,
 }
 
 impl std::fmt::Debug for SimConfig {
@@ -89,7 +92,8 @@ impl Default for SimConfig {
             text_limit_bytes: 2048,
             jsapi_ticket_expires_in: Duration::from_secs(7200),
             oauth_code_lifetime: Duration::from_secs(300),
-            max_body_bytes: 8 * 1024 * 1024,
+            max_body_bytes: 12 * 1024 * 1024,
+            media_limits: crate::media::MediaLimits::default(),
         }
     }
 }
@@ -144,6 +148,7 @@ impl Quotas {
             ("/cgi-bin/menu/delconditional", 2000),
             ("/cgi-bin/menu/trymatch", 20_000),
             ("/cgi-bin/user/info", 5_000_000),
+            ("/cgi-bin/media/upload", 100_000),
         ]
         .into_iter()
         .map(|(path, limit)| (path.to_owned(), limit))

@@ -5,7 +5,7 @@
 //!
 //! - a fake WeChat API server ([`start`] → [`Sim`]): access tokens with
 //!   WeChat's renewal, grace and force-refresh rules, customer-service,
-//!   template and mass messages, QR codes, menus, JS-SDK tickets, users and
+//!   template and mass messages, media uploads, QR codes, menus, JS-SDK tickets, users and
 //!   OAuth, each validated with WeChat's errcodes (docs/protocol.md §5–§13); with a
 //!   call log, fault injection, a controllable clock and an HTTP control
 //!   API under `/_sim/`;
@@ -28,6 +28,7 @@ mod control;
 mod errcode;
 mod fault;
 mod inbound;
+mod media;
 mod menu;
 mod message;
 mod push;
@@ -42,6 +43,7 @@ pub use calls::{Call, LiveCall};
 pub use config::{Interaction, OpenIdPolicy, Quotas, SimConfig, WindowRule, WindowRules};
 pub use fault::{ANY_PATH, Fault, FaultKind};
 pub use inbound::{Inbound, MassJobResult, MsgIdGen, random_openid};
+pub use media::{MediaLimits, UploadedMedia};
 pub use push::{Answer, PushAccount, PushClient, PushError, PushMode, PushOutcome, VerifyOutcome};
 pub use qrcode::{QrScene, QrTicket};
 pub use server::{LIVE_CALLS_CAPACITY, Sim, SimError, Timeout, start};

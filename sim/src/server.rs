@@ -333,6 +333,16 @@ impl Sim {
         lock(&self.inner.state).qr_tickets.get(ticket).cloned()
     }
 
+    /// A file `appid` uploaded: a temporary medium by its `media_id` (or `thumb_media_id`), or
+    /// an article image by its URL.
+    pub fn media(&self, appid: &str, id: &str) -> Option<crate::UploadedMedia> {
+        lock(&self.inner.state)
+            .accounts
+            .get(appid)
+            .and_then(|account| account.media.get(id))
+            .cloned()
+    }
+
     /// The default menu's `button` array of `appid`, if one was created.
     pub fn menu(&self, appid: &str) -> Option<Value> {
         lock(&self.inner.state)
@@ -483,6 +493,11 @@ async fn handle(
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let query = query::parse(parts.uri.query().unwrap_or(""));
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
     let raw = match Limited::new(body, inner.max_body_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
@@ -522,6 +537,7 @@ async fn handle(
     let now_ms = inner.clock.now_ms();
     let mut record = Record {
         method: &parts.method,
+        content_type: content_type.as_deref(),
         path,
         query,
         appid: None,
@@ -563,6 +579,7 @@ async fn handle(
             method: &parts.method,
             query: &record.query,
             body: &body,
+            content_type: content_type.as_deref(),
             now_ms,
         };
         let outcome = api::handle(&mut state, endpoint, &ctx);
@@ -592,6 +609,7 @@ async fn handle(
 /// The parts of a call log entry known before the answer.
 struct Record<'a> {
     method: &'a Method,
+    content_type: Option<&'a str>,
     path: String,
     query: Vec<(String, String)>,
     appid: Option<String>,
@@ -617,7 +635,14 @@ impl Record<'_> {
                 (key, value)
             })
             .collect();
+        let multipart = self
+            .content_type
+            .filter(|content_type| crate::media::is_multipart(content_type));
         let body = match body.json {
+            // A file upload: what was uploaded, never the bytes.
+            _ if multipart.is_some() => multipart
+                .and_then(|content_type| crate::media::summary(content_type, &body.raw))
+                .unwrap_or_else(|| Value::String("[malformed multipart]".to_owned())),
             None => Value::Null,
             Some(Ok(mut json)) => {
                 if let Some(secret) = json.get_mut("secret") {

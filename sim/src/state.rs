@@ -121,6 +121,8 @@ pub(crate) struct Account {
     pub(crate) template_client_ids: HashMap<(String, String), (u64, i64)>,
     /// `clientmsgid` → msg_id of mass sends.
     pub(crate) mass_client_ids: HashMap<String, u64>,
+    /// Uploaded temporary media by `media_id`, and article images by URL.
+    pub(crate) media: HashMap<String, crate::media::UploadedMedia>,
 }
 
 impl Account {
@@ -144,6 +146,7 @@ impl Account {
             permanent_qr_codes: 0,
             template_client_ids: HashMap::new(),
             mass_client_ids: HashMap::new(),
+            media: HashMap::new(),
         }
     }
 

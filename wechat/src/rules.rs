@@ -115,8 +115,8 @@ pub struct ReplySpec {
     /// A music reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub music: Option<MusicSpec>,
-    /// A news reply with 1 to 8 articles (only the first is sent when
-    /// answering a user message, docs/protocol.md §4.2).
+    /// A news reply with 1 to 8 articles (a passive answer to a user message
+    /// keeps only the first, docs/protocol.md §4.2; custom rules keep all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub news: Option<Vec<ArticleSpec>>,
     /// Hand the conversation to customer service (passive rules only).
@@ -287,6 +287,9 @@ pub enum Decision {
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
     rules: Vec<Rule>,
+    /// Custom rules: news keeps every article, also for user messages (the
+    /// passive one-article limit of docs/protocol.md §4.2 does not apply).
+    keep_all_articles: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -334,7 +337,10 @@ pub fn compile(specs: &[RuleSpec], path: RulePath) -> Result<Rules, RuleError> {
             compile_rule(spec, path).map_err(|problem| RuleError { index, problem })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Rules { rules })
+    Ok(Rules {
+        rules,
+        keep_all_articles: path == RulePath::Custom,
+    })
 }
 
 fn compile_rule(spec: &RuleSpec, path: RulePath) -> Result<Rule, RuleProblem> {
@@ -517,7 +523,7 @@ impl Rules {
             Action::Echo => echo(msg),
             Action::Fixed(reply) => Some(reply.clone()),
             Action::News(articles) => {
-                let keep = if msg.msg_type == "event" {
+                let keep = if self.keep_all_articles || msg.msg_type == "event" {
                     articles.len()
                 } else {
                     1
@@ -1315,6 +1321,19 @@ reply = { news = [
         check(
             &rules,
             &event_msg("CLICK", Some("k")),
+            Decision::Reply(Reply::News {
+                articles: vec![a.clone(), b.clone()],
+            }),
+        );
+        // Custom rules send every article (one customer-service message each).
+        let custom = rules_from_toml(
+            "[[rule]]\nreply = { news = [{ title = \"A\", description = \"a\", pic_url = \"https://e.com/a.jpg\", url = \"https://e.com/a\" }, { title = \"B\" }] }\n",
+            RulePath::Custom,
+        )
+        .unwrap();
+        check(
+            &custom,
+            &text_msg("news"),
             Decision::Reply(Reply::News {
                 articles: vec![a, b],
             }),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
+use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -139,7 +139,33 @@ impl WechatClient {
         body: &Value,
     ) -> Result<ApiAnswer, CallError> {
         let body = serde_json::to_vec(body).map_err(|e| CallError::Encode(Arc::new(e)))?;
-        self.call(Method::POST, path, query, Some(Bytes::from(body)))
+        let content_type = HeaderValue::from_static("application/json; charset=utf-8");
+        self.call(
+            Method::POST,
+            path,
+            query,
+            Some((Bytes::from(body), content_type)),
+        )
+        .await
+    }
+
+    /// `POST {api_base}{path}?{query}` as `multipart/form-data` with one file part (WeChat's
+    /// media uploads, docs/protocol.md §15), answered as JSON like every other call.
+    ///
+    /// The boundary is random (128 bits), so file bytes cannot realistically contain it. The
+    /// caller checks sizes; the whole file is held in memory.
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        file: &MultipartFile<'_>,
+    ) -> Result<ApiAnswer, CallError> {
+        let boundary = format!("wxgate-{:032x}", rand::random::<u128>());
+        let body = multipart_body(&boundary, file);
+        let content_type =
+            HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}"))
+                .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
+        self.call(Method::POST, path, query, Some((body, content_type)))
             .await
     }
 
@@ -179,15 +205,19 @@ impl WechatClient {
         method: Method,
         path: &str,
         query: &[(&str, &str)],
-        body: Option<Bytes>,
+        body: Option<(Bytes, HeaderValue)>,
     ) -> Result<ApiAnswer, CallError> {
         let uri = uri(&self.api_base, path, query);
         let mut request = Request::builder().method(method).uri(uri);
-        if body.is_some() {
-            request = request.header(header::CONTENT_TYPE, "application/json; charset=utf-8");
-        }
+        let body = match body {
+            Some((body, content_type)) => {
+                request = request.header(header::CONTENT_TYPE, content_type);
+                body
+            }
+            None => Bytes::new(),
+        };
         let request = request
-            .body(Full::new(body.unwrap_or_default()))
+            .body(Full::new(body))
             .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
         let exchange = async {
             let response = self
@@ -303,6 +333,36 @@ impl TokenFetcher for WechatClient {
     }
 }
 
+/// One file part of a `multipart/form-data` upload.
+#[derive(Debug, Clone, Copy)]
+pub struct MultipartFile<'a> {
+    /// The form field's name (`media` for WeChat's uploads).
+    pub field: &'a str,
+    /// The file name sent in `Content-Disposition`; `"`, `\`, CR and LF become `_`.
+    pub filename: &'a str,
+    /// The part's `Content-Type` (`image/jpeg`); CR and LF become `_`.
+    pub content_type: &'a str,
+    /// The file's bytes.
+    pub data: &'a [u8],
+}
+
+/// The body of a `multipart/form-data` request holding `file` alone (RFC 7578).
+fn multipart_body(boundary: &str, file: &MultipartFile<'_>) -> Bytes {
+    let quoted = |text: &str| text.replace(['"', '\\', '\r', '\n'], "_");
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\nContent-Type: {}\r\n\r\n",
+        quoted(file.field),
+        quoted(file.filename),
+        file.content_type.replace(['\r', '\n'], "_"),
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let mut body = Vec::with_capacity(head.len() + file.data.len() + tail.len());
+    body.extend_from_slice(head.as_bytes());
+    body.extend_from_slice(file.data);
+    body.extend_from_slice(tail.as_bytes());
+    Bytes::from(body)
+}
+
 /// `{api_base}{path}?{query}`, the query form-encoded.
 fn uri(api_base: &str, path: &str, query: &[(&str, &str)]) -> String {
     let mut uri = format!("{api_base}{path}");
@@ -328,6 +388,21 @@ mod tests {
                 &[("access_token", "abc-_.*09"), ("k", "a b&c=d/é+")]
             ),
             "http://x/p?access_token=abc-_.*09&k=a+b%26c%3Dd%2F%C3%A9%2B"
+        );
+    }
+
+    #[test]
+    fn a_multipart_body_has_one_file_part() {
+        let file = MultipartFile {
+            field: "media",
+            filename: "a\"b.jpg",
+            content_type: "image/jpeg",
+            data: b"\x00\xffJPEG",
+        };
+        let body = multipart_body("B", &file);
+        assert_eq!(
+            &body[..],
+            &b"--B\r\nContent-Disposition: form-data; name=\"media\"; filename=\"a_b.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n\x00\xffJPEG\r\n--B--\r\n"[..]
         );
     }
 

@@ -321,9 +321,10 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
     } else {
         event.from_user.clone()
     };
-    let Some(custom) = CustomMessage::from_reply(touser, &reply) else {
+    let messages = CustomMessage::from_reply(touser, &reply);
+    if messages.is_empty() {
         return Outcome::Skipped("reply has no customer-service form");
-    };
+    }
 
     let sent_key = ctx.keys.sent(&event.event_id);
     match ctx.store.get(&sent_key).await {
@@ -338,7 +339,14 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
         }
     }
 
-    let outcome = send(ctx, account, &custom, event.received_at_ms).await;
+    let outcome = send_all(
+        ctx,
+        account,
+        &event.event_id,
+        &messages,
+        event.received_at_ms,
+    )
+    .await;
     if outcome == Outcome::Sent
         && let Err(e) = ctx
             .store
@@ -349,6 +357,51 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
         tracing::warn!(error = %ErrorChain(&e), "cannot write the sent marker");
     }
     outcome
+}
+
+/// Sends `messages` in order and stops at the first that is not sent. A reply of several
+/// messages marks each part sent (`{ns}:sent:{event_id}:{part}`), so a redelivery after a
+/// failure resumes with the first part not yet sent instead of repeating the others.
+async fn send_all(
+    ctx: &Context,
+    account: &Account,
+    event_id: &str,
+    messages: &[CustomMessage],
+    received_at_ms: i64,
+) -> Outcome {
+    let several = messages.len() > 1;
+    for (part, message) in messages.iter().enumerate() {
+        let part_key = several.then(|| ctx.keys.sent_part(event_id, part));
+        if let Some(key) = &part_key {
+            match ctx.store.get(key).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "cannot check the part's sent marker");
+                    return Outcome::Transient {
+                        reason: "store_unavailable",
+                        errcode: None,
+                    };
+                }
+            }
+        }
+        // The end-to-end latency is the first message's.
+        let received_at_ms = if part == 0 { received_at_ms } else { 0 };
+        let outcome = send(ctx, account, message, received_at_ms).await;
+        if outcome != Outcome::Sent {
+            return outcome;
+        }
+        if let Some(key) = &part_key
+            && let Err(e) = ctx
+                .store
+                .set(key, b"1", Some(ctx.config.worker.sent_ttl))
+                .await
+        {
+            // WeChat has this part; only a redelivery could repeat it.
+            tracing::warn!(error = %ErrorChain(&e), part, "cannot write the part's sent marker");
+        }
+    }
+    Outcome::Sent
 }
 
 /// Sends with the shared token; on an invalid token, refreshes and tries once more.

@@ -1,5 +1,7 @@
 //! Customer-service messages (docs/protocol.md §6.2): the JSON body of `custom/send` for every
-//! `msgtype`, and the mapping from a rule's [`wechat::Reply`].
+//! `msgtype`, and the mapping from a rule's [`wechat::Reply`]. The worker's rule replies and
+//! the gRPC `Messages.SendCustom` both build a [`CustomMessage`] and send it with
+//! [`crate::client::WechatClient::custom_send`].
 
 use serde::Serialize;
 use wechat::Reply;
@@ -267,10 +269,16 @@ impl CustomMessage {
         self
     }
 
-    /// The customer-service message answering with `reply`, or `None` for a reply that has
-    /// no such form (transfer to customer service, news without articles). News keeps its
-    /// first article only: `custom/send` takes exactly one.
-    pub fn from_reply(touser: impl Into<String>, reply: &Reply) -> Option<Self> {
+    /// The customer-service messages answering with `reply`, to be sent in order: one for
+    /// most replies; one `news` message per article for news, since `custom/send` takes
+    /// exactly one article per message (docs/protocol.md §6.2), at most
+    /// [`wechat::reply::MAX_NEWS_ARTICLES`]; none for a reply without such a form (transfer
+    /// to customer service, news without articles).
+    ///
+    /// Each message counts against the user's window quota (docs/protocol.md §6.4: 3 after a
+    /// follow or menu tap, 5 after a user message); WeChat refuses the ones beyond it.
+    pub fn from_reply(touser: impl Into<String>, reply: &Reply) -> Vec<Self> {
+        let touser = touser.into();
         let body = match reply {
             Reply::Text { content } => CustomBody::Text {
                 text: TextContent {
@@ -315,21 +323,29 @@ impl CustomMessage {
                 },
             },
             Reply::News { articles } => {
-                let first = articles.first()?;
-                CustomBody::News {
-                    news: News {
-                        articles: vec![NewsArticle {
-                            title: first.title.clone(),
-                            description: first.description.clone(),
-                            url: first.url.clone(),
-                            picurl: first.pic_url.clone(),
-                        }],
-                    },
-                }
+                return articles
+                    .iter()
+                    .take(wechat::reply::MAX_NEWS_ARTICLES)
+                    .map(|article| {
+                        Self::new(
+                            touser.clone(),
+                            CustomBody::News {
+                                news: News {
+                                    articles: vec![NewsArticle {
+                                        title: article.title.clone(),
+                                        description: article.description.clone(),
+                                        url: article.url.clone(),
+                                        picurl: article.pic_url.clone(),
+                                    }],
+                                },
+                            },
+                        )
+                    })
+                    .collect();
             }
-            Reply::TransferCustomerService { .. } => return None,
+            Reply::TransferCustomerService { .. } => return Vec::new(),
         };
-        Some(Self::new(touser, body))
+        vec![Self::new(touser, body)]
     }
 }
 
@@ -341,8 +357,16 @@ mod tests {
     use super::*;
 
     fn check(reply: Reply, expected: Value) {
-        let message = CustomMessage::from_reply("OPENID", &reply).unwrap();
-        assert_eq!(serde_json::to_value(&message).unwrap(), expected);
+        let messages = CustomMessage::from_reply("OPENID", &reply);
+        let json: Vec<Value> = messages
+            .iter()
+            .map(|m| serde_json::to_value(m).unwrap())
+            .collect();
+        let expected = match expected {
+            Value::Array(all) => all,
+            one => vec![one],
+        };
+        assert_eq!(json, expected);
     }
 
     #[test]
@@ -393,12 +417,15 @@ mod tests {
             Reply::News {
                 articles: vec![article("1"), article("2")],
             },
-            json!({"touser":"OPENID","msgtype":"news","news":{"articles":[{"title":"T1","description":"D1","url":"U1","picurl":"P1"}]}}),
+            json!([
+                {"touser":"OPENID","msgtype":"news","news":{"articles":[{"title":"T1","description":"D1","url":"U1","picurl":"P1"}]}},
+                {"touser":"OPENID","msgtype":"news","news":{"articles":[{"title":"T2","description":"D2","url":"U2","picurl":"P2"}]}},
+            ]),
         );
-        assert!(CustomMessage::from_reply("O", &Reply::News { articles: vec![] }).is_none());
+        assert!(CustomMessage::from_reply("O", &Reply::News { articles: vec![] }).is_empty());
         assert!(
             CustomMessage::from_reply("O", &Reply::TransferCustomerService { kf_account: None })
-                .is_none()
+                .is_empty()
         );
     }
 

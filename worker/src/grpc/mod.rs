@@ -9,6 +9,8 @@
 pub mod auth;
 pub mod dead_letters;
 pub mod events;
+pub mod media;
+pub mod messages;
 pub mod status;
 
 use std::future::Future;
@@ -198,6 +200,8 @@ fn add_services(
 ) -> tonic::transport::server::Router {
     use wxgate_proto::v1::dead_letters_server::DeadLettersServer;
     use wxgate_proto::v1::events_server::EventsServer;
+    use wxgate_proto::v1::media_server::MediaServer;
+    use wxgate_proto::v1::messages_server::MessagesServer;
     router
         .add_service(authenticated(
             DeadLettersServer::new(dead_letters::DeadLettersService::new(Arc::clone(api))),
@@ -205,6 +209,15 @@ fn add_services(
         ))
         .add_service(authenticated(
             EventsServer::new(events::EventsService::new(Arc::clone(api))),
+            auth,
+        ))
+        .add_service(authenticated(
+            MessagesServer::new(messages::MessagesService::new(Arc::clone(api))),
+            auth,
+        ))
+        .add_service(authenticated(
+            MediaServer::new(media::MediaService::new(Arc::clone(api)))
+                .max_decoding_message_size(media::MAX_REQUEST_BYTES),
             auth,
         ))
 }

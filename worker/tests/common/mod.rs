@@ -82,6 +82,12 @@ impl Drop for CleanupGuard {
 impl Harness {
     /// The tutorial config with `overrides` (env-style keys, e.g. `WXGATE__WORKER__MAX_ATTEMPTS`).
     pub async fn new(overrides: &[(&str, &str)]) -> Harness {
+        Self::new_with(overrides, |_| {}).await
+    }
+
+    /// As [`Harness::new`], with `edit` applied to the loaded config (rules, accounts) before
+    /// anything starts.
+    pub async fn new_with(overrides: &[(&str, &str)], edit: impl FnOnce(&mut Config)) -> Harness {
         let sim = wxgate_sim::start(
             SimConfig::default().with_account(APPID, SECRET),
             "127.0.0.1:0".parse().unwrap(),
@@ -120,6 +126,7 @@ impl Harness {
                 accounts: vec![accounts.to_owned()],
             });
         }
+        edit(&mut config);
         let config = Arc::new(config);
         // WeChat knows every account of the config.
         for account in &config.accounts {
