@@ -2,6 +2,9 @@
 //! (every row of the table in proto/wxgate/v1/events.proto), ack/nack, redelivery, prefetch,
 //! retention, DeleteGroup, ListGroups and auth.
 
+// Test support: a failed step should fail the test at once, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -241,6 +244,15 @@ async fn delete(channel: &Channel, key: &str, group: &str) -> Result<u64, Status
         .map(|r| r.into_inner().dropped_events)
 }
 
+/// A row of the filter table: group, accounts, msg types, events, expected routing keys.
+type Row<'a> = (
+    &'a str,
+    &'a [&'a str],
+    &'a [&'a str],
+    &'a [&'a str],
+    &'a [&'a str],
+);
+
 /// A harness with one worker whose Redis and RabbitMQ are connected (`/readyz` 200); the
 /// worker's health address and a channel to its API.
 async fn ready_worker(overrides: &[(&str, &str)]) -> (Harness, std::net::SocketAddr, Channel) {
@@ -262,7 +274,7 @@ async fn ready_worker(overrides: &[(&str, &str)]) -> (Harness, std::net::SocketA
 async fn every_row_of_the_filter_table_gets_what_it_says() {
     let (h, _, channel) = ready_worker(&[]).await;
     // (group, accounts, msg types, events, expected routing keys)
-    let rows: &[(&str, &[&str], &[&str], &[&str], &[&str])] = &[
+    let rows: &[Row] = &[
         ("all", &[], &[], &[], &["*.#"]),
         ("all-text", &[], &["text"], &[], &["*.msg.text"]),
         ("demo-all", &["demo"], &[], &[], &["demo.#"]),
