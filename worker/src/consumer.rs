@@ -18,6 +18,7 @@ use wxgate_core::ErrorChain;
 use wxgate_core::bus::{
     Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message, PublishError,
 };
+use wxgate_core::accounts::Registry;
 use wxgate_core::config::{Account, Config};
 use wxgate_core::keys::Keys;
 use wxgate_core::metrics::WorkerMetrics;
@@ -45,6 +46,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Everything a delivery needs; shared by all of them.
 pub(crate) struct Context {
     pub(crate) config: Arc<Config>,
+    pub(crate) accounts: Arc<Registry>,
     pub(crate) names: Names,
     pub(crate) keys: Keys,
     pub(crate) bus: Arc<dyn Bus>,
@@ -292,7 +294,15 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
     if event.passive_reply.is_some() {
         return Outcome::Skipped("answered with a passive reply");
     }
-    let Some(account) = ctx.config.account(&event.account_id) else {
+    let Some(account) = ctx.accounts.get(&event.account_id) else {
+        // Before the first look at the runtime accounts only the file's are known: the
+        // event may be for a runtime account, so it waits for a retry instead of dying.
+        if !ctx.accounts.is_loaded() {
+            return Outcome::Transient {
+                reason: "accounts_not_loaded",
+                errcode: None,
+            };
+        }
         return Outcome::Permanent {
             reason: "unknown_account",
             errcode: None,
@@ -334,7 +344,7 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
         }
     }
 
-    let outcome = send(ctx, account, &custom, event.received_at_ms).await;
+    let outcome = send(ctx, &account, &custom, event.received_at_ms).await;
     if outcome == Outcome::Sent
         && let Err(e) = ctx
             .store
