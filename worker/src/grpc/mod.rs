@@ -6,6 +6,7 @@
 //! [`Api::call`], which adds the shared access token and retries once with a fresh one when
 //! WeChat rejects it (docs/contract.md §1.4).
 
+pub mod accounts;
 pub mod auth;
 pub mod status;
 
@@ -180,10 +181,14 @@ pub async fn serve(
 /// Adds the wxgate services, each behind the API-key interceptor.
 fn add_services(
     router: tonic::transport::server::Router,
-    _api: &Arc<Api>,
-    _auth: &Auth,
+    api: &Arc<Api>,
+    auth: &Auth,
 ) -> tonic::transport::server::Router {
-    router
+    use wxgate_proto::v1::accounts_server::AccountsServer;
+    router.add_service(authenticated(
+        AccountsServer::new(accounts::AccountsService::new(Arc::clone(api))),
+        auth,
+    ))
 }
 
 /// Wraps a service in the API-key interceptor.
