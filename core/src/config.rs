@@ -1233,6 +1233,69 @@ mod tests {
     }
 
     #[test]
+    fn file_and_api_accounts_get_the_same_reasons() {
+        let file = |extra: &str| {
+            format!("[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\n{extra}")
+        };
+        let base = AccountSpec {
+            id: "demo".into(),
+            appid: "wx1".into(),
+            token: "t".into(),
+            ..AccountSpec::default()
+        };
+        let cases: Vec<(String, AccountSpec, &str)> = vec![
+            (
+                file("encoding_aes_key = \"short\"\n"),
+                AccountSpec {
+                    encoding_aes_key: Some("short".into()),
+                    ..base.clone()
+                },
+                "encoding_aes_key",
+            ),
+            (file(""), base.clone(), "encoding_aes_key"),
+            (
+                file("mode = \"plain\"\nprevious_token = \"\"\n"),
+                AccountSpec {
+                    mode: Some(Mode::Plain),
+                    previous_token: Some(String::new()),
+                    ..base.clone()
+                },
+                "previous_token",
+            ),
+        ];
+        for (text, spec, field) in cases {
+            let Err(ConfigError::Invalid { key, reason }) = load(&text, &[]) else {
+                panic!("{text} was accepted");
+            };
+            assert_eq!(key, format!("accounts[0].{field}"));
+            let Err(ConfigError::Invalid {
+                key: api_key,
+                reason: api_reason,
+            }) = spec.validate("account")
+            else {
+                panic!("{spec:?} was accepted");
+            };
+            assert_eq!(api_key, format!("account.{field}"));
+            assert_eq!(api_reason, reason);
+        }
+    }
+
+    #[test]
+    fn account_specs_redact_secrets_in_debug() {
+        let spec = AccountSpec {
+            secret: "topsecret".into(),
+            token: "tokentoken".into(),
+            encoding_aes_key: Some("aeskeyaeskey".into()),
+            previous_token: Some("oldtoken".into()),
+            ..AccountSpec::default()
+        };
+        let debug = format!("{spec:?}");
+        for secret in ["topsecret", "tokentoken", "aeskeyaeskey", "oldtoken"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+    }
+
+    #[test]
     fn rules_with_unknown_placeholders_are_refused() {
         let text = "[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\nmode = \"plain\"\n[[accounts.passive]]\nmatch = { msg_type = \"text\" }\nreply = { text = \"{nope}\" }\n";
         assert_eq!(err_key(text), "accounts[0].passive");
