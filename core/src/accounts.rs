@@ -205,7 +205,10 @@ impl Registry {
 
     /// What the runtime account sync last found.
     pub fn status(&self) -> SyncStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the runtime accounts have been checked once (see [`SyncStatus::loaded`]).
@@ -268,7 +271,11 @@ pub struct RuntimeSync {
 
 impl RuntimeSync {
     /// A sync that has loaded nothing yet.
-    pub fn new(registry: Arc<Registry>, runtime: RuntimeAccounts, metrics: AccountsMetrics) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        runtime: RuntimeAccounts,
+        metrics: AccountsMetrics,
+    ) -> Self {
         let file = registry.file.len();
         metrics
             .accounts
@@ -382,7 +389,10 @@ impl RuntimeSync {
             .set(i64::try_from(served).unwrap_or(i64::MAX));
         let was_lost = self.registry.status().version_lost;
         if was_lost {
-            tracing::warn!(version, "the runtime accounts version key is back; serving what redis holds now");
+            tracing::warn!(
+                version,
+                "the runtime accounts version key is back; serving what redis holds now"
+            );
         }
         self.metrics.version_lost.set(0);
         self.registry.update_status(|s| {
@@ -390,7 +400,11 @@ impl RuntimeSync {
             s.version = Some(version);
             s.version_lost = false;
         });
-        tracing::info!(version, runtime_accounts = served, "runtime accounts loaded");
+        tracing::info!(
+            version,
+            runtime_accounts = served,
+            "runtime accounts loaded"
+        );
     }
 }
 
@@ -399,7 +413,9 @@ impl RuntimeSync {
 pub enum EntryError {
     /// The stored value is not the JSON of an account spec. Only where, not what: the
     /// value holds secrets.
-    #[error("stored value is not an account spec ({category} error at line {line}, column {column})")]
+    #[error(
+        "stored value is not an account spec ({category} error at line {line}, column {column})"
+    )]
     Json {
         /// serde_json's class of error (`syntax`, `data`, `eof`, `io`).
         category: &'static str,

@@ -142,7 +142,11 @@ async fn invalid_and_file_shadowing_entries_are_skipped_and_the_rest_served() {
     w.runtime.put(&spec("good", "t")).await.unwrap();
     // Not JSON, a bad AES key, another id inside than the field, a file account's id.
     w.store
-        .hset(&keys.accounts(), "garbage", b"{\"id\": \"garbage\", \"token\": 12")
+        .hset(
+            &keys.accounts(),
+            "garbage",
+            b"{\"id\": \"garbage\", \"token\": 12",
+        )
         .await
         .unwrap();
     let mut bad_key = spec("badkey", "t");
@@ -241,7 +245,10 @@ async fn redis_down_keeps_the_last_snapshot() {
     let status = w.registry.status();
     assert!(status.store_failing);
     assert!(!status.version_lost);
-    assert!(w.registry.get("a").is_some(), "still served with redis down");
+    assert!(
+        w.registry.get("a").is_some(),
+        "still served with redis down"
+    );
     proxy.restore();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

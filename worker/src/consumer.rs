@@ -15,10 +15,10 @@ use tracing::Instrument;
 use wechat::Decision;
 use wechat::errcode::{Class, classify};
 use wxgate_core::ErrorChain;
+use wxgate_core::accounts::Registry;
 use wxgate_core::bus::{
     Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message, PublishError,
 };
-use wxgate_core::accounts::Registry;
 use wxgate_core::config::{Account, Config};
 use wxgate_core::keys::Keys;
 use wxgate_core::metrics::WorkerMetrics;

@@ -125,7 +125,7 @@ async fn ping(base: &str, account: &PushAccount) -> (u16, Answer) {
     let client = PushClient::new()
         .attempts(1)
         .timeout(Duration::from_secs(4));
-    let xml = Inbound::now(&account.original_id, &random_openid()).text(rand::random(), "ping");
+    let xml = Inbound::now(&account.original_id, random_openid()).text(rand::random(), "ping");
     let outcome = client.push(base, account, &xml).await.unwrap();
     (*outcome.statuses.last().unwrap(), outcome.answer)
 }
@@ -206,7 +206,11 @@ async fn a_runtime_account_is_served_changed_rotated_and_removed() {
     assert!(info.has_previous_token && info.has_previous_encoding_aes_key);
     let new = push_account(id, TOKEN_2, KEY_2);
     ping_until(&base, &new, 200, "the new token and key to be accepted").await;
-    assert_eq!(ping(&base, &old).await.0, 200, "the previous ones still are");
+    assert_eq!(
+        ping(&base, &old).await.0,
+        200,
+        "the previous ones still are"
+    );
 
     // End of the rotation: the old token is refused, the new one keeps working.
     let mut done = settings(id, "", "");
@@ -275,7 +279,10 @@ async fn a_vanished_version_key_keeps_accounts_served_and_is_reported() {
         assert!(body.contains("vanished"), "{addr}: {body}");
         assert!(body.contains("1 runtime accounts"), "{addr}: {body}");
     }
-    assert_eq!(metric(gateway, "wxgate_accounts{origin=\"runtime\"}").await, 1.0);
+    assert_eq!(
+        metric(gateway, "wxgate_accounts{origin=\"runtime\"}").await,
+        1.0
+    );
     assert_eq!(ping(&base, &account).await.0, 200, "still served");
     let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     assert!(
@@ -355,7 +362,10 @@ async fn only_admin_keys_and_never_file_accounts() {
     // File accounts: listed and readable, never changed or removed.
     for status in [
         accounts
-            .upsert(authed(ADMIN_KEY, upsert_of(settings("demo", TOKEN_1, KEY_1))))
+            .upsert(authed(
+                ADMIN_KEY,
+                upsert_of(settings("demo", TOKEN_1, KEY_1)),
+            ))
             .await
             .unwrap_err(),
         accounts
@@ -470,7 +480,10 @@ async fn invalid_accounts_get_the_config_files_reasons_and_secrets_never_come_ba
     h.start_worker().await;
     let mut accounts = client(h.channel(0).await);
     let table = |extra: &str| {
-        format!("[[accounts]]\nid = \"v\"\nappid = \"{}\"\ntoken = \"{TOKEN_1}\"\n{extra}", appid_of("v"))
+        format!(
+            "[[accounts]]\nid = \"v\"\nappid = \"{}\"\ntoken = \"{TOKEN_1}\"\n{extra}",
+            appid_of("v")
+        )
     };
     let base = || {
         let mut s = settings("v", TOKEN_1, "");
@@ -520,7 +533,9 @@ async fn invalid_accounts_get_the_config_files_reasons_and_secrets_never_come_ba
                 passive: vec![rule(Some(Kind::Text("{nope}".into())), "text")],
                 ..base()
             },
-            table("mode = \"plain\"\n[[accounts.passive]]\nmatch = { msg_type = \"text\" }\nreply = { text = \"{nope}\" }\n"),
+            table(
+                "mode = \"plain\"\n[[accounts.passive]]\nmatch = { msg_type = \"text\" }\nreply = { text = \"{nope}\" }\n",
+            ),
         ),
         (
             AccountSettings {
@@ -528,7 +543,9 @@ async fn invalid_accounts_get_the_config_files_reasons_and_secrets_never_come_ba
                 custom: vec![rule(None, "text")],
                 ..base()
             },
-            table("mode = \"plain\"\n[[accounts.custom]]\nmatch = { msg_type = \"text\" }\nreply = {}\n"),
+            table(
+                "mode = \"plain\"\n[[accounts.custom]]\nmatch = { msg_type = \"text\" }\nreply = {}\n",
+            ),
         ),
         (
             AccountSettings {
@@ -536,7 +553,9 @@ async fn invalid_accounts_get_the_config_files_reasons_and_secrets_never_come_ba
                 custom: vec![rule(Some(Kind::Echo(true)), "sticker")],
                 ..base()
             },
-            table("mode = \"plain\"\n[[accounts.custom]]\nmatch = { msg_type = \"sticker\" }\nreply = { echo = true }\n"),
+            table(
+                "mode = \"plain\"\n[[accounts.custom]]\nmatch = { msg_type = \"sticker\" }\nreply = { echo = true }\n",
+            ),
         ),
         (
             AccountSettings {
@@ -547,7 +566,9 @@ async fn invalid_accounts_get_the_config_files_reasons_and_secrets_never_come_ba
                 )],
                 ..base()
             },
-            table("mode = \"plain\"\n[[accounts.custom]]\nmatch = { msg_type = \"text\" }\nreply = { transfer_customer_service = {} }\n"),
+            table(
+                "mode = \"plain\"\n[[accounts.custom]]\nmatch = { msg_type = \"text\" }\nreply = { transfer_customer_service = {} }\n",
+            ),
         ),
     ];
     for (settings, toml) in cases {
