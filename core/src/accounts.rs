@@ -5,11 +5,33 @@
 //! A [`Registry`] holds an immutable [`Snapshot`] behind a lock that is only held to clone an
 //! `Arc`: lookups never wait for a reload, and a reload swaps the whole snapshot at once, so a
 //! request sees either the old or the new set of accounts, never a mix.
+//!
+//! Runtime accounts live in Redis ([`RuntimeAccounts`]): the hash `{ns}:accounts` (id → the
+//! JSON of an [`AccountSpec`], secrets included: Redis is the only copy) and the counter
+//! `{ns}:accounts:version`, bumped after every change. [`Registry::watch`] checks the counter
+//! every [`CHECK_EVERY`] and reloads the hash when it moved. When Redis cannot be reached the
+//! last snapshot keeps being served; when the counter vanishes after this process loaded
+//! runtime accounts (Redis restarted without persistence) the accounts it had are kept too,
+//! and the loss is reported loudly (an error log, `wxgate_accounts_version_lost` = 1 and
+//! [`Registry::problem`] for `/readyz`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
-use crate::config::{Account, Config};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Account, AccountSpec, Config, ConfigError};
+use crate::keys::Keys;
+use crate::metrics::{AccountsMetrics, OriginLabel};
+use crate::store::{Store, StoreError};
+
+/// How often [`Registry::watch`] checks `{ns}:accounts:version` (the contract asks for at
+/// least once a second).
+pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Bound on each Redis call of [`RuntimeAccounts`].
+pub const STORE_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Where an account comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,19 +66,33 @@ pub struct Entry {
 pub struct Snapshot {
     by_id: HashMap<String, Entry>,
     by_appid: HashMap<String, Arc<Account>>,
+    runtime: usize,
 }
 
 impl Snapshot {
     /// The file accounts of `config` plus `runtime` ones; a runtime account whose id is a file
     /// account's is ignored (the file wins; the API refuses to create such an account).
     pub fn new(config: &Config, runtime: impl IntoIterator<Item = Account>) -> Self {
-        let mut snapshot = Self::default();
-        for account in &config.accounts {
-            snapshot.insert(Arc::new(account.clone()), Origin::File);
+        let file: Vec<Arc<Account>> = config.accounts.iter().cloned().map(Arc::new).collect();
+        Self::build(&file, runtime.into_iter().map(Arc::new))
+    }
+
+    /// Like [`Snapshot::new`], from file accounts already shared (a reload rebuilds the
+    /// indexes, never the accounts).
+    pub fn build(file: &[Arc<Account>], runtime: impl IntoIterator<Item = Arc<Account>>) -> Self {
+        let runtime = runtime.into_iter();
+        let mut snapshot = Self {
+            by_id: HashMap::with_capacity(file.len() + runtime.size_hint().0),
+            by_appid: HashMap::with_capacity(file.len() + runtime.size_hint().0),
+            runtime: 0,
+        };
+        for account in file {
+            snapshot.insert(Arc::clone(account), Origin::File);
         }
         for account in runtime {
             if !snapshot.by_id.contains_key(account.id.as_str()) {
-                snapshot.insert(Arc::new(account), Origin::Runtime);
+                snapshot.insert(account, Origin::Runtime);
+                snapshot.runtime += 1;
             }
         }
         snapshot
@@ -90,23 +126,52 @@ impl Snapshot {
         self.by_id.len()
     }
 
+    /// How many of them are runtime accounts.
+    pub fn runtime_len(&self) -> usize {
+        self.runtime
+    }
+
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
 }
 
+/// What [`Registry::watch`] last found, for `/readyz` and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// Whether the runtime accounts have been checked at least once since the start: before
+    /// that, only the file accounts are served.
+    pub loaded: bool,
+    /// The `{ns}:accounts:version` of the snapshot served; `None` before the first load or
+    /// while the key is absent.
+    pub version: Option<i64>,
+    /// The version key vanished after this process had loaded runtime accounts (see the
+    /// module doc): the accounts loaded before are still served.
+    pub version_lost: bool,
+    /// Whether the last check could not reach Redis (the last snapshot is served).
+    pub store_failing: bool,
+}
+
 /// The accounts of one process, replaced as a whole when the runtime set changes.
 #[derive(Debug)]
 pub struct Registry {
     current: RwLock<Arc<Snapshot>>,
+    file: Vec<Arc<Account>>,
+    file_ids: HashSet<String>,
+    status: Mutex<SyncStatus>,
 }
 
 impl Registry {
-    /// A registry holding the file accounts of `config` only.
+    /// A registry holding the file accounts of `config` only; [`Registry::watch`] adds the
+    /// runtime ones.
     pub fn from_config(config: &Config) -> Self {
+        let file: Vec<Arc<Account>> = config.accounts.iter().cloned().map(Arc::new).collect();
         Self {
-            current: RwLock::new(Arc::new(Snapshot::new(config, []))),
+            current: RwLock::new(Arc::new(Snapshot::build(&file, []))),
+            file_ids: file.iter().map(|a| a.id.as_str().to_owned()).collect(),
+            file,
+            status: Mutex::new(SyncStatus::default()),
         }
     }
 
@@ -123,9 +188,371 @@ impl Registry {
         self.snapshot().get(id).map(|e| Arc::clone(&e.account))
     }
 
+    /// Whether `id` is an account of the config file (which the API may not change).
+    pub fn is_file_account(&self, id: &str) -> bool {
+        self.file_ids.contains(id)
+    }
+
+    /// The file accounts, in file order.
+    pub fn file_accounts(&self) -> &[Arc<Account>] {
+        &self.file
+    }
+
     /// Replaces the snapshot.
     pub fn replace(&self, snapshot: Snapshot) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+    }
+
+    /// What the runtime account sync last found.
+    pub fn status(&self) -> SyncStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether the runtime accounts have been checked once (see [`SyncStatus::loaded`]).
+    pub fn is_loaded(&self) -> bool {
+        self.status().loaded
+    }
+
+    /// A line for `/readyz` when something about the accounts needs an operator, else
+    /// `None`. Names the problem, never a secret.
+    pub fn problem(&self) -> Option<String> {
+        let status = self.status();
+        status.version_lost.then(|| {
+            format!(
+                "accounts: the runtime accounts version key vanished from redis (it lost its data); still serving the {} runtime accounts loaded before; re-add them with Accounts.Upsert and run redis with persistence (AOF)",
+                self.snapshot().runtime_len()
+            )
+        })
+    }
+
+    fn update_status(&self, change: impl FnOnce(&mut SyncStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Keeps the runtime accounts current until `shutdown`: checks `{ns}:accounts:version`
+    /// every [`CHECK_EVERY`] and reloads `{ns}:accounts` when it moved (see the module doc
+    /// for Redis failures and a vanished version). Invalid stored entries are skipped with
+    /// an error log naming the id. Run it on a task of its own; the first check is at once.
+    pub async fn watch(
+        self: Arc<Self>,
+        runtime: RuntimeAccounts,
+        metrics: AccountsMetrics,
+        shutdown: CancellationToken,
+    ) {
+        let mut sync = RuntimeSync::new(self, runtime, metrics);
+        let mut ticks = tokio::time::interval(CHECK_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = sync.check() => {}
+            }
+        }
+    }
+}
+
+/// The state of one process's runtime account sync: the version loaded and the stored
+/// entries it was built from, so a reload validates only the entries that changed (10,000
+/// accounts is a test case). [`Registry::watch`] drives it; tests call [`RuntimeSync::check`].
+pub struct RuntimeSync {
+    registry: Arc<Registry>,
+    runtime: RuntimeAccounts,
+    metrics: AccountsMetrics,
+    known: Option<i64>,
+    cache: HashMap<String, (Vec<u8>, Arc<Account>)>,
+}
+
+impl RuntimeSync {
+    /// A sync that has loaded nothing yet.
+    pub fn new(
+        registry: Arc<Registry>,
+        runtime: RuntimeAccounts,
+        metrics: AccountsMetrics,
+    ) -> Self {
+        let file = registry.file.len();
+        metrics
+            .accounts
+            .get_or_create(&OriginLabel { origin: "file" })
+            .set(i64::try_from(file).unwrap_or(i64::MAX));
+        metrics
+            .accounts
+            .get_or_create(&OriginLabel { origin: "runtime" })
+            .set(0);
+        Self {
+            registry,
+            runtime,
+            metrics,
+            known: None,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// One check: reads the version and reloads when it differs from the one loaded.
+    /// Cancel-safe (it only reads Redis; the snapshot is swapped at the very end).
+    pub async fn check(&mut self) {
+        let version = match self.runtime.version().await {
+            Ok(version) => version,
+            Err(e) => return self.store_failed(&e),
+        };
+        match version {
+            Some(v) if Some(v) == self.known => self.store_works(),
+            Some(v) => self.reload(v).await,
+            None => {
+                self.store_works();
+                self.version_absent();
+            }
+        }
+    }
+
+    fn store_failed(&self, error: &RuntimeError) {
+        if !self.registry.status().store_failing {
+            tracing::warn!(
+                error = %crate::ErrorChain(error),
+                "cannot check the runtime accounts; serving the accounts loaded before"
+            );
+        }
+        self.registry.update_status(|s| s.store_failing = true);
+    }
+
+    fn store_works(&self) {
+        if self.registry.status().store_failing {
+            tracing::info!("runtime accounts can be checked again");
+        }
+        self.registry.update_status(|s| s.store_failing = false);
+    }
+
+    fn version_absent(&mut self) {
+        let status = self.registry.status();
+        let had = self.known.is_some_and(|v| v >= 1) || !self.cache.is_empty();
+        if had || status.version_lost {
+            if !status.version_lost {
+                tracing::error!(
+                    key = %self.runtime.keys.accounts_version(),
+                    runtime_accounts = self.cache.len(),
+                    "the runtime accounts version key vanished from redis (it lost its data?); still serving the accounts loaded before; re-add them with Accounts.Upsert and run redis with persistence (AOF)"
+                );
+            }
+            // Any version that appears now, even the one known before, is a new history.
+            self.known = None;
+            self.metrics.version_lost.set(1);
+            self.registry.update_status(|s| {
+                s.version_lost = true;
+                s.version = None;
+                s.loaded = true;
+            });
+        } else {
+            // No runtime account was ever added: the file accounts are the whole set.
+            self.registry.update_status(|s| s.loaded = true);
+        }
+    }
+
+    async fn reload(&mut self, version: i64) {
+        let entries = match self.runtime.entries().await {
+            Ok(entries) => entries,
+            Err(e) => return self.store_failed(&e),
+        };
+        self.store_works();
+        let mut cache = HashMap::with_capacity(entries.len());
+        for (id, json) in entries {
+            if self.registry.is_file_account(&id) {
+                tracing::error!(account_id = %id, "a runtime account in redis has the id of a file account; the file account is served");
+                continue;
+            }
+            let account = match self.cache.remove(&id) {
+                Some((old, account)) if old == json => account,
+                _ => match parse_entry(&id, &json) {
+                    Ok(account) => Arc::new(account),
+                    Err(e) => {
+                        tracing::error!(account_id = %id, error = %crate::ErrorChain(&e), "a runtime account in redis is invalid; skipped");
+                        continue;
+                    }
+                },
+            };
+            cache.insert(id, (json, account));
+        }
+        let runtime = cache.values().map(|(_, account)| Arc::clone(account));
+        let snapshot = Snapshot::build(&self.registry.file, runtime);
+        let served = snapshot.runtime_len();
+        self.registry.replace(snapshot);
+        self.cache = cache;
+        self.known = Some(version);
+        self.metrics
+            .accounts
+            .get_or_create(&OriginLabel { origin: "runtime" })
+            .set(i64::try_from(served).unwrap_or(i64::MAX));
+        let was_lost = self.registry.status().version_lost;
+        if was_lost {
+            tracing::warn!(
+                version,
+                "the runtime accounts version key is back; serving what redis holds now"
+            );
+        }
+        self.metrics.version_lost.set(0);
+        self.registry.update_status(|s| {
+            s.loaded = true;
+            s.version = Some(version);
+            s.version_lost = false;
+        });
+        tracing::info!(
+            version,
+            runtime_accounts = served,
+            "runtime accounts loaded"
+        );
+    }
+}
+
+/// Why a stored runtime account could not be used. Never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// The stored value is not the JSON of an account spec. Only where, not what: the
+    /// value holds secrets.
+    #[error(
+        "stored value is not an account spec ({category} error at line {line}, column {column})"
+    )]
+    Json {
+        /// serde_json's class of error (`syntax`, `data`, `eof`, `io`).
+        category: &'static str,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+    },
+    /// The JSON's `id` is not the hash field it is stored under.
+    #[error("stored spec has another id than its hash field")]
+    IdMismatch,
+    /// The spec does not validate.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// Parses a stored value into a spec without letting serde_json quote it (it holds secrets).
+pub fn parse_spec(id: &str, json: &[u8]) -> Result<AccountSpec, EntryError> {
+    let spec: AccountSpec = serde_json::from_slice(json).map_err(|e| EntryError::Json {
+        category: match e.classify() {
+            serde_json::error::Category::Io => "io",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "data",
+            serde_json::error::Category::Eof => "eof",
+        },
+        line: e.line(),
+        column: e.column(),
+    })?;
+    if spec.id != id {
+        return Err(EntryError::IdMismatch);
+    }
+    Ok(spec)
+}
+
+fn parse_entry(id: &str, json: &[u8]) -> Result<Account, EntryError> {
+    Ok(parse_spec(id, json)?.validate("")?)
+}
+
+/// Why a [`RuntimeAccounts`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Redis failed.
+    #[error("runtime accounts store failed")]
+    Store(#[source] StoreError),
+    /// Redis did not answer within [`STORE_DEADLINE`].
+    #[error("runtime accounts store did not answer in time")]
+    Timeout,
+    /// `{ns}:accounts:version` holds something that is not an integer.
+    #[error("the runtime accounts version key does not hold an integer")]
+    BadVersion,
+    /// The spec could not be encoded (not expected: it is strings and lists).
+    #[error("cannot encode the account spec")]
+    Encode(#[source] serde_json::Error),
+    /// A stored entry is unusable.
+    #[error("runtime account {id:?} in redis is unusable")]
+    Entry {
+        /// The account id.
+        id: String,
+        /// Why.
+        #[source]
+        source: EntryError,
+    },
+}
+
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, RuntimeError> {
+    tokio::time::timeout(STORE_DEADLINE, call)
+        .await
+        .map_err(|_| RuntimeError::Timeout)?
+        .map_err(RuntimeError::Store)
+}
+
+/// The runtime accounts in Redis: `{ns}:accounts` and `{ns}:accounts:version`. Each call is
+/// bounded by [`STORE_DEADLINE`]. Writes are `HSET`/`HDEL` and then `INCR` of the version
+/// (two keys, never one operation spanning both, so Redis Cluster works): a reader that sees
+/// the new version also sees the change.
+#[derive(Clone)]
+pub struct RuntimeAccounts {
+    store: Arc<dyn Store>,
+    keys: Keys,
+}
+
+impl RuntimeAccounts {
+    /// The runtime accounts of the namespace of `keys`.
+    pub fn new(store: Arc<dyn Store>, keys: Keys) -> Self {
+        Self { store, keys }
+    }
+
+    /// `GET {ns}:accounts:version`; `None` when absent.
+    pub async fn version(&self) -> Result<Option<i64>, RuntimeError> {
+        let Some(raw) = bounded(self.store.get(&self.keys.accounts_version())).await? else {
+            return Ok(None);
+        };
+        std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .map(Some)
+            .ok_or(RuntimeError::BadVersion)
+    }
+
+    /// Every stored entry, raw (id, JSON).
+    pub async fn entries(&self) -> Result<Vec<(String, Vec<u8>)>, RuntimeError> {
+        bounded(self.store.hgetall(&self.keys.accounts())).await
+    }
+
+    /// The stored spec of `id`, secrets included; `None` when there is none.
+    pub async fn get(&self, id: &str) -> Result<Option<AccountSpec>, RuntimeError> {
+        let Some(json) = bounded(self.store.hget(&self.keys.accounts(), id)).await? else {
+            return Ok(None);
+        };
+        parse_spec(id, &json)
+            .map(Some)
+            .map_err(|source| RuntimeError::Entry {
+                id: id.to_owned(),
+                source,
+            })
+    }
+
+    /// Stores `spec` under its id and bumps the version; returns the new version. The caller
+    /// has validated it.
+    pub async fn put(&self, spec: &AccountSpec) -> Result<i64, RuntimeError> {
+        let json = serde_json::to_vec(spec).map_err(RuntimeError::Encode)?;
+        bounded(self.store.hset(&self.keys.accounts(), &spec.id, &json)).await?;
+        self.bump().await
+    }
+
+    /// Removes `id` and bumps the version; `None` (and no bump) when it was not stored.
+    pub async fn remove(&self, id: &str) -> Result<Option<i64>, RuntimeError> {
+        if !bounded(self.store.hdel(&self.keys.accounts(), id)).await? {
+            return Ok(None);
+        }
+        self.bump().await.map(Some)
+    }
+
+    async fn bump(&self) -> Result<i64, RuntimeError> {
+        bounded(self.store.incr(&self.keys.accounts_version(), None)).await
     }
 }
 

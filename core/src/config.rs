@@ -113,7 +113,7 @@ impl fmt::Display for AccountId {
 }
 
 /// How an account's callbacks are encrypted (docs/protocol.md §1.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// 明文: plain XML only.
@@ -300,6 +300,10 @@ pub struct Account {
     pub passive: Rules,
     /// Rules answered later by the worker.
     pub custom: Rules,
+    /// `passive` as written (for `Accounts.Get`).
+    pub passive_specs: Vec<RuleSpec>,
+    /// `custom` as written (for `Accounts.Get`).
+    pub custom_specs: Vec<RuleSpec>,
 }
 
 /// One gRPC API key.
@@ -328,7 +332,7 @@ struct RawConfig {
     #[serde(default)]
     wechat: RawWechat,
     #[serde(default)]
-    accounts: Vec<RawAccount>,
+    accounts: Vec<AccountSpec>,
     #[serde(default)]
     api_keys: Vec<RawApiKey>,
 }
@@ -388,22 +392,66 @@ struct RawWechat {
     open_base: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One account as written: an `[[accounts]]` table of the config file, and the JSON of a
+/// runtime account in `{ns}:accounts` (docs/contract.md §1.5). [`AccountSpec::validate`] is
+/// the one validation of both.
+///
+/// Holds secrets in the clear (it is what Redis stores): `Debug` redacts them, and it must
+/// never be logged otherwise.
+#[derive(Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawAccount {
-    id: String,
-    appid: String,
+pub struct AccountSpec {
+    /// `[A-Za-z0-9_-]{1,64}`.
+    pub id: String,
+    /// WeChat AppID, 1 to 64 printable ASCII characters.
+    pub appid: String,
+    /// AppSecret; may be empty (no access tokens then).
     #[serde(default)]
-    secret: String,
-    token: String,
-    encoding_aes_key: Option<String>,
-    mode: Option<Mode>,
-    previous_token: Option<String>,
-    previous_encoding_aes_key: Option<String>,
-    #[serde(default)]
-    passive: Vec<RuleSpec>,
-    #[serde(default)]
-    custom: Vec<RuleSpec>,
+    pub secret: String,
+    /// The callback Token, 1 to 128 characters.
+    pub token: String,
+    /// 43 characters; required unless `mode` is plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_aes_key: Option<String>,
+    /// `safe` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Token also accepted on inbound callbacks during rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_token: Option<String>,
+    /// AES key also accepted on inbound callbacks during rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_encoding_aes_key: Option<String>,
+    /// Rules answered in the HTTP response.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passive: Vec<RuleSpec>,
+    /// Rules answered later by the worker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom: Vec<RuleSpec>,
+}
+
+impl fmt::Debug for AccountSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |present: bool| if present { "[redacted]" } else { "" };
+        f.debug_struct("AccountSpec")
+            .field("id", &self.id)
+            .field("appid", &self.appid)
+            .field("secret", &redacted(!self.secret.is_empty()))
+            .field("token", &redacted(!self.token.is_empty()))
+            .field(
+                "encoding_aes_key",
+                &redacted(self.encoding_aes_key.is_some()),
+            )
+            .field("mode", &self.mode)
+            .field("previous_token", &redacted(self.previous_token.is_some()))
+            .field(
+                "previous_encoding_aes_key",
+                &redacted(self.previous_encoding_aes_key.is_some()),
+            )
+            .field("passive", &self.passive)
+            .field("custom", &self.custom)
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -896,12 +944,12 @@ fn wechat(raw: RawWechat) -> Result<WechatConfig, ConfigError> {
 }
 
 /// `[[accounts]]`: each valid, ids unique.
-fn accounts(raw: Vec<RawAccount>) -> Result<Vec<Account>, ConfigError> {
+fn accounts(raw: Vec<AccountSpec>) -> Result<Vec<Account>, ConfigError> {
     let mut seen = HashSet::new();
     raw.into_iter()
         .enumerate()
         .map(|(i, a)| {
-            let account = account(i, a)?;
+            let account = a.validate(&format!("accounts[{i}]"))?;
             if !seen.insert(account.id.clone()) {
                 return Err(ConfigError::invalid(
                     format!("accounts[{i}].id"),
@@ -944,62 +992,84 @@ fn api_keys(
         .collect()
 }
 
-fn account(i: usize, a: RawAccount) -> Result<Account, ConfigError> {
-    let key = |k: &str| format!("accounts[{i}].{k}");
-    let id = AccountId::parse(&a.id).map_err(|e| ConfigError::invalid(key("id"), e.to_string()))?;
-    if a.appid.is_empty() || a.appid.len() > 64 || !a.appid.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ConfigError::invalid(
-            key("appid"),
-            "must be 1 to 64 printable ASCII characters",
-        ));
+impl AccountSpec {
+    /// Validates this account into an [`Account`]: the id syntax, the appid, the token
+    /// lengths, the AES keys (43 characters), the mode rules (compat and safe need a key), the
+    /// `previous_*` keys, and compiles the rules. Errors name the key as `{prefix}.{field}`
+    /// (`accounts[2].encoding_aes_key` for the file, `account.encoding_aes_key` for the
+    /// API; just `{field}` when `prefix` is empty); the reasons never contain a secret.
+    ///
+    /// Does not check that the id is unique: the caller knows the other accounts.
+    pub fn validate(&self, prefix: &str) -> Result<Account, ConfigError> {
+        let key = |field: &str| {
+            if prefix.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{prefix}.{field}")
+            }
+        };
+        let a = self;
+        let id =
+            AccountId::parse(&a.id).map_err(|e| ConfigError::invalid(key("id"), e.to_string()))?;
+        if a.appid.is_empty()
+            || a.appid.len() > 64
+            || !a.appid.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ConfigError::invalid(
+                key("appid"),
+                "must be 1 to 64 printable ASCII characters",
+            ));
+        }
+        if a.token.is_empty() || a.token.len() > 128 {
+            return Err(ConfigError::invalid(
+                key("token"),
+                "must be 1 to 128 characters",
+            ));
+        }
+        let mode = a.mode.unwrap_or(Mode::Safe);
+        let aes_key = a
+            .encoding_aes_key
+            .as_deref()
+            .map(|k| parse_aes_key(&key("encoding_aes_key"), k))
+            .transpose()?;
+        if mode != Mode::Plain && aes_key.is_none() {
+            return Err(ConfigError::invalid(
+                key("encoding_aes_key"),
+                "is required for compat and safe mode",
+            ));
+        }
+        let previous_aes_key = a
+            .previous_encoding_aes_key
+            .as_deref()
+            .map(|k| parse_aes_key(&key("previous_encoding_aes_key"), k))
+            .transpose()?;
+        if let Some(t) = &a.previous_token
+            && (t.is_empty() || t.len() > 128)
+        {
+            return Err(ConfigError::invalid(
+                key("previous_token"),
+                "must be 1 to 128 characters",
+            ));
+        }
+        let passive = wechat::rules::compile(&a.passive, RulePath::Passive)
+            .map_err(|e| ConfigError::invalid(key("passive"), e.to_string()))?;
+        let custom = wechat::rules::compile(&a.custom, RulePath::Custom)
+            .map_err(|e| ConfigError::invalid(key("custom"), e.to_string()))?;
+        Ok(Account {
+            id,
+            appid: a.appid.clone(),
+            secret: Secret::new(a.secret.clone()),
+            token: Secret::new(a.token.clone()),
+            aes_key,
+            mode,
+            previous_token: a.previous_token.clone().map(Secret::new),
+            previous_aes_key,
+            passive,
+            custom,
+            passive_specs: a.passive.clone(),
+            custom_specs: a.custom.clone(),
+        })
     }
-    if a.token.is_empty() || a.token.len() > 128 {
-        return Err(ConfigError::invalid(
-            key("token"),
-            "must be 1 to 128 characters",
-        ));
-    }
-    let mode = a.mode.unwrap_or(Mode::Safe);
-    let aes_key = a
-        .encoding_aes_key
-        .as_deref()
-        .map(|k| parse_aes_key(&key("encoding_aes_key"), k))
-        .transpose()?;
-    if mode != Mode::Plain && aes_key.is_none() {
-        return Err(ConfigError::invalid(
-            key("encoding_aes_key"),
-            "is required for compat and safe mode",
-        ));
-    }
-    let previous_aes_key = a
-        .previous_encoding_aes_key
-        .as_deref()
-        .map(|k| parse_aes_key(&key("previous_encoding_aes_key"), k))
-        .transpose()?;
-    if let Some(t) = &a.previous_token
-        && (t.is_empty() || t.len() > 128)
-    {
-        return Err(ConfigError::invalid(
-            key("previous_token"),
-            "must be 1 to 128 characters",
-        ));
-    }
-    let passive = wechat::rules::compile(&a.passive, RulePath::Passive)
-        .map_err(|e| ConfigError::invalid(key("passive"), e.to_string()))?;
-    let custom = wechat::rules::compile(&a.custom, RulePath::Custom)
-        .map_err(|e| ConfigError::invalid(key("custom"), e.to_string()))?;
-    Ok(Account {
-        id,
-        appid: a.appid,
-        secret: Secret::new(a.secret),
-        token: Secret::new(a.token),
-        aes_key,
-        mode,
-        previous_token: a.previous_token.map(Secret::new),
-        previous_aes_key,
-        passive,
-        custom,
-    })
 }
 
 #[cfg(test)]
@@ -1207,6 +1277,69 @@ mod tests {
         );
         let dup = format!("{ok}{ok}");
         assert_eq!(err_key(&dup), "accounts[1].id");
+    }
+
+    #[test]
+    fn file_and_api_accounts_get_the_same_reasons() {
+        let file = |extra: &str| {
+            format!("[[accounts]]\nid = \"demo\"\nappid = \"wx1\"\ntoken = \"t\"\n{extra}")
+        };
+        let base = AccountSpec {
+            id: "demo".into(),
+            appid: "wx1".into(),
+            token: "t".into(),
+            ..AccountSpec::default()
+        };
+        let cases: Vec<(String, AccountSpec, &str)> = vec![
+            (
+                file("encoding_aes_key = \"short\"\n"),
+                AccountSpec {
+                    encoding_aes_key: Some("short".into()),
+                    ..base.clone()
+                },
+                "encoding_aes_key",
+            ),
+            (file(""), base.clone(), "encoding_aes_key"),
+            (
+                file("mode = \"plain\"\nprevious_token = \"\"\n"),
+                AccountSpec {
+                    mode: Some(Mode::Plain),
+                    previous_token: Some(String::new()),
+                    ..base.clone()
+                },
+                "previous_token",
+            ),
+        ];
+        for (text, spec, field) in cases {
+            let Err(ConfigError::Invalid { key, reason }) = load(&text, &[]) else {
+                panic!("{text} was accepted");
+            };
+            assert_eq!(key, format!("accounts[0].{field}"));
+            let Err(ConfigError::Invalid {
+                key: api_key,
+                reason: api_reason,
+            }) = spec.validate("account")
+            else {
+                panic!("{spec:?} was accepted");
+            };
+            assert_eq!(api_key, format!("account.{field}"));
+            assert_eq!(api_reason, reason);
+        }
+    }
+
+    #[test]
+    fn account_specs_redact_secrets_in_debug() {
+        let spec = AccountSpec {
+            secret: "topsecret".into(),
+            token: "tokentoken".into(),
+            encoding_aes_key: Some("aeskeyaeskey".into()),
+            previous_token: Some("oldtoken".into()),
+            ..AccountSpec::default()
+        };
+        let debug = format!("{spec:?}");
+        for secret in ["topsecret", "tokentoken", "aeskeyaeskey", "oldtoken"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
     }
 
     #[test]

@@ -35,6 +35,40 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// Labels `{origin}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginLabel {
+    /// `file` or `runtime`.
+    pub origin: &'static str,
+}
+
+/// The accounts a process serves (docs/contract.md §1.5), on the gateway's and the worker's
+/// `/metrics` alike. Cheap to clone: clones share their values.
+#[derive(Debug, Clone, Default)]
+pub struct AccountsMetrics {
+    /// `wxgate_accounts{origin}`: accounts served, by origin (`file`, `runtime`).
+    pub accounts: Family<OriginLabel, Gauge>,
+    /// `wxgate_accounts_version_lost`: 1 while `{ns}:accounts:version` has vanished from Redis
+    /// although this process had loaded runtime accounts (Redis lost its data; the process
+    /// keeps serving what it had), else 0.
+    pub version_lost: Gauge,
+}
+
+impl AccountsMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "wxgate_accounts",
+            "Accounts served, by origin (file, runtime)",
+            self.accounts.clone(),
+        );
+        registry.register(
+            "wxgate_accounts_version_lost",
+            "1 while the runtime accounts version key has vanished from Redis (Redis lost its data); the last accounts loaded are still served",
+            self.version_lost.clone(),
+        );
+    }
+}
+
 /// The gateway's metrics.
 pub struct GatewayMetrics {
     registry: Registry,
@@ -49,6 +83,8 @@ pub struct GatewayMetrics {
     pub dedup_hits: Counter,
     /// `wxgate_gateway_passive_replies_total{account}`.
     pub passive_replies: Family<AccountLabel, Counter>,
+    /// `wxgate_accounts{origin}`, `wxgate_accounts_version_lost`.
+    pub accounts: AccountsMetrics,
 }
 
 impl GatewayMetrics {
@@ -85,9 +121,12 @@ impl GatewayMetrics {
             "Callbacks answered with a passive reply",
             passive_replies.clone(),
         );
+        let accounts = AccountsMetrics::default();
+        accounts.register(&mut registry);
         Self {
             registry,
             per_account,
+            accounts,
             requests,
             request_seconds,
             publish,
@@ -185,6 +224,8 @@ pub struct WorkerMetrics {
     /// `wxgate_group_dropped_total{group,reason}`: events a consumer group dropped (over its
     /// retention, or nacked without requeue), as counted by this worker.
     pub group_dropped: Family<GroupReason, Counter>,
+    /// `wxgate_accounts{origin}`, `wxgate_accounts_version_lost`.
+    pub accounts: AccountsMetrics,
 }
 
 impl Default for WorkerMetrics {
@@ -239,8 +280,11 @@ impl WorkerMetrics {
             "Events consumer groups dropped, by group and reason",
             group_dropped.clone(),
         );
+        let accounts = AccountsMetrics::default();
+        accounts.register(&mut registry);
         Self {
             registry,
+            accounts,
             events,
             dead,
             send_seconds,

@@ -42,11 +42,19 @@ async fn route(gateway: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
     match (req.method(), path) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => {
-            return if gateway.is_ready() {
-                text(StatusCode::OK, "ready")
+            let (status, mut body) = if gateway.is_ready() {
+                (StatusCode::OK, String::from("ready"))
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                (StatusCode::SERVICE_UNAVAILABLE, String::from("not ready"))
             };
+            // A vanished runtime accounts version is reported, not turned into a 503: the
+            // accounts loaded before are still served, and taking every gateway out of the
+            // load balancer would turn a loss an operator must repair into an outage.
+            if let Some(problem) = gateway.accounts.problem() {
+                body.push('\n');
+                body.push_str(&problem);
+            }
+            return text(status, body);
         }
         (&Method::GET, "/metrics") => {
             let mut response = text(StatusCode::OK, gateway.metrics.encode());
@@ -105,7 +113,7 @@ async fn callback(
     let (head, body) = req.into_parts();
     let query = CallbackQuery::parse(head.uri.query().unwrap_or(""))?;
     if head.method == Method::GET {
-        return pipeline::verify_get(account, &query).map(|body| (body, "verified"));
+        return pipeline::verify_get(&account, &query).map(|body| (body, "verified"));
     }
     let max = gateway.config.gateway.max_body_bytes;
     let declared = head
@@ -131,7 +139,7 @@ async fn callback(
                 }
             })?
             .to_bytes();
-        pipeline::handle_post(gateway, account, &query, &body).await
+        pipeline::handle_post(gateway, &account, &query, &body).await
     };
     match tokio::time::timeout(budget, work).await {
         Ok(Ok(answer)) => Ok((answer.body, answer.outcome)),

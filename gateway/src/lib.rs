@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use wxgate_core::accounts::RuntimeAccounts;
 use wxgate_core::rabbit::{RabbitBus, TopologyMismatch};
 use wxgate_core::topology::Topology;
 use wxgate_core::{Bus, Config, RedisStore, Store};
@@ -101,8 +102,16 @@ pub async fn serve_with(
     shutdown: CancellationToken,
 ) {
     let gateway = Arc::new(Gateway::new(config, store, bus));
+    // Runtime accounts are kept current while the gateway serves, and stop with it.
+    let sync = shutdown.child_token();
+    tokio::spawn(Arc::clone(&gateway.accounts).watch(
+        RuntimeAccounts::new(Arc::clone(&gateway.store), gateway.keys.clone()),
+        gateway.metrics.accounts.clone(),
+        sync.clone(),
+    ));
+    let _stop_sync = sync.drop_guard();
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, accounts = gateway.config.accounts.len(), "wx-gateway listening");
+        tracing::info!(%addr, file_accounts = gateway.config.accounts.len(), "wx-gateway listening");
     }
     if !gateway.bus.wait_ready(Duration::from_secs(5)).await {
         tracing::warn!("broker not ready yet; answering 503 until it is");

@@ -1,10 +1,11 @@
-//! The gateway's shared state: config, accounts by id, the store and the bus.
+//! The gateway's shared state: config, the accounts registry, the store and the bus.
 
 use std::sync::Arc;
 
 use wechat::Limits;
 
 use crate::dedup::{AnswerLog, Claims, claim_ttl};
+use wxgate_core::accounts::Registry;
 use wxgate_core::config::{Account, Config};
 use wxgate_core::keys::Keys;
 use wxgate_core::metrics::GatewayMetrics;
@@ -15,6 +16,9 @@ use wxgate_core::{Bus, Store};
 pub struct Gateway {
     /// The validated config.
     pub config: Arc<Config>,
+    /// The accounts served: the file's and the runtime ones ([`Registry::watch`] keeps
+    /// them current once [`crate::serve_with`] started it).
+    pub accounts: Arc<Registry>,
     /// Dedup store.
     pub store: Arc<dyn Store>,
     /// Event bus.
@@ -46,14 +50,15 @@ impl Gateway {
             store,
             bus,
             limits: config.message_limits(),
+            accounts: Arc::new(Registry::from_config(&config)),
             config,
         }
     }
 
-    /// The account `/wx/{id}` names (looked up in the config's index; accounts are not
-    /// copied, 10,000 of them are a test case).
-    pub fn account(&self, id: &str) -> Option<&Account> {
-        self.config.account(id)
+    /// The account `/wx/{id}` names, file or runtime: a read lock, a hash lookup and two
+    /// `Arc` clones (accounts are never copied; 10,000 of them are a test case).
+    pub fn account(&self, id: &str) -> Option<Arc<Account>> {
+        self.accounts.get(id)
     }
 
     /// Whether callbacks can be accepted: store reachable, broker connected, topology declared.

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use wechat::Decision;
 use wechat::errcode::{Class, classify};
 use wxgate_core::ErrorChain;
+use wxgate_core::accounts::Registry;
 use wxgate_core::bus::{
     Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message, PublishError,
 };
@@ -47,6 +48,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Everything a delivery needs; shared by all of them.
 pub(crate) struct Context {
     pub(crate) config: Arc<Config>,
+    pub(crate) accounts: Arc<Registry>,
     pub(crate) names: Names,
     pub(crate) keys: Keys,
     pub(crate) bus: Arc<dyn Bus>,
@@ -296,7 +298,15 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
     if event.passive_reply.is_some() {
         return Outcome::Skipped("answered with a passive reply");
     }
-    let Some(account) = ctx.config.account(&event.account_id) else {
+    let Some(account) = ctx.accounts.get(&event.account_id) else {
+        // Before the first look at the runtime accounts only the file's are known: the
+        // event may be for a runtime account, so it waits for a retry instead of dying.
+        if !ctx.accounts.is_loaded() {
+            return Outcome::Transient {
+                reason: "accounts_not_loaded",
+                errcode: None,
+            };
+        }
         return Outcome::Permanent {
             reason: "unknown_account",
             errcode: None,
@@ -341,7 +351,7 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
 
     let outcome = send_all(
         ctx,
-        account,
+        &account,
         &event.event_id,
         &messages,
         event.received_at_ms,

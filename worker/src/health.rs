@@ -8,6 +8,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use wxgate_core::accounts::Registry;
 use wxgate_core::bus::Bus;
 use wxgate_core::metrics::{self, WorkerMetrics};
 use wxgate_core::store::Store;
@@ -15,6 +16,7 @@ use wxgate_serve::{self as connections, ConnectionLimits};
 
 /// What the server reports on.
 pub(crate) struct Health {
+    pub(crate) accounts: Arc<Registry>,
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) metrics: Arc<WorkerMetrics>,
@@ -59,11 +61,14 @@ fn answer(health: &Health, request: &Request<Incoming>) -> Response<Full<Bytes>>
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            text(
-                status,
-                format!("rabbitmq: {}\nredis: {}\n", up(bus), up(store)),
-                "text/plain",
-            )
+            let mut body = format!("rabbitmq: {}\nredis: {}\n", up(bus), up(store));
+            // Reported, not a 503: the accounts loaded before are still served (see the
+            // gateway's /readyz).
+            if let Some(problem) = health.accounts.problem() {
+                body.push_str(&problem);
+                body.push('\n');
+            }
+            text(status, body, "text/plain")
         }
         "/metrics" => text(
             StatusCode::OK,
@@ -126,6 +131,7 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let health = Arc::new(Health {
+                accounts: Arc::new(Registry::from_config(&self.config)),
                 bus: Arc::clone(&self.bus),
                 store: Arc::clone(&self.store),
                 metrics: Arc::new(WorkerMetrics::new()),

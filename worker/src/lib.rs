@@ -12,7 +12,6 @@ pub mod custom;
 pub mod grpc;
 mod health;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wxgate_core::accounts::Registry;
+use wxgate_core::accounts::{Registry, RuntimeAccounts};
 use wxgate_core::bus::{Bus, BusError};
 use wxgate_core::config::Config;
 use wxgate_core::keys::Keys;
@@ -198,7 +197,18 @@ pub async fn start_with(
         })?;
     let client = WechatClient::new(&config.wechat.api_base, config.wechat.http_timeout)?;
     let metrics = Arc::new(WorkerMetrics::new());
-    let observer = Arc::new(MetricsObserver::new(&config, Arc::clone(&metrics)));
+    let accounts = Arc::new(Registry::from_config(&config));
+    let keys = Keys::new(&config.namespace);
+    // Runtime accounts are kept current until the worker stops.
+    tokio::spawn(Arc::clone(&accounts).watch(
+        RuntimeAccounts::new(Arc::clone(&store), keys.clone()),
+        metrics.accounts.clone(),
+        shutdown.clone(),
+    ));
+    let observer = Arc::new(MetricsObserver::new(
+        Arc::clone(&accounts),
+        Arc::clone(&metrics),
+    ));
     let tokens = TokenService::with_observer(
         Arc::clone(&store),
         Arc::new(client.clone()),
@@ -210,7 +220,6 @@ pub async fn start_with(
         },
         Some(observer),
     );
-    let accounts = Arc::new(Registry::from_config(&config));
     let api = Arc::new(grpc::Api {
         config: Arc::clone(&config),
         accounts: Arc::clone(&accounts),
@@ -219,7 +228,7 @@ pub async fn start_with(
         bus: Arc::clone(&bus),
         store: Arc::clone(&store),
         names: Names::new(&config.namespace),
-        keys: Keys::new(&config.namespace),
+        keys: keys.clone(),
         metrics: Arc::clone(&metrics),
         shutdown: shutdown.clone(),
     });
@@ -230,8 +239,9 @@ pub async fn start_with(
         shutdown.clone(),
     ));
     let ctx = Arc::new(consumer::Context {
+        accounts: Arc::clone(&accounts),
         names: Names::new(&config.namespace),
-        keys: Keys::new(&config.namespace),
+        keys,
         bus: Arc::clone(&bus),
         store: Arc::clone(&store),
         tokens,
@@ -240,6 +250,7 @@ pub async fn start_with(
         config,
     });
     let health = Arc::new(health::Health {
+        accounts,
         bus,
         store,
         metrics,
@@ -285,26 +296,26 @@ pub async fn start_with(
     })
 }
 
-/// Feeds token refreshes into the metrics, labelled by account id.
+/// Feeds token refreshes into the metrics, labelled by account id (file and runtime
+/// accounts alike, looked up in the registry's current snapshot).
 struct MetricsObserver {
     metrics: Arc<WorkerMetrics>,
-    accounts: HashMap<String, String>,
+    accounts: Arc<Registry>,
 }
 
 impl MetricsObserver {
-    fn new(config: &Config, metrics: Arc<WorkerMetrics>) -> Self {
-        let accounts = config
-            .accounts
-            .iter()
-            .map(|a| (a.appid.clone(), a.id.as_str().to_owned()))
-            .collect();
+    fn new(accounts: Arc<Registry>, metrics: Arc<WorkerMetrics>) -> Self {
         Self { metrics, accounts }
     }
 
     /// The account id of `appid` ("" for an appid no account has). Always set, whatever
     /// `gateway.metrics_per_account` says: token series are one per account at most.
     fn account(&self, appid: &str) -> String {
-        self.accounts.get(appid).cloned().unwrap_or_default()
+        self.accounts
+            .snapshot()
+            .by_appid(appid)
+            .map(|account| account.id.as_str().to_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -381,7 +392,10 @@ mod tests {
         )
         .unwrap();
         let metrics = Arc::new(WorkerMetrics::new());
-        let observer = MetricsObserver::new(&config, Arc::clone(&metrics));
+        let observer = MetricsObserver::new(
+            Arc::new(Registry::from_config(&config)),
+            Arc::clone(&metrics),
+        );
         observer.refreshed("wx1", "ok");
         observer.requests_today("wx1", 3);
         let text = metrics.encode();

@@ -6,6 +6,7 @@
 //! [`Api::call`], which adds the shared access token and retries once with a fresh one when
 //! WeChat rejects it (docs/contract.md §1.4).
 
+pub mod accounts;
 pub mod auth;
 pub mod dead_letters;
 pub mod events;
@@ -198,11 +199,16 @@ fn add_services(
     api: &Arc<Api>,
     auth: &Auth,
 ) -> tonic::transport::server::Router {
+    use wxgate_proto::v1::accounts_server::AccountsServer;
     use wxgate_proto::v1::dead_letters_server::DeadLettersServer;
     use wxgate_proto::v1::events_server::EventsServer;
     use wxgate_proto::v1::media_server::MediaServer;
     use wxgate_proto::v1::messages_server::MessagesServer;
     router
+        .add_service(authenticated(
+            AccountsServer::new(accounts::AccountsService::new(Arc::clone(api))),
+            auth,
+        ))
         .add_service(authenticated(
             DeadLettersServer::new(dead_letters::DeadLettersService::new(Arc::clone(api))),
             auth,

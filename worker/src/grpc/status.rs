@@ -5,6 +5,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use wechat::errcode::{Class, classify};
 use wxgate_core::ErrorChain;
+use wxgate_core::accounts::RuntimeError;
 use wxgate_core::bus::{BusError, GroupError};
 use wxgate_core::store::StoreError;
 use wxgate_core::tokens::TokenError;
@@ -68,6 +69,11 @@ pub enum ApiError {
     /// RabbitMQ failed.
     #[error("bus failed")]
     Bus(#[source] BusError),
+    /// The runtime accounts in Redis could not be read or written: Redis failed or timed
+    /// out (`UNAVAILABLE`), or a stored entry is unreadable (`FAILED_PRECONDITION`: an
+    /// Upsert of that id replaces it).
+    #[error("runtime accounts")]
+    RuntimeAccounts(#[source] RuntimeError),
 }
 
 impl ApiError {
@@ -108,6 +114,12 @@ impl From<GroupError> for ApiError {
             )),
             GroupError::Bus(e) => Self::Bus(e),
         }
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        Self::RuntimeAccounts(e)
     }
 }
 
@@ -205,7 +217,11 @@ impl From<ApiError> for Status {
                     Status::internal(message)
                 }
             }
-            ApiError::Store(_) | ApiError::Bus(_) => {
+            ApiError::RuntimeAccounts(RuntimeError::Entry { .. }) => {
+                tracing::warn!(error = %message, "rpc: unreadable runtime account");
+                Status::failed_precondition(message)
+            }
+            ApiError::Store(_) | ApiError::Bus(_) | ApiError::RuntimeAccounts(_) => {
                 tracing::warn!(error = %message, "rpc: backend failed");
                 Status::unavailable(message)
             }
