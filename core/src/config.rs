@@ -696,7 +696,7 @@ impl TryFrom<RawConfig> for Config {
             .enumerate()
             .map(|(i, a)| (a.id.as_str().to_owned(), i))
             .collect();
-        let api_keys = api_keys(raw.api_keys, &index)?;
+        let api_keys = api_keys(raw.api_keys)?;
         Ok(Config {
             namespace,
             redis,
@@ -961,11 +961,9 @@ fn accounts(raw: Vec<AccountSpec>) -> Result<Vec<Account>, ConfigError> {
         .collect()
 }
 
-/// `[[api_keys]]`; `accounts` is the index of the configured account ids.
-fn api_keys(
-    raw: Vec<RawApiKey>,
-    accounts: &HashMap<String, usize>,
-) -> Result<Vec<ApiKey>, ConfigError> {
+/// `[[api_keys]]`: 64 hex characters of SHA-256 and well-formed account ids (not necessarily in
+/// the file: accounts added at run time may be named before they exist).
+fn api_keys(raw: Vec<RawApiKey>) -> Result<Vec<ApiKey>, ConfigError> {
     raw.into_iter()
         .enumerate()
         .map(|(i, k)| {
@@ -975,12 +973,13 @@ fn api_keys(
                     "must be 64 hex characters",
                 ));
             }
+            // Accounts added at run time are not in the file: any well-formed id may be named
+            // (a typo shows as NOT_FOUND for that key's calls).
             for (j, acc) in k.accounts.iter().enumerate() {
-                if acc != "*" && !accounts.contains_key(acc) {
-                    return Err(ConfigError::invalid(
-                        format!("api_keys[{i}].accounts[{j}]"),
-                        format!("unknown account {acc}"),
-                    ));
+                if acc != "*" {
+                    AccountId::parse(acc).map_err(|e| {
+                        ConfigError::invalid(format!("api_keys[{i}].accounts[{j}]"), e.to_string())
+                    })?;
                 }
             }
             Ok(ApiKey {
@@ -1219,6 +1218,23 @@ mod tests {
         assert_eq!(defaults.wechat.mp_base, "https://mp.weixin.qq.com");
         assert_eq!(defaults.wechat.open_base, "https://open.weixin.qq.com");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn api_keys_may_name_runtime_accounts_but_only_well_formed_ids() {
+        let sha = "0".repeat(64);
+        let config = load(
+            &format!("[[api_keys]]\nname = \"crm\"\nsha256 = \"{sha}\"\naccounts = [\"later\"]\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.api_keys[0].accounts, vec!["later".to_owned()]);
+        assert_eq!(
+            err_key(&format!(
+                "[[api_keys]]\nname = \"crm\"\nsha256 = \"{sha}\"\naccounts = [\"a.b\"]\n"
+            )),
+            "api_keys[0].accounts[0]"
+        );
     }
 
     #[test]
