@@ -7,7 +7,10 @@
 //! WeChat rejects it (docs/contract.md §1.4).
 
 pub mod auth;
+pub mod menus;
+pub mod qrcodes;
 pub mod status;
+pub mod tokens;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -180,10 +183,25 @@ pub async fn serve(
 /// Adds the wxgate services, each behind the API-key interceptor.
 fn add_services(
     router: tonic::transport::server::Router,
-    _api: &Arc<Api>,
-    _auth: &Auth,
+    api: &Arc<Api>,
+    auth: &Auth,
 ) -> tonic::transport::server::Router {
+    use wxgate_proto::v1::menus_server::MenusServer;
+    use wxgate_proto::v1::qrcodes_server::QrcodesServer;
+    use wxgate_proto::v1::tokens_server::TokensServer;
     router
+        .add_service(authenticated(
+            TokensServer::new(tokens::TokensService::new(Arc::clone(api))),
+            auth,
+        ))
+        .add_service(authenticated(
+            QrcodesServer::new(qrcodes::QrcodesService::new(Arc::clone(api))),
+            auth,
+        ))
+        .add_service(authenticated(
+            MenusServer::new(menus::MenusService::new(Arc::clone(api))),
+            auth,
+        ))
 }
 
 /// Wraps a service in the API-key interceptor.
