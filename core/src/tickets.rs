@@ -246,8 +246,7 @@ impl TicketService {
             expires_at_ms: now.saturating_add(expires_in),
             fetched_at_ms: now,
         };
-        let value = serde_json::to_vec(&stored)
-            .map_err(|e| TicketError::Encode(Arc::new(e)))?;
+        let value = serde_json::to_vec(&stored).map_err(|e| TicketError::Encode(Arc::new(e)))?;
         let ttl = Duration::from_millis(u64::try_from(expires_in).unwrap_or(1));
         self.inner
             .store
@@ -337,7 +336,13 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let ttl = store.pttl("t:ticket:wx1:jsapi").await.unwrap().unwrap();
         assert!(ttl > Duration::from_secs(7100));
-        assert!(store.get("t:ticket-lock:wx1:jsapi").await.unwrap().is_none());
+        assert!(
+            store
+                .get("t:ticket-lock:wx1:jsapi")
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]
@@ -351,7 +356,13 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, GetTicketError::Fetch(_)), "{err:?}");
-        assert!(store.get("t:ticket-lock:wx1:jsapi").await.unwrap().is_none());
+        assert!(
+            store
+                .get("t:ticket-lock:wx1:jsapi")
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]
@@ -364,7 +375,11 @@ mod tests {
             fetched_at_ms: now - 7_000_000,
         };
         store
-            .set("t:ticket:wx1:jsapi", &serde_json::to_vec(&old).unwrap(), None)
+            .set(
+                "t:ticket:wx1:jsapi",
+                &serde_json::to_vec(&old).unwrap(),
+                None,
+            )
             .await
             .unwrap();
         let tickets = service(&store);

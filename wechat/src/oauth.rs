@@ -5,7 +5,11 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Characters left as they are in a query value: RFC 3986's unreserved set, as JavaScript's
 /// `encodeURIComponent` (which WeChat's own examples use) leaves them, minus `!'()*`.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// The scope asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

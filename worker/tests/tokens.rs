@@ -88,7 +88,11 @@ async fn concurrent_callers_share_one_token_call() {
 async fn age_stored_token(h: &Harness, appid: &str) {
     let mut redis = redis_connection().await;
     let key = format!("{}:token:{appid}", h.ns);
-    let raw: String = redis::cmd("GET").arg(&key).query_async(&mut redis).await.unwrap();
+    let raw: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     let mut value: serde_json::Value = serde_json::from_str(&raw).unwrap();
     value["fetched_at_ms"] = (wxgate_core::now_ms() - 60_000).into();
     let _: () = redis::cmd("SET")
@@ -175,7 +179,10 @@ async fn the_jsapi_ticket_is_shared_by_two_workers() {
     assert!(tickets.iter().all(|t| t == &tickets[0]));
     assert!(!tickets[0].ticket.is_empty());
     assert_eq!(h.sim.call_count(GETTICKET), 1);
-    assert_eq!(h.sim.calls_to(GETTICKET)[0].query_param("type"), Some("jsapi"));
+    assert_eq!(
+        h.sim.calls_to(GETTICKET)[0].query_param("type"),
+        Some("jsapi")
+    );
     assert_eq!(h.sim.token_requests(APPID), 1);
     let mut redis = redis_connection().await;
     let stored: String = redis::cmd("GET")
@@ -227,7 +234,10 @@ async fn sign_js_sdk_signs_the_page_without_its_fragment() {
 
     for (url, reason) in [
         ("", "url: is required"),
-        ("ftp://example.com/", "url: must start with http:// or https://"),
+        (
+            "ftp://example.com/",
+            "url: must start with http:// or https://",
+        ),
     ] {
         let status = status_of(
             client
@@ -424,7 +434,10 @@ async fn oauth_codes_are_exchanged_for_the_user() {
             .await,
     );
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(status.message(), "lang: one of zh_CN, zh_TW, en; got \"fr\"");
+    assert_eq!(
+        status.message(),
+        "lang: one of zh_CN, zh_TW, en; got \"fr\""
+    );
     assert_eq!(h.sim.calls().len(), before);
     h.finish().await;
 }
@@ -450,7 +463,10 @@ async fn an_invalid_token_is_refreshed_once_and_the_call_succeeds() {
     let calls = h.sim.calls_to(GETTICKET);
     assert_eq!(calls.len(), 2);
     assert_eq!(calls[0].errcode, Some(40001));
-    assert_eq!(calls[0].access_token.as_deref(), Some(token.access_token.as_str()));
+    assert_eq!(
+        calls[0].access_token.as_deref(),
+        Some(token.access_token.as_str())
+    );
     assert_eq!(calls[1].errcode, Some(0));
     // Everyone now gets the refreshed token.
     let fresh = client
@@ -458,7 +474,10 @@ async fn an_invalid_token_is_refreshed_once_and_the_call_succeeds() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(calls[1].access_token.as_deref(), Some(fresh.access_token.as_str()));
+    assert_eq!(
+        calls[1].access_token.as_deref(),
+        Some(fresh.access_token.as_str())
+    );
     h.finish().await;
 }
 
@@ -537,7 +556,8 @@ async fn wechat_errors_map_by_class_with_the_errcode_trailer() {
     );
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(errcode_trailer(&status), Some(40029));
-    h.sim.inject("/sns/oauth2/access_token", Fault::errcode(45011).times(1));
+    h.sim
+        .inject("/sns/oauth2/access_token", Fault::errcode(45011).times(1));
     let status = status_of(
         client
             .o_auth_exchange_code(authed(

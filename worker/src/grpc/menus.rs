@@ -10,10 +10,10 @@ use wxgate_core::config::Account;
 use wxgate_proto::v1::menus_server::Menus;
 use wxgate_proto::v1::{
     MenuButton, MenuButtonType, MenuConditional, MenuMatchRule, MenusAddConditionalRequest,
-    MenusAddConditionalResponse, MenusCreateRequest, MenusCreateResponse, MenusDeleteConditionalRequest,
-    MenusDeleteConditionalResponse, MenusDeleteRequest, MenusDeleteResponse,
-    MenusGetCurrentSelfmenuInfoRequest, MenusGetCurrentSelfmenuInfoResponse, MenusGetRequest,
-    MenusGetResponse, MenusTryMatchRequest, MenusTryMatchResponse, SelfmenuButton,
+    MenusAddConditionalResponse, MenusCreateRequest, MenusCreateResponse,
+    MenusDeleteConditionalRequest, MenusDeleteConditionalResponse, MenusDeleteRequest,
+    MenusDeleteResponse, MenusGetCurrentSelfmenuInfoRequest, MenusGetCurrentSelfmenuInfoResponse,
+    MenusGetRequest, MenusGetResponse, MenusTryMatchRequest, MenusTryMatchResponse, SelfmenuButton,
     SelfmenuNewsItem,
 };
 
@@ -87,8 +87,12 @@ impl Menus for MenusService {
     ) -> Result<Response<MenusCreateResponse>, Status> {
         let account = self.account(&request, &request.get_ref().account_id)?;
         let buttons = buttons_json(&request.get_ref().button)?;
-        self.post(&account, "/cgi-bin/menu/create", &json!({ "button": buttons }))
-            .await?;
+        self.post(
+            &account,
+            "/cgi-bin/menu/create",
+            &json!({ "button": buttons }),
+        )
+        .await?;
         Ok(Response::new(MenusCreateResponse {}))
     }
 
@@ -145,11 +149,10 @@ impl Menus for MenusService {
                 &json!({ "button": buttons, "matchrule": matchrule }),
             )
             .await?;
-        let menuid = menuid_of(answer.body.get("menuid")).ok_or(ApiError::Call(
-            CallError::BadAnswer {
+        let menuid =
+            menuid_of(answer.body.get("menuid")).ok_or(ApiError::Call(CallError::BadAnswer {
                 what: "the addconditional answer has no menuid",
-            },
-        ))?;
+            }))?;
         Ok(Response::new(MenusAddConditionalResponse { menuid }))
     }
 
@@ -277,7 +280,10 @@ fn buttons_json(buttons: &[MenuButton]) -> Result<Vec<Value>, ApiError> {
         .map(|(i, button)| {
             let path = format!("button[{i}]");
             let kind = MenuButtonType::try_from(button.r#type).map_err(|_| {
-                ApiError::invalid(format!("{path}.type"), format!("unknown type {}", button.r#type))
+                ApiError::invalid(
+                    format!("{path}.type"),
+                    format!("unknown type {}", button.r#type),
+                )
             })?;
             check_name(&path, &button.name, MAX_TOP_NAME_BYTES)?;
             if button.sub_button.is_empty() {
@@ -317,7 +323,10 @@ fn buttons_json(buttons: &[MenuButton]) -> Result<Vec<Value>, ApiError> {
                         ));
                     }
                     let kind = MenuButtonType::try_from(sub.r#type).map_err(|_| {
-                        ApiError::invalid(format!("{path}.type"), format!("unknown type {}", sub.r#type))
+                        ApiError::invalid(
+                            format!("{path}.type"),
+                            format!("unknown type {}", sub.r#type),
+                        )
                     })?;
                     check_name(&path, &sub.name, MAX_SUB_NAME_BYTES)?;
                     if kind == MenuButtonType::Unspecified {
@@ -631,7 +640,10 @@ mod tests {
         );
         check_err(vec![click("")], "button[0].name: is required");
         check_err(
-            vec![click("a"), parent("M", (0..6).map(|i| click(&i.to_string())).collect())],
+            vec![
+                click("a"),
+                parent("M", (0..6).map(|i| click(&i.to_string())).collect()),
+            ],
             "button[1].sub_button: at most 5 sub-buttons, got 6",
         );
         let mut subs: Vec<MenuButton> = (0..4).map(|i| click(&i.to_string())).collect();

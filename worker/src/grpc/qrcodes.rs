@@ -164,7 +164,9 @@ fn create_body(request: &QrcodesCreateRequest) -> Result<Value, ApiError> {
             seconds => {
                 return Err(ApiError::invalid(
                     "expire_seconds",
-                    format!("1 to {MAX_EXPIRE_SECONDS} (30 days), or 0 for {DEFAULT_EXPIRE_SECONDS}; got {seconds}"),
+                    format!(
+                        "1 to {MAX_EXPIRE_SECONDS} (30 days), or 0 for {DEFAULT_EXPIRE_SECONDS}; got {seconds}"
+                    ),
                 ));
             }
         };
@@ -179,7 +181,12 @@ fn create_body(request: &QrcodesCreateRequest) -> Result<Value, ApiError> {
 mod tests {
     use super::*;
 
-    fn request(kind: QrcodeKind, scene_id: i64, scene_str: &str, expire: i64) -> QrcodesCreateRequest {
+    fn request(
+        kind: QrcodeKind,
+        scene_id: i64,
+        scene_str: &str,
+        expire: i64,
+    ) -> QrcodesCreateRequest {
         QrcodesCreateRequest {
             account_id: "demo".into(),
             kind: kind as i32,

@@ -107,7 +107,9 @@ impl TokensService {
         let tokens = &self.api.tokens;
         let token = if request.get_ref().force_refresh {
             tracing::info!(account = %account.id, "force refresh asked for through the api");
-            tokens.force_refresh(&account.appid, &account.secret).await?
+            tokens
+                .force_refresh(&account.appid, &account.secret)
+                .await?
         } else {
             tokens.get(&account.appid, &account.secret).await?
         };
@@ -159,7 +161,11 @@ impl TokensService {
     ) -> Result<OAuthAuthorizeUrlResponse, ApiError> {
         let account = self.account(&request, &request.get_ref().account_id)?;
         let message = request.get_ref();
-        check_http_url("redirect_uri", &message.redirect_uri, MAX_REDIRECT_URI_BYTES)?;
+        check_http_url(
+            "redirect_uri",
+            &message.redirect_uri,
+            MAX_REDIRECT_URI_BYTES,
+        )?;
         let scope = scope_of(message.scope)?;
         let state = message.state.as_str();
         if state.is_empty() || state.len() > MAX_STATE_BYTES {
@@ -244,7 +250,11 @@ impl TokensService {
                         .client
                         .get(
                             "/sns/userinfo",
-                            &[("access_token", web_token), ("openid", openid), ("lang", lang)],
+                            &[
+                                ("access_token", web_token),
+                                ("openid", openid),
+                                ("lang", lang),
+                            ],
                         )
                         .await?,
                 )?;
@@ -299,7 +309,9 @@ impl Tokens for TokensService {
         &self,
         request: Request<OAuthExchangeCodeRequest>,
     ) -> Result<Response<OAuthExchangeCodeResponse>, Status> {
-        Ok(Response::new(self.oauth_exchange_code_inner(request).await?))
+        Ok(Response::new(
+            self.oauth_exchange_code_inner(request).await?,
+        ))
     }
 }
 
@@ -315,7 +327,10 @@ fn check_http_url(field: &str, url: &str, max: usize) -> Result<(), ApiError> {
         ));
     }
     if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(ApiError::invalid(field, "must start with http:// or https://"));
+        return Err(ApiError::invalid(
+            field,
+            "must start with http:// or https://",
+        ));
     }
     Ok(())
 }
