@@ -64,6 +64,11 @@ impl Keys {
         format!("{}:ticket:{appid}:jsapi", self.ns)
     }
 
+    /// `{ns}:ticket-lock:{appid}:jsapi`: the single-refresher lock of the JS-SDK ticket.
+    pub fn jsapi_ticket_lock(&self, appid: &str) -> String {
+        format!("{}:ticket-lock:{appid}:jsapi", self.ns)
+    }
+
     /// `{ns}:accounts`: runtime accounts, a hash id → JSON.
     pub fn accounts(&self) -> String {
         format!("{}:accounts", self.ns)

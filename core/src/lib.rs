@@ -14,6 +14,7 @@ pub mod logging;
 pub mod metrics;
 pub mod rabbit;
 pub mod store;
+pub mod tickets;
 pub mod tokens;
 pub mod topology;
 

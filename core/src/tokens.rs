@@ -191,6 +191,17 @@ pub struct TokenSettings {
     pub http_timeout: Duration,
 }
 
+/// Which stored token a caller accepts.
+#[derive(Debug, Clone, Copy)]
+enum Want<'a> {
+    /// Any valid one not due for a refresh ahead of time.
+    Current,
+    /// One other than this token, which WeChat rejected.
+    NotRejected(&'a str),
+    /// One fetched at or after this time (Unix ms): a forced refresh.
+    FetchedSince(i64),
+}
+
 /// The stored value of `{ns}:token:{appid}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stored {
@@ -269,7 +280,28 @@ impl TokenService {
     /// handed out the rejected token again, then `force_refresh`) can outlast that wait:
     /// waiters then fail with [`TokenError::WaitTimeout`] and retry.
     pub async fn get(&self, appid: &str, secret: &Secret) -> Result<AccessToken, TokenError> {
-        self.get_inner(appid, secret, None).await
+        self.get_inner(appid, secret, Want::Current).await
+    }
+
+    /// A token fetched from WeChat within the last 30 s: for a caller that needs a new token
+    /// now (it saw the shared one rejected, or suspects a leak).
+    ///
+    /// Rate-limited per appid and single-refresher like every refresh: when the shared token
+    /// was fetched less than 30 s ago it is returned as it is, so any number of concurrent
+    /// callers in any number of processes cause at most one token call per 30 s. The one
+    /// refresher takes `{ns}:token-lock:{appid}`; in stable mode it asks WeChat with
+    /// `force_refresh: true` (which invalidates the previous token at once) when
+    /// `{ns}:token-force:{appid}` allows it (at most one force per 30 s per appid, shared with
+    /// [`TokenService::refresh_after_invalid`]), else in normal mode. The others wait for its
+    /// result as in [`TokenService::get`].
+    pub async fn force_refresh(
+        &self,
+        appid: &str,
+        secret: &Secret,
+    ) -> Result<AccessToken, TokenError> {
+        let since = crate::now_ms().saturating_sub(millis(FORCE_INTERVAL));
+        self.get_inner(appid, secret, Want::FetchedSince(since))
+            .await
     }
 
     /// Deletes the shared token only if it still is `failed` (compare-and-delete), so a token
@@ -300,7 +332,8 @@ impl TokenService {
         failed: &Secret,
     ) -> Result<AccessToken, TokenError> {
         self.invalidate(appid, failed).await?;
-        self.get_inner(appid, secret, Some(failed.expose())).await
+        self.get_inner(appid, secret, Want::NotRejected(failed.expose()))
+            .await
     }
 
     async fn read(&self, appid: &str) -> Result<Option<Stored>, TokenError> {
@@ -323,10 +356,15 @@ impl TokenService {
         &self,
         appid: &str,
         secret: &Secret,
-        rejected: Option<&str>,
+        want: Want<'_>,
     ) -> Result<AccessToken, TokenError> {
         let usable = |s: &Stored, now: i64| {
-            s.expires_at_ms > now && Some(s.access_token.as_str()) != rejected
+            s.expires_at_ms > now
+                && match want {
+                    Want::Current => true,
+                    Want::NotRejected(rejected) => s.access_token != rejected,
+                    Want::FetchedSince(since) => s.fetched_at_ms >= since,
+                }
         };
         // Usable and not due for a refresh ahead of time.
         let current = |s: &Stored, now: i64| {
@@ -361,7 +399,7 @@ impl TokenService {
                 let refresh = async {
                     match self.read(appid).await {
                         Ok(Some(s)) if current(&s, crate::now_ms()) => Ok(s.to_token()),
-                        Ok(_) => self.refresh_locked(appid, secret, rejected).await,
+                        Ok(_) => self.refresh_locked(appid, secret, want).await,
                         Err(e) => Err(e),
                     }
                 };
@@ -452,9 +490,23 @@ impl TokenService {
         &self,
         appid: &str,
         secret: &Secret,
-        rejected: Option<&str>,
+        want: Want<'_>,
     ) -> Result<AccessToken, TokenError> {
-        let mut fetched = self.fetch(appid, secret, false).await?;
+        let rejected = match want {
+            Want::NotRejected(rejected) => Some(rejected),
+            Want::Current | Want::FetchedSince(_) => None,
+        };
+        let force = matches!(want, Want::FetchedSince(_))
+            && self.inner.mode == TokenMode::Stable
+            && self
+                .inner
+                .store
+                .set_nx(&self.inner.keys.token_force(appid), b"1", FORCE_INTERVAL)
+                .await?;
+        if force {
+            tracing::info!(appid, "force refresh asked for");
+        }
+        let mut fetched = self.fetch(appid, secret, force).await?;
         if rejected == Some(fetched.access_token.expose()) {
             let allowed = self.inner.mode == TokenMode::Stable
                 && self
@@ -844,6 +896,45 @@ mod tests {
         assert!(matches!(err, TokenError::StillRejected), "{err:?}");
         assert!(err.is_transient());
         assert_eq!(fetcher.forced.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_force_refreshes_make_one_forced_call() {
+        let store = MemoryStore::new();
+        let fetcher = Arc::new(FakeFetcher::default());
+        let tokens = service(&store, &fetcher);
+        put(&store, "old", 3_600_000, 60_000).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let tokens = tokens.clone();
+            tasks.spawn(async move { tokens.force_refresh("wx1", &secret()).await });
+        }
+        while let Some(result) = tasks.join_next().await {
+            assert_eq!(result.unwrap().unwrap().token.expose(), "token-1");
+        }
+        assert_eq!(fetcher.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(fetcher.forced.load(Ordering::SeqCst), 1);
+
+        // Within 30 s of that refresh, another force refresh gets the same token.
+        let again = tokens.force_refresh("wx1", &secret()).await.unwrap();
+        assert_eq!(again.token.expose(), "token-1");
+        assert_eq!(fetcher.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_force_refresh_while_the_force_slot_is_taken_asks_in_normal_mode() {
+        let store = MemoryStore::new();
+        let fetcher = Arc::new(FakeFetcher::default());
+        let tokens = service(&store, &fetcher);
+        put(&store, "old", 3_600_000, 60_000).await;
+        store
+            .set("t:token-force:wx1", b"1", Some(FORCE_INTERVAL))
+            .await
+            .unwrap();
+        let token = tokens.force_refresh("wx1", &secret()).await.unwrap();
+        assert_eq!(token.token.expose(), "token-1");
+        assert_eq!(fetcher.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(fetcher.forced.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -14,7 +14,9 @@
 pub mod crypto;
 pub mod errcode;
 pub mod event_id;
+pub mod jssdk;
 pub mod message;
+pub mod oauth;
 pub mod reply;
 pub mod rules;
 pub mod signature;

@@ -11,8 +11,11 @@ pub mod auth;
 pub mod dead_letters;
 pub mod events;
 pub mod media;
+pub mod menus;
 pub mod messages;
+pub mod qrcodes;
 pub mod status;
+pub mod tokens;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -203,8 +206,23 @@ fn add_services(
     use wxgate_proto::v1::dead_letters_server::DeadLettersServer;
     use wxgate_proto::v1::events_server::EventsServer;
     use wxgate_proto::v1::media_server::MediaServer;
+    use wxgate_proto::v1::menus_server::MenusServer;
     use wxgate_proto::v1::messages_server::MessagesServer;
+    use wxgate_proto::v1::qrcodes_server::QrcodesServer;
+    use wxgate_proto::v1::tokens_server::TokensServer;
     router
+        .add_service(authenticated(
+            TokensServer::new(tokens::TokensService::new(Arc::clone(api))),
+            auth,
+        ))
+        .add_service(authenticated(
+            QrcodesServer::new(qrcodes::QrcodesService::new(Arc::clone(api))),
+            auth,
+        ))
+        .add_service(authenticated(
+            MenusServer::new(menus::MenusService::new(Arc::clone(api))),
+            auth,
+        ))
         .add_service(authenticated(
             AccountsServer::new(accounts::AccountsService::new(Arc::clone(api))),
             auth,

@@ -8,6 +8,7 @@ use wxgate_core::ErrorChain;
 use wxgate_core::accounts::RuntimeError;
 use wxgate_core::bus::{BusError, GroupError};
 use wxgate_core::store::StoreError;
+use wxgate_core::tickets::TicketError;
 use wxgate_core::tokens::TokenError;
 
 use crate::client::CallError;
@@ -54,6 +55,9 @@ pub enum ApiError {
     /// No access token could be had.
     #[error("no access token")]
     Token(#[source] TokenError),
+    /// The shared JS-SDK ticket could not be read, stored or waited for.
+    #[error("no jsapi ticket")]
+    Ticket(#[source] TicketError),
     /// WeChat could not be reached or answered garbage.
     #[error("wechat call failed")]
     Call(#[source] CallError),
@@ -155,6 +159,9 @@ pub fn code_of_errcode(errcode: i64) -> Code {
             | 40035
             | 40037
             | 40039
+            | 40029
+            | 40163
+            | 42003
             | 40053
             | 40054
             | 40055
@@ -198,9 +205,13 @@ impl From<ApiError> for Status {
             }
             ApiError::Token(e) => {
                 let code = match e.errcode() {
-                    Some(errcode) if !e.is_transient() => code_of_errcode(errcode),
-                    _ if e.is_transient() => Code::Unavailable,
-                    _ => Code::FailedPrecondition,
+                    // From the token endpoint itself 40001 means a wrong AppSecret.
+                    Some(errcode) if classify(errcode) == Class::TokenInvalid => {
+                        Code::FailedPrecondition
+                    }
+                    Some(errcode) => code_of_errcode(errcode),
+                    None if e.is_transient() => Code::Unavailable,
+                    None => Code::FailedPrecondition,
                 };
                 let mut trailers = MetadataMap::new();
                 if let Some(errcode) = e.errcode() {
@@ -221,7 +232,10 @@ impl From<ApiError> for Status {
                 tracing::warn!(error = %message, "rpc: unreadable runtime account");
                 Status::failed_precondition(message)
             }
-            ApiError::Store(_) | ApiError::Bus(_) | ApiError::RuntimeAccounts(_) => {
+            ApiError::Store(_)
+            | ApiError::Bus(_)
+            | ApiError::RuntimeAccounts(_)
+            | ApiError::Ticket(_) => {
                 tracing::warn!(error = %message, "rpc: backend failed");
                 Status::unavailable(message)
             }
@@ -257,6 +271,29 @@ mod tests {
                 &errcode.to_string()
             );
             assert!(status.message().contains(&errcode.to_string()));
+        }
+    }
+
+    #[test]
+    fn token_endpoint_errors_map_by_errcode() {
+        use wxgate_core::tokens::FetchError;
+        for (errcode, code) in [
+            (45009, Code::ResourceExhausted),
+            (-1, Code::Unavailable),
+            (40001, Code::FailedPrecondition),
+            (40125, Code::FailedPrecondition),
+            (40164, Code::FailedPrecondition),
+        ] {
+            let error = TokenError::Fetch(FetchError::Errcode {
+                errcode,
+                errmsg: "x".to_owned(),
+            });
+            let status = Status::from(ApiError::Token(error));
+            assert_eq!(status.code(), code, "{errcode}");
+            assert_eq!(
+                status.metadata().get(ERRCODE_TRAILER).unwrap(),
+                &errcode.to_string()
+            );
         }
     }
 

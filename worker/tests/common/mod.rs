@@ -481,3 +481,42 @@ impl Harness {
             .unwrap_or_else(|e| panic!("cannot connect to the grpc api at {addr}: {e}"))
     }
 }
+
+/// WeChat's errcode from the `x-wechat-errcode` trailer of an error status, if any.
+pub fn errcode_trailer(status: &tonic::Status) -> Option<i64> {
+    status
+        .metadata()
+        .get("x-wechat-errcode")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The `.code()` of `result`'s error, panicking (with the value) when it succeeded.
+pub fn status_of<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Status {
+    match result {
+        Ok(value) => panic!("expected an error status, got {value:?}"),
+        Err(status) => status,
+    }
+}
+
+impl Harness {
+    /// Starts one more worker and waits (within [`WAIT`]) until its `/readyz` answers 200, i.e.
+    /// Redis and RabbitMQ are connected, so RPCs do not fail with "store is not connected".
+    pub async fn start_ready_worker(&mut self) -> std::net::SocketAddr {
+        let addr = self.start_worker().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (status, body) = http_get(addr, "/readyz").await;
+            if status == 200 {
+                return addr;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "worker at {addr} not ready: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
