@@ -2,34 +2,29 @@
 # The gRPC API benchmark (bench/README.md, "gRPC API"): against the local Redis and RabbitMQ,
 # starts wx-gateway and wx-worker as real processes on a config with $ACCOUNTS accounts and an
 # admin API key, then runs wxgate-api:
-#   1. tokens     Tokens.GetAccessToken from $CLIENTS clients (the WeChat simulator runs inside
-#                 wxgate-api and counts token calls per appid);
-#   2. subscribe  Events.Subscribe next to a bare lapin consumer of the same group queue, with
+#   1. subscribe  Events.Subscribe next to a bare lapin consumer of the same group queue, with
 #                 the same prefetch, alternately, $ROUNDS rounds;
-#   3. latency    pushes through the gateway at $RATE/s, time from each 200 to the subscriber;
-#   4. hold       $GROUPS groups and $STREAMS open subscriptions, the worker's RSS.
+#   2. latency    pushes through the gateway at $RATE/s, time from each 200 to the subscriber;
+#   3. hold       $GROUPS groups and $STREAMS open subscriptions, the worker's RSS.
 # Prints each JSON summary and removes everything it created, also on failure.
 #
 # Environment (all optional):
 #   CARGO_TARGET_DIR  build directory                          (default $HOME/.cache/wxgate-target)
 #   ACCOUNTS          configured accounts                      (default 10000)
 #   QUEUE_TYPE        classic | quorum                         (default quorum)
-#   CLIENTS           tokens: concurrent clients               (default 64)
-#   TOKEN_ACCOUNTS    tokens: accounts called                  (default 10)
-#   DURATION          tokens and latency: how long             (default 10s)
+#   DURATION          latency: how long                        (default 10s)
 #   EVENTS, PREFETCH, ROUNDS  subscribe                        (default 50000, 256, 3)
 #   RATE              latency: pushes per second               (default 1000)
 #   GROUPS, STREAMS   hold                                     (default 100, 50)
 #   ONLY              run only these steps, e.g. "subscribe latency"
 #   PORT, WORKER_PORT, GRPC_PORT, SIM_PORT                     (default 18080, 18091, 18051, 18099)
+# (Tokens.GetAccessToken has its own tool: wxgate-tokens, see bench/README.md.)
 #   SKIP_BUILD=1      use the binaries already built
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ACCOUNTS=${ACCOUNTS:-10000}
 QUEUE_TYPE=${QUEUE_TYPE:-quorum}
-CLIENTS=${CLIENTS:-64}
-TOKEN_ACCOUNTS=${TOKEN_ACCOUNTS:-10}
 DURATION=${DURATION:-10s}
 EVENTS=${EVENTS:-50000}
 PREFETCH=${PREFETCH:-256}
@@ -37,7 +32,7 @@ ROUNDS=${ROUNDS:-3}
 RATE=${RATE:-1000}
 GROUPS=${GROUPS:-100}
 STREAMS=${STREAMS:-50}
-ONLY=${ONLY:-tokens subscribe latency hold}
+ONLY=${ONLY:-subscribe latency hold}
 PORT=${PORT:-18080}
 WORKER_PORT=${WORKER_PORT:-18091}
 GRPC_PORT=${GRPC_PORT:-18051}
@@ -106,7 +101,6 @@ echo "## wxgate gRPC API · $(date -u +%Y-%m-%dT%H:%MZ) · $(nproc) CPUs · load
 for step in $ONLY; do
     log "running $step"
     case "$step" in
-    tokens) api tokens --clients "$CLIENTS" --accounts "$TOKEN_ACCOUNTS" --duration "$DURATION" ;;
     subscribe) api subscribe --events "$EVENTS" --prefetch "$PREFETCH" --rounds "$ROUNDS" ;;
     latency) api latency --rate "$RATE" --duration "$DURATION" ;;
     hold) api hold --groups "$GROUPS" --streams "$STREAMS" ;;

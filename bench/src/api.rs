@@ -1,12 +1,11 @@
 //! `wxgate-api`: measures the gRPC API of a running `wx-worker` (and, for `latency`, the
 //! gateway in front of it) against the targets of the API: `Events.Subscribe` throughput
 //! next to a bare lapin consumer of the same queue, the time from the gateway's 200 to a
-//! subscriber's receipt, `Tokens.GetAccessToken` under concurrent clients, and the worker's
-//! memory with many groups and open streams.
+//! subscriber's receipt, and the worker's memory with many groups and open streams
+//! (`Tokens.GetAccessToken` has its own tool, `wxgate-tokens`).
 //!
 //! It reads the configuration the gateway and worker run with (with the same `WXGATE__…`
-//! overrides), so it knows the namespace, the addresses, the accounts and the simulator's
-//! address (`wechat.api_base`, served by this process for `tokens`). It is a measuring tool,
+//! overrides), so it knows the namespace, the addresses and the accounts. It is a measuring tool,
 //! not a test: it asserts nothing, prints a JSON summary on stdout, and leaves cleaning up the
 //! namespace to its caller (`bench/api.sh`).
 
@@ -37,12 +36,11 @@ use wxgate_core::config::{Account, Config, Mode};
 use wxgate_proto::v1::events_client::EventsClient;
 use wxgate_proto::v1::subscribe_request::Kind as RequestKind;
 use wxgate_proto::v1::subscribe_response::Kind as ResponseKind;
-use wxgate_proto::v1::tokens_client::TokensClient;
 use wxgate_proto::v1::{
-    Event, EventsAck, EventsDeleteGroupRequest, EventsFilter, EventsListGroupsRequest,
-    EventsStart, GetAccessTokenRequest, SubscribeRequest, Text, event,
+    Event, EventsAck, EventsDeleteGroupRequest, EventsFilter, EventsListGroupsRequest, EventsStart,
+    SubscribeRequest, Text, event,
 };
-use wxgate_sim::{Inbound, MsgIdGen, PushAccount, PushClient, PushMode, SimConfig};
+use wxgate_sim::{Inbound, MsgIdGen, PushAccount, PushClient, PushMode};
 
 /// Measures the gRPC API of a running wx-worker.
 #[derive(Debug, Parser)]
@@ -94,20 +92,6 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
     },
-    /// Tokens.GetAccessToken from concurrent clients, each on its own connection, spread
-    /// over the accounts; serves the WeChat simulator on `wechat.api_base` and counts its
-    /// token calls per appid.
-    Tokens {
-        /// Concurrent clients.
-        #[arg(long, default_value_t = 64)]
-        clients: usize,
-        /// How long to call.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Accounts called (the first N of the config).
-        #[arg(long, default_value_t = 10)]
-        accounts: usize,
-    },
     /// Creates `groups` groups and keeps `streams` subscriptions open, then reads the
     /// worker's RSS (needs --worker-pid); deletes the groups at the end.
     Hold {
@@ -146,11 +130,6 @@ async fn run(args: Args) -> anyhow::Result<Value> {
             rounds,
         } => subscribe(&config, &api, events, prefetch, rounds).await?,
         Command::Latency { rate, duration } => latency(&config, &api, rate, duration).await?,
-        Command::Tokens {
-            clients,
-            duration,
-            accounts,
-        } => tokens(&config, &api, clients, duration, accounts).await?,
         Command::Hold { groups, streams } => hold(&api, groups, streams, args.worker_pid).await?,
     };
     if let (Some(pid), Value::Object(map)) = (args.worker_pid, &mut summary) {
@@ -161,7 +140,6 @@ async fn run(args: Args) -> anyhow::Result<Value> {
 
 /// The worker's gRPC API.
 struct Api {
-    addr: SocketAddr,
     key: String,
     channel: Channel,
 }
@@ -176,7 +154,6 @@ impl Api {
         };
         let channel = channel(addr).await?;
         Ok(Self {
-            addr,
             key: key.to_owned(),
             channel,
         })
@@ -283,7 +260,10 @@ fn text_event(account: &Account, seq: u64) -> Event {
         fields: HashMap::from([("Content".to_owned(), content.clone())]),
         raw_xml,
         received_at_ms: now_ms,
-        payload: Some(event::Payload::Text(Text { content })),
+        payload: Some(event::Payload::Text(Text {
+            content,
+            ..Default::default()
+        })),
         ..Default::default()
     }
 }
@@ -363,7 +343,13 @@ async fn settle(amqp: &Connection, queue: &str, ready: u64) -> anyhow::Result<()
     }
 }
 
-async fn drain_grpc(api: &Api, group: &str, account: &str, prefetch: u32, events: u64) -> anyhow::Result<Duration> {
+async fn drain_grpc(
+    api: &Api,
+    group: &str,
+    account: &str,
+    prefetch: u32,
+    events: u64,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut subscription = Subscription::open(api, group, account, prefetch).await?;
     for _ in 0..events {
@@ -375,11 +361,19 @@ async fn drain_grpc(api: &Api, group: &str, account: &str, prefetch: u32, events
     Ok(elapsed)
 }
 
-async fn drain_lapin(amqp: &Connection, queue: &str, prefetch: u32, events: u64) -> anyhow::Result<Duration> {
+async fn drain_lapin(
+    amqp: &Connection,
+    queue: &str,
+    prefetch: u32,
+    events: u64,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let channel = amqp.create_channel().await?;
     channel
-        .basic_qos(u16::try_from(prefetch).unwrap_or(u16::MAX), BasicQosOptions::default())
+        .basic_qos(
+            u16::try_from(prefetch).unwrap_or(u16::MAX),
+            BasicQosOptions::default(),
+        )
         .await?;
     let mut consumer = channel
         .basic_consume(
@@ -407,7 +401,10 @@ async fn subscribe(
     prefetch: u32,
     rounds: u32,
 ) -> anyhow::Result<Value> {
-    let account = config.accounts.first().context("the config has no account")?;
+    let account = config
+        .accounts
+        .first()
+        .context("the config has no account")?;
     let amqp = Connection::connect(&config.rabbitmq.url, ConnectionProperties::default()).await?;
     let group = "bench-subscribe";
     let queue = format!("{}.group.{group}", config.namespace);
@@ -418,7 +415,11 @@ async fn subscribe(
     for round in 0..rounds {
         let mut grpc_rate = 0.0;
         let mut lapin_rate = 0.0;
-        let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
+        let order: [bool; 2] = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for through_grpc in order {
             fill(&amqp, config, account, events).await?;
             settle(&amqp, &queue, events).await?;
@@ -449,8 +450,16 @@ async fn subscribe(
     Ok(json!({ "events": events, "prefetch": prefetch, "rounds": rows }))
 }
 
-async fn latency(config: &Config, api: &Api, rate: u64, duration: Duration) -> anyhow::Result<Value> {
-    let account = config.accounts.first().context("the config has no account")?;
+async fn latency(
+    config: &Config,
+    api: &Api,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<Value> {
+    let account = config
+        .accounts
+        .first()
+        .context("the config has no account")?;
     let group = "bench-latency";
     let mut subscription = Subscription::open(api, group, account.id.as_str(), 1024).await?;
     let receipts: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -481,8 +490,11 @@ async fn latency(config: &Config, api: &Api, rate: u64, duration: Duration) -> a
         let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
         tokio::time::sleep_until(due).await;
         let content = format!("latency {seq}");
-        let xml = Inbound::now(push_account.original_id.clone(), format!("oLat{:024}", seq % 1000))
-            .text(ids.next_id(), &content);
+        let xml = Inbound::now(
+            push_account.original_id.clone(),
+            format!("oLat{:024}", seq % 1000),
+        )
+        .text(ids.next_id(), &content);
         let (client, base, account) = (client.clone(), base.clone(), push_account.clone());
         let (answered, failed) = (Arc::clone(&answered), Arc::clone(&failed));
         tasks.spawn(async move {
@@ -504,7 +516,13 @@ async fn latency(config: &Config, api: &Api, rate: u64, duration: Duration) -> a
         let (done, want) = {
             let answered = answered.lock().unwrap_or_else(PoisonError::into_inner);
             let receipts = receipts.lock().unwrap_or_else(PoisonError::into_inner);
-            (answered.iter().filter(|(c, _)| receipts.contains_key(c)).count(), answered.len())
+            (
+                answered
+                    .iter()
+                    .filter(|(c, _)| receipts.contains_key(c))
+                    .count(),
+                answered.len(),
+            )
         };
         if done == want || Instant::now() > deadline {
             break;
@@ -512,15 +530,23 @@ async fn latency(config: &Config, api: &Api, rate: u64, duration: Duration) -> a
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     reader.abort();
-    let answered = answered.lock().unwrap_or_else(PoisonError::into_inner);
-    let receipts = receipts.lock().unwrap_or_else(PoisonError::into_inner);
+    EventsClient::new(api.channel.clone())
+        .delete_group(api.request(EventsDeleteGroupRequest {
+            group: group.to_owned(),
+        }))
+        .await
+        .ok();
+    let answered = std::mem::take(&mut *answered.lock().unwrap_or_else(PoisonError::into_inner));
+    let receipts = std::mem::take(&mut *receipts.lock().unwrap_or_else(PoisonError::into_inner));
     let mut micros = Vec::new();
     let mut before_answer = 0_u64;
     let mut missing = 0_u64;
     for (content, at) in answered.iter() {
         match receipts.get(content) {
             Some(received) if received >= at => {
-                micros.push(u64::try_from(received.duration_since(*at).as_micros()).unwrap_or(u64::MAX));
+                micros.push(
+                    u64::try_from(received.duration_since(*at).as_micros()).unwrap_or(u64::MAX),
+                );
             }
             // The subscriber had it before the pusher read the 200: zero.
             Some(_) => {
@@ -533,12 +559,6 @@ async fn latency(config: &Config, api: &Api, rate: u64, duration: Duration) -> a
     micros.sort_unstable();
     #[allow(clippy::cast_precision_loss)]
     let ms = |q: f64| nearest_rank(&micros, q) as f64 / 1000.0;
-    EventsClient::new(api.channel.clone())
-        .delete_group(api.request(EventsDeleteGroupRequest {
-            group: group.to_owned(),
-        }))
-        .await
-        .ok();
     Ok(json!({
         "rate": rate,
         "pushes": total,
@@ -551,95 +571,12 @@ async fn latency(config: &Config, api: &Api, rate: u64, duration: Duration) -> a
     }))
 }
 
-async fn tokens(
-    config: &Config,
+async fn hold(
     api: &Api,
-    clients: usize,
-    duration: Duration,
-    accounts: usize,
+    groups: usize,
+    streams: usize,
+    worker_pid: Option<u32>,
 ) -> anyhow::Result<Value> {
-    let sim_addr: SocketAddr = config
-        .wechat
-        .api_base
-        .trim_start_matches("http://")
-        .parse()
-        .context("wechat.api_base must be http://ip:port for the simulator")?;
-    let mut sim_config = SimConfig::default();
-    for account in &config.accounts {
-        sim_config = sim_config.with_account(&account.appid, account.secret.expose());
-    }
-    let sim = wxgate_sim::start(sim_config, sim_addr).await?;
-    let ids: Vec<String> = config
-        .accounts
-        .iter()
-        .take(accounts.max(1))
-        .map(|a| a.id.as_str().to_owned())
-        .collect();
-    let ids = Arc::new(ids);
-    let stop = Instant::now() + duration;
-    let mut tasks = JoinSet::new();
-    for client in 0..clients {
-        let channel = channel(api.addr).await?;
-        let key = api.key.clone();
-        let ids = Arc::clone(&ids);
-        tasks.spawn(async move {
-            let mut tokens = TokensClient::new(channel);
-            let (mut ok, mut errors, mut micros) = (0_u64, 0_u64, Vec::new());
-            let mut i = client;
-            while Instant::now() < stop {
-                let mut request = tonic::Request::new(GetAccessTokenRequest {
-                    account_id: ids[i % ids.len()].clone(),
-                    force_refresh: false,
-                });
-                if let Ok(value) = format!("Bearer {key}").parse() {
-                    request.metadata_mut().insert("authorization", value);
-                }
-                let started = Instant::now();
-                match tokens.get_access_token(request).await {
-                    Ok(_) => {
-                        ok += 1;
-                        micros.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
-                    }
-                    Err(_) => errors += 1,
-                }
-                i += 1;
-            }
-            (ok, errors, micros)
-        });
-    }
-    let started = Instant::now();
-    let (mut ok, mut errors, mut micros) = (0, 0, Vec::new());
-    while let Some(result) = tasks.join_next().await {
-        let (o, e, m) = result?;
-        ok += o;
-        errors += e;
-        micros.extend(m);
-    }
-    let elapsed = started.elapsed();
-    micros.sort_unstable();
-    #[allow(clippy::cast_precision_loss)]
-    let ms = |q: f64| nearest_rank(&micros, q) as f64 / 1000.0;
-    let token_calls: Vec<u64> = config
-        .accounts
-        .iter()
-        .take(ids.len())
-        .map(|a| sim.token_requests(&a.appid))
-        .collect();
-    sim.shutdown().await;
-    #[allow(clippy::cast_precision_loss)]
-    let per_s = ok as f64 / elapsed.as_secs_f64();
-    Ok(json!({
-        "clients": clients,
-        "accounts": ids.len(),
-        "calls": ok,
-        "errors": errors,
-        "calls_per_s": per_s.round(),
-        "ms": { "p50": ms(0.5), "p99": ms(0.99), "max": ms(1.0) },
-        "wechat_token_calls_per_appid": token_calls,
-    }))
-}
-
-async fn hold(api: &Api, groups: usize, streams: usize, worker_pid: Option<u32>) -> anyhow::Result<Value> {
     let names: Vec<String> = (0..groups).map(|i| format!("bench-hold-{i}")).collect();
     let before = worker_pid.map(rss_kib);
     let mut held = Vec::new();
@@ -671,7 +608,9 @@ async fn hold(api: &Api, groups: usize, streams: usize, worker_pid: Option<u32>)
     drop(held);
     for name in &names {
         EventsClient::new(api.channel.clone())
-            .delete_group(api.request(EventsDeleteGroupRequest { group: name.clone() }))
+            .delete_group(api.request(EventsDeleteGroupRequest {
+                group: name.clone(),
+            }))
             .await
             .ok();
     }
