@@ -5,7 +5,7 @@
 //! finds groups and how a start with another filter knows which keys to unbind. Events a
 //! group drops (retention, `nack` without requeue) are dead-lettered to `{ns}.groups.dropped`
 //! and counted by [`count_dropped`]. The semantics are written down in
-//! `proto/wxgate/v1/events.proto` and `docs/api-notes/events.md`.
+//! `proto/wxgate/v1/events.proto` and `docs/api.md`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
