@@ -234,6 +234,12 @@ pub enum Disposition {
 pub trait Decide: Send {
     /// The disposition of `message`.
     fn decide(&mut self, message: &Message) -> Disposition;
+
+    /// Whether the walk may end now (checked before each message is taken); never, for
+    /// closures.
+    fn done(&self) -> bool {
+        false
+    }
 }
 
 impl<F: FnMut(&Message) -> Disposition + Send> Decide for F {
@@ -251,8 +257,7 @@ pub struct Swept {
     pub removed: usize,
     /// Messages moved.
     pub moved: usize,
-    /// Messages in the queue behind the last one looked at, when the sweep began them
-    /// (the broker's count; others may have added or taken some since).
+    /// Messages that were in the queue when the walk began and were not looked at.
     pub behind: u64,
 }
 
@@ -340,14 +345,16 @@ pub trait Bus: Send + Sync + 'static {
     /// Whether the bus is connected and the topology is declared.
     fn is_ready(&self) -> bool;
 
-    /// Walks `queue` from its head, at most `max` messages, asking `decide` about each:
-    /// [`Disposition::Keep`] leaves it where it was, [`Disposition::Remove`] removes it,
-    /// [`Disposition::Move`] publishes a new message to another queue (with a confirm) and
-    /// only then removes the old one. Kept messages stay in the queue (back at its head; their
-    /// order among themselves is not promised); a
-    /// sweep that fails or is interrupted keeps every message it had not settled, so it may
-    /// leave a moved message in both queues but never in neither. Other consumers of the
-    /// queue do not see the messages under inspection until the sweep ends. Bounded: every
+    /// Walks `queue` from its head, at most `max` messages and never past those it held when
+    /// the walk began, asking `decide` about each: [`Disposition::Keep`] puts a copy at the
+    /// queue's tail (confirmed) and removes the original, [`Disposition::Remove`] removes it,
+    /// [`Disposition::Move`] publishes a new message to another queue (confirmed) and only
+    /// then removes the original. Keeping by re-publishing, not by returning the message,
+    /// means a walk never counts as a delivery (brokers that limit deliveries would drop a
+    /// message listed often enough), at the cost of the queue's order. A walk that fails or
+    /// is interrupted leaves every message it had not settled in the queue, so a message may
+    /// end up twice (kept or moved, and still there) but never nowhere. Other consumers of the
+    /// queue do not see the message under inspection until it is settled. Bounded: every
     /// broker operation has a deadline.
     async fn sweep(
         &self,

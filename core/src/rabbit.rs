@@ -771,9 +771,8 @@ impl Bus for RabbitBus {
         decide: &mut dyn Decide,
     ) -> Result<Swept, BusError> {
         let live = self.live().ok_or(BusError::Unavailable)?;
-        // A channel of its own: the messages it takes without acking return to the queue,
-        // in order, when it closes; closing is how "keep" is done (a requeueing nack would
-        // count as a failed delivery where the broker limits those).
+        // A channel of its own: whatever it took and did not settle (a failed walk) returns
+        // to the queue when it closes.
         let channel = bounded("channel.open", live.connection.create_channel()).await?;
         let result = sweep_on(self, &channel, queue, max, decide).await;
         let _ = bounded(
@@ -793,22 +792,33 @@ async fn sweep_on(
     decide: &mut dyn Decide,
 ) -> Result<Swept, BusError> {
     let mut swept = Swept::default();
-    while swept.scanned < max {
+    // The messages in the queue when the walk began: kept ones go to its tail, so the walk
+    // stops before it would meet them again.
+    let mut total: Option<usize> = None;
+    while swept.scanned < total.map_or(max, |t| t.min(max)) && !decide.done() {
         let got = bounded(
             "basic.get",
             channel.basic_get(ShortString::from(queue), BasicGetOptions { no_ack: false }),
         )
         .await?;
         let Some(got) = got else { break };
+        let total = *total.get_or_insert(got.message_count as usize + 1);
         swept.scanned += 1;
-        swept.behind = u64::from(got.message_count);
+        swept.behind = (total - swept.scanned) as u64;
         let delivery = got.delivery;
         let message = Message {
             body: Bytes::from(delivery.data),
             properties: from_amqp(&delivery.properties),
         };
         match decide.decide(&message) {
-            Disposition::Keep => {}
+            Disposition::Keep => {
+                // A copy to the tail, confirmed, then the original acked: a message taken and
+                // returned counts as a delivery where the broker limits those (quorum
+                // queues' delivery-limit, 20 by default on RabbitMQ 4), and enough listings
+                // would make it drop the message.
+                confirmed_publish(bus, queue, &message).await?;
+                bounded("basic.ack", delivery.acker.ack(BasicAckOptions::default())).await?;
+            }
             Disposition::Remove => {
                 bounded("basic.ack", delivery.acker.ack(BasicAckOptions::default())).await?;
                 swept.removed += 1;
@@ -817,22 +827,7 @@ async fn sweep_on(
                 queue: target,
                 message,
             } => {
-                match tokio::time::timeout(OPERATION_TIMEOUT, bus.publish("", &target, &message))
-                    .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        return Err(BusError::Failed {
-                            operation: "publish",
-                            source: Arc::new(e),
-                        });
-                    }
-                    Err(_) => {
-                        return Err(BusError::Timeout {
-                            operation: "publish",
-                        });
-                    }
-                }
+                confirmed_publish(bus, &target, &message).await?;
                 bounded("basic.ack", delivery.acker.ack(BasicAckOptions::default())).await?;
                 swept.removed += 1;
                 swept.moved += 1;
@@ -840,6 +835,25 @@ async fn sweep_on(
         }
     }
     Ok(swept)
+}
+
+/// Publishes `message` straight to `queue` and waits (within [`OPERATION_TIMEOUT`]) for the
+/// broker's confirm.
+async fn confirmed_publish(
+    bus: &RabbitBus,
+    queue: &str,
+    message: &Message,
+) -> Result<(), BusError> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, bus.publish("", queue, message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(BusError::Failed {
+            operation: "publish",
+            source: Arc::new(e),
+        }),
+        Err(_) => Err(BusError::Timeout {
+            operation: "publish",
+        }),
+    }
 }
 
 impl RabbitBus {

@@ -336,7 +336,16 @@ async fn dead_letters_are_listed_replayed_once_and_discarded() {
         let event = letter.event.as_ref().expect("the event decodes");
         assert_eq!(&event.event_id, id);
     }
-    // Listing leaves them in place (RabbitMQ puts them back at the head, in any order).
+    // Listing leaves them in place (re-published to the tail: the order may change), also
+    // when listed more often than a quorum queue's default delivery limit (20).
+    for _ in 0..25 {
+        let listed = client
+            .list(authed(ADMIN_KEY, ListDeadLettersRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.dead_letters.len(), 3);
+    }
     let again = client
         .list(authed(ADMIN_KEY, ListDeadLettersRequest::default()))
         .await
@@ -380,6 +389,8 @@ async fn dead_letters_are_listed_replayed_once_and_discarded() {
         .unwrap()
         .into_inner();
     assert_eq!(mine.dead_letters.len(), 2, "limit honoured");
+    assert_eq!(mine.scanned, 2, "the walk ends once the page is full");
+    assert_eq!(mine.not_scanned, 1);
     let status = client
         .list(authed(
             ADMIN_KEY,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use tonic::{Request, Response, Status};
-use wxgate_core::bus::{Disposition, HeaderValue, Message, Swept};
+use wxgate_core::bus::{Decide, Disposition, HeaderValue, Message, Swept};
 use wxgate_proto::v1::dead_letters_server::DeadLetters;
 use wxgate_proto::v1::{
     DeadLetter, DeadLetterFilter, DiscardDeadLettersRequest, DiscardDeadLettersResponse, Event,
@@ -214,27 +214,20 @@ impl DeadLetters for DeadLettersService {
         let filter = Filter::new(&caller, request.filter)?;
         let limit = limit("limit", request.limit, LIST_LIMIT)?;
         let scan_limit = limit_scan(request.scan_limit)?;
-        let mut found = Vec::new();
-        let mut decide = |message: &Message| {
-            if found.len() < limit {
-                let letter = describe(message);
-                if filter.matches(&letter) {
-                    found.push(letter);
-                }
-            }
-            Disposition::Keep
+        let mut page = Page {
+            filter: &filter,
+            limit,
+            found: Vec::new(),
         };
-        // Stop scanning once `limit` matched: the closure cannot end the sweep, so the scan is
-        // bounded by `scan_limit`; keep it short when a small page is asked for.
         let swept = self
             .api
             .bus
-            .sweep(&self.api.names.dead_queue(), scan_limit, &mut decide)
+            .sweep(&self.api.names.dead_queue(), scan_limit, &mut page)
             .await
             .map_err(ApiError::from)?;
-        tracing::info!(caller = %caller.name, listed = found.len(), scanned = swept.scanned, "dead letters listed");
+        tracing::info!(caller = %caller.name, listed = page.found.len(), scanned = swept.scanned, "dead letters listed");
         Ok(Response::new(ListDeadLettersResponse {
-            dead_letters: found,
+            dead_letters: page.found,
             scanned: count(swept.scanned),
             not_scanned: swept.behind,
         }))
@@ -280,6 +273,28 @@ impl DeadLetters for DeadLettersService {
             scanned: count(swept.scanned),
             not_scanned: swept.behind,
         }))
+    }
+}
+
+/// One page of `List`: keeps every message, collects the matches, and ends the walk once
+/// `limit` matched (every message looked at costs the broker a re-publish).
+struct Page<'a> {
+    filter: &'a Filter,
+    limit: usize,
+    found: Vec<DeadLetter>,
+}
+
+impl Decide for Page<'_> {
+    fn decide(&mut self, message: &Message) -> Disposition {
+        let letter = describe(message);
+        if self.filter.matches(&letter) {
+            self.found.push(letter);
+        }
+        Disposition::Keep
+    }
+
+    fn done(&self) -> bool {
+        self.found.len() >= self.limit
     }
 }
 
