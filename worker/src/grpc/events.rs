@@ -463,7 +463,6 @@ async fn open_locked(
     })
 }
 
-
 impl EventsService {
     /// The part of `DeleteGroup` that runs under the group's lock: checks the record and
     /// the caller, deletes the queue, then the record; the events that were waiting.
