@@ -4,7 +4,9 @@
 //! (filter, retention, bound routing keys, creation time). The record is how `ListGroups`
 //! finds groups and how a start with another filter knows which keys to unbind. Events a
 //! group drops (retention, `nack` without requeue) are dead-lettered to `{ns}.groups.dropped`
-//! and counted by [`count_dropped`]. The semantics are written down in
+//! and counted by [`count_dropped`]. Starts and deletes of one group hold the Redis lock
+//! `{ns}:group-lock:{group}` around their read-modify-write of the record and the broker
+//! calls. Every delivery is checked against the stream's key. The semantics are written down in
 //! `proto/wxgate/v1/events.proto` and `docs/api.md`.
 
 use std::collections::{BTreeSet, HashMap};
