@@ -84,4 +84,11 @@ impl Keys {
     pub fn groups(&self) -> String {
         format!("{}:groups", self.ns)
     }
+
+    /// `{ns}:group-lock:{group}`: held (with a random owner, `PX` 10 s) while a worker reads,
+    /// rebinds and rewrites a group's record or deletes the group, so starts and deletes of
+    /// one group on several workers run one at a time.
+    pub fn group_lock(&self, group: &str) -> String {
+        format!("{}:group-lock:{group}", self.ns)
+    }
 }

@@ -898,3 +898,93 @@ async fn an_undecodable_event_is_rejected_and_counted_not_delivered() {
     .await;
     h.finish().await;
 }
+
+#[tokio::test]
+async fn concurrent_starts_of_a_new_group_all_stay_open() {
+    let (h, _, channel) = ready_worker(&[]).await;
+    let starts = (0..5).map(|_| subscribe(&channel, DEMO_KEY, start("race", &["demo"], &[], &[])));
+    let mut subs: Vec<Sub> = futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|s| s.unwrap())
+        .collect();
+    assert_eq!(
+        subs.iter().filter(|s| s.started.created).count(),
+        1,
+        "exactly one start created the group"
+    );
+    wait_group(&channel, "race", |g| g.consumers == 5).await;
+    // Every stream checks its group once a second: two checks each must pass. Polled so a
+    // stream that ends shows up at once.
+    let until = tokio::time::Instant::now() + Duration::from_millis(2200);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(group(&channel, "race").await.consumers, 5, "a stream ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each stream still gets events: enough that the broker gives every one some.
+    let mut published = BTreeSet::new();
+    for n in 0..50 {
+        published.insert(h.publish_xml(&text_xml(n)).await);
+    }
+    let mut got = BTreeSet::new();
+    let mut per_stream = [0usize; 5];
+    while got.len() < published.len() {
+        let (i, d) = {
+            let nexts = subs
+                .iter_mut()
+                .enumerate()
+                .map(|(i, s)| Box::pin(async move { (i, s.next().await) }));
+            futures_util::future::select_all(nexts).await.0
+        };
+        subs[i].ack(d.delivery_id).await;
+        per_stream[i] += 1;
+        got.insert(d.event.unwrap().event_id);
+    }
+    assert_eq!(got, published);
+    assert!(per_stream.iter().all(|n| *n > 0), "{per_stream:?}");
+    h.finish().await;
+}
+
+/// Publishes `xml` as an event of `account`, its body naming `account` too; its event id.
+async fn publish_for(h: &Harness, account: &str, xml: &str) -> String {
+    use prost::Message as _;
+    let (key, mut message) = event_message(xml, None);
+    let mut event = wxgate_proto::v1::Event::decode(message.body.as_ref()).unwrap();
+    event.account_id = account.to_owned();
+    message.body = bytes::Bytes::from(event.encode_to_vec());
+    let key = format!("{account}{}", key.strip_prefix("demo").unwrap());
+    h.publish(&key, &message).await;
+    message.properties.message_id.unwrap()
+}
+
+#[tokio::test]
+async fn events_queued_under_a_wider_filter_reach_only_keys_of_their_account() {
+    let (h, addr, channel) = ready_worker(&[]).await;
+    create(&channel, ADMIN_KEY, start("narrowed", &[], &[], &[])).await;
+    let plain = publish_for(&h, "plain", &text_xml(1)).await;
+    let demo = publish_for(&h, "demo", &text_xml(2)).await;
+    wait_group(&channel, "narrowed", |g| g.depth == 2).await;
+    // Narrowed to demo by an admin: the plain event stays queued.
+    create(&channel, ADMIN_KEY, start("narrowed", &["demo"], &[], &[])).await;
+    assert_eq!(group(&channel, "narrowed").await.depth, 2);
+    let mut sub = subscribe(&channel, DEMO_KEY, start("narrowed", &["demo"], &[], &[]))
+        .await
+        .unwrap();
+    let first = sub.next().await;
+    assert_eq!(
+        first.event.as_ref().unwrap().event_id,
+        demo,
+        "{plain} skipped"
+    );
+    assert_eq!(first.delivery_id, 1, "the rejected one took no id");
+    common::wait_metric(
+        addr,
+        "wxgate_group_dropped_total{group=\"narrowed\",reason=\"rejected\"}",
+        1.0,
+    )
+    .await;
+    sub.ack(first.delivery_id).await;
+    wait_group(&channel, "narrowed", |g| g.depth == 0).await;
+    sub.nothing_within_quiet().await;
+    h.finish().await;
+}

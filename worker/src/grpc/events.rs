@@ -4,7 +4,9 @@
 //! (filter, retention, bound routing keys, creation time). The record is how `ListGroups`
 //! finds groups and how a start with another filter knows which keys to unbind. Events a
 //! group drops (retention, `nack` without requeue) are dead-lettered to `{ns}.groups.dropped`
-//! and counted by [`count_dropped`]. The semantics are written down in
+//! and counted by [`count_dropped`]. Starts and deletes of one group hold the Redis lock
+//! `{ns}:group-lock:{group}` around their read-modify-write of the record and the broker
+//! calls. Every delivery is checked against the stream's key. The semantics are written down in
 //! `proto/wxgate/v1/events.proto` and `docs/api.md`.
 
 use std::collections::{BTreeSet, HashMap};
@@ -18,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use wxgate_core::bus::{Bus, Delivery, DeliveryStream, GroupError, HeaderValue};
+use wxgate_core::bus::{Bus, Delivery, DeliveryStream, GroupError, GroupStats, HeaderValue};
 use wxgate_core::metrics::{GroupReason, WorkerMetrics};
 use wxgate_core::topology::{Names, group_spec};
 use wxgate_proto::v1::events_server::Events;
@@ -45,6 +47,14 @@ const MAX_LENGTH_RANGE: std::ops::RangeInclusive<u64> = 1..=100_000_000;
 const MESSAGE_TTL_S_RANGE: std::ops::RangeInclusive<u64> = 1..=90 * 86_400;
 /// Prefetch of the worker's consumer of `{ns}.groups.dropped`.
 const DROPPED_PREFETCH: u16 = 256;
+/// How long a group's lock (`{ns}:group-lock:{group}`) lives if its holder never releases it.
+const GROUP_LOCK_TTL: Duration = Duration::from_secs(10);
+/// How long a start or delete waits for a group's lock.
+const GROUP_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How often a waiting start or delete tries the group's lock again.
+const GROUP_LOCK_POLL: Duration = Duration::from_millis(50);
+/// How long an ending stream may wait to queue its final status for the subscriber.
+const FINAL_STATUS_WAIT: Duration = Duration::from_secs(1);
 
 /// The `Events` service.
 pub struct EventsService {
@@ -239,6 +249,58 @@ impl Api {
             .await?;
         Ok(())
     }
+
+    /// Takes `{ns}:group-lock:{group}` (`SET NX PX`, random owner), trying every
+    /// [`GROUP_LOCK_POLL`] for up to [`GROUP_LOCK_WAIT`]: `DEADLINE_EXCEEDED` when another
+    /// start or delete of the group holds it that long, `UNAVAILABLE` on shutdown or when
+    /// Redis fails. Release it with [`Api::unlock_group`]; it expires after
+    /// [`GROUP_LOCK_TTL`] if its holder dies.
+    async fn lock_group(&self, group: &str) -> Result<GroupLock, ApiError> {
+        let lock = GroupLock {
+            key: self.keys.group_lock(group),
+            owner: format!("{:032x}", rand::random::<u128>()),
+        };
+        let deadline = tokio::time::Instant::now() + GROUP_LOCK_WAIT;
+        loop {
+            if self
+                .store
+                .set_nx(&lock.key, lock.owner.as_bytes(), GROUP_LOCK_TTL)
+                .await?
+            {
+                return Ok(lock);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::DeadlineExceeded(format!(
+                    "group {group:?} is being started or deleted by another request (lock {} \
+                     held for {} s); try again",
+                    lock.key,
+                    GROUP_LOCK_WAIT.as_secs()
+                )));
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown),
+                () = tokio::time::sleep(GROUP_LOCK_POLL) => {}
+            }
+        }
+    }
+
+    /// Releases `lock` if this worker still owns it. A failure is logged: the lock then
+    /// expires on its own.
+    async fn unlock_group(&self, lock: GroupLock) {
+        if let Err(error) = self
+            .store
+            .compare_and_delete(&lock.key, lock.owner.as_bytes())
+            .await
+        {
+            tracing::warn!(key = %lock.key, error = %wxgate_core::ErrorChain(&error), "cannot release a group's lock; it expires on its own");
+        }
+    }
+}
+
+/// A held `{ns}:group-lock:{group}`.
+struct GroupLock {
+    key: String,
+    owner: String,
 }
 
 /// A group bound and ready to consume.
@@ -282,6 +344,24 @@ async fn open_group(api: &Api, caller: &Caller, start: &EventsStart) -> Result<O
         ));
     }
     check_scope(caller, group, &filter.accounts)?;
+    // Read, declare or rebind, and write under the group's lock: concurrent starts of a new
+    // group then agree on one `created_at_ms` (the later ones find the record), and the
+    // record's `bindings` always list every key the queue may be bound with.
+    let lock = api.lock_group(group).await?;
+    let opened = open_locked(api, caller, start, filter, max_in_flight).await;
+    api.unlock_group(lock).await;
+    opened
+}
+
+/// The part of [`open_group`] that runs under the group's lock.
+async fn open_locked(
+    api: &Api,
+    caller: &Caller,
+    start: &EventsStart,
+    filter: Filter,
+    max_in_flight: u16,
+) -> Result<Opened, ApiError> {
+    let group = start.group.as_str();
     let existing = api.group_record(group).await?;
     if let Some(existing) = &existing {
         check_scope(caller, group, &existing.filter.accounts)?;
@@ -385,6 +465,29 @@ async fn open_group(api: &Api, caller: &Caller, start: &EventsStart) -> Result<O
     })
 }
 
+impl EventsService {
+    /// The part of `DeleteGroup` that runs under the group's lock: checks the record and
+    /// the caller, deletes the queue, then the record; the events that were waiting.
+    async fn delete_locked(&self, caller: &Caller, group: &str) -> Result<u64, ApiError> {
+        match self.api.group_record(group).await {
+            Ok(Some(record)) => check_scope(caller, group, &record.filter.accounts)?,
+            Ok(None) => return Err(ApiError::NotFound(format!("no group {group:?}"))),
+            // An unreadable record: only an admin may remove it.
+            Err(ApiError::FailedPrecondition(_)) => caller.require_admin()?,
+            Err(e) => return Err(e),
+        }
+        // The queue first: if its deletion fails, the record stays and DeleteGroup can be
+        // retried; the lock keeps starts out until the record is gone too.
+        let dropped_events = self
+            .api
+            .bus
+            .delete_group(&self.api.names.group_queue(group))
+            .await?;
+        self.api.store.hdel(&self.api.keys.groups(), group).await?;
+        Ok(dropped_events)
+    }
+}
+
 type SubscribeItem = Result<SubscribeResponse, Status>;
 
 #[tonic::async_trait]
@@ -440,6 +543,7 @@ impl Events for EventsService {
         tracing::info!(group = %group, caller = %caller.name, "subscription started");
         let session = Session {
             api: Arc::clone(&self.api),
+            caller,
             group,
             created_at_ms: opened.created_at_ms,
             inbound,
@@ -459,26 +563,12 @@ impl Events for EventsService {
         let caller = Caller::of(&request)?;
         let group = request.into_inner().group;
         group_name("group", &group)?;
-        match self.api.group_record(&group).await {
-            Ok(Some(record)) => check_scope(&caller, &group, &record.filter.accounts)?,
-            Ok(None) => {
-                return Err(ApiError::NotFound(format!("no group {group:?}")).into());
-            }
-            // An unreadable record: only an admin may remove it.
-            Err(ApiError::FailedPrecondition(_)) => caller.require_admin()?,
-            Err(e) => return Err(e.into()),
-        }
-        let dropped_events = self
-            .api
-            .bus
-            .delete_group(&self.api.names.group_queue(&group))
-            .await
-            .map_err(ApiError::from)?;
-        self.api
-            .store
-            .hdel(&self.api.keys.groups(), &group)
-            .await
-            .map_err(ApiError::from)?;
+        // Under the group's lock, so no start re-declares the queue between its deletion and
+        // the record's (which would leave a queue no record lists).
+        let lock = self.api.lock_group(&group).await?;
+        let deleted = self.delete_locked(&caller, &group).await;
+        self.api.unlock_group(lock).await;
+        let dropped_events = deleted?;
         tracing::info!(group = %group, caller = %caller.name, dropped_events, "group deleted");
         Ok(Response::new(EventsDeleteGroupResponse { dropped_events }))
     }
@@ -506,12 +596,23 @@ impl Events for EventsService {
             if !may_see(&caller, &record) {
                 continue;
             }
-            let stats = self
+            // One group RabbitMQ cannot tell about does not fail the list: it is listed with
+            // depth and consumers 0 (its queue is not known to be missing).
+            let stats = match self
                 .api
                 .bus
                 .group_stats(&self.api.names.group_queue(&name))
                 .await
-                .map_err(ApiError::from)?;
+            {
+                Ok(stats) => stats,
+                Err(error) => {
+                    tracing::warn!(group = %name, error = %wxgate_core::ErrorChain(&error), "cannot read a group's depth; listed with depth 0");
+                    Some(GroupStats {
+                        depth: 0,
+                        consumers: 0,
+                    })
+                }
+            };
             groups.push(EventsGroup {
                 group: name,
                 filter: Some(record.filter.to_proto()),
@@ -534,6 +635,9 @@ impl Events for EventsService {
 /// the bus consumer, which returns every unsettled delivery to the group.
 struct Session {
     api: Arc<Api>,
+    /// The key that opened the stream: a delivery of an account it may not act for (queued
+    /// under an earlier, wider filter) is rejected, not delivered.
+    caller: Caller,
     group: String,
     created_at_ms: i64,
     inbound: Streaming<SubscribeRequest>,
@@ -577,7 +681,14 @@ impl Session {
             End::Left => tracing::info!(unsettled, "subscription ended by the subscriber"),
             End::Error(error) => {
                 tracing::info!(unsettled, error = %wxgate_core::ErrorChain(&error), "subscription ended");
-                let _ = self.sender.send(Err(error.into())).await;
+                // A subscriber that stopped reading must not hold the task: give up after
+                // a moment (the stream then just ends).
+                let sent =
+                    tokio::time::timeout(FINAL_STATUS_WAIT, self.sender.send(Err(error.into())))
+                        .await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    tracing::debug!("the final status could not be queued for the subscriber");
+                }
             }
         }
     }
@@ -651,6 +762,19 @@ impl Session {
                 return Ok(());
             }
         };
+        if !self.caller.may_act_for(&event.account_id) {
+            tracing::warn!(
+                event_id = %event.event_id,
+                account_id = %event.account_id,
+                caller = %self.caller.name,
+                "event of an account the key may not act for (queued under an earlier filter); \
+                 rejected (counted as dropped, reason rejected)"
+            );
+            if let Err(error) = delivery.nack(false).await {
+                tracing::warn!(error = %wxgate_core::ErrorChain(&error), "cannot reject an event out of the key's scope");
+            }
+            return Ok(());
+        }
         self.next_id += 1;
         let delivery_id = self.next_id;
         let redelivered = delivery.redelivered;
@@ -662,7 +786,13 @@ impl Session {
                 redelivered,
             })),
         };
-        self.sender.send(Ok(response)).await.map_err(|_| End::Left)
+        // Cancel safe against shutdown and the subscriber leaving: a subscriber that stops
+        // reading (HTTP/2 flow control) must not hold the task and its consumer forever.
+        tokio::select! {
+            sent = self.sender.send(Ok(response)) => sent.map_err(|_| End::Left),
+            () = self.api.shutdown.cancelled() => Err(End::Error(ApiError::ShuttingDown)),
+            () = self.sender.closed() => Err(End::Left),
+        }
     }
 
     /// Ends the stream when the group was deleted (or deleted and created again).
