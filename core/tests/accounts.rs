@@ -310,7 +310,13 @@ async fn a_hash_without_a_version_is_served_and_reported() {
         )
         .await
         .unwrap();
-    assert!(w.store.get(&keys.accounts_version()).await.unwrap().is_none());
+    assert!(
+        w.store
+            .get(&keys.accounts_version())
+            .await
+            .unwrap()
+            .is_none()
+    );
     w.sync.check().await;
     let status = w.registry.status();
     assert!(status.loaded && status.version_lost && status.version.is_none());

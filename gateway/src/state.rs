@@ -131,13 +131,19 @@ mod tests {
             .await
             .unwrap();
 
-        assert!(lookup(&registry, "file").is_ok(), "file accounts are served at once");
+        assert!(
+            lookup(&registry, "file").is_ok(),
+            "file accounts are served at once"
+        );
         let error = lookup(&registry, "rt").unwrap_err();
         assert!(matches!(error, CallbackError::AccountsNotLoaded), "{error}");
         assert_eq!(error.status().0, http::StatusCode::SERVICE_UNAVAILABLE);
         let reason = not_ready(true, true, &registry).unwrap();
         assert!(reason.contains("runtime accounts not loaded"), "{reason}");
-        assert_eq!(not_ready(false, true, &registry), Some("redis not connected"));
+        assert_eq!(
+            not_ready(false, true, &registry),
+            Some("redis not connected")
+        );
 
         RuntimeSync::new(Arc::clone(&registry), runtime, AccountsMetrics::default())
             .check()
