@@ -7,13 +7,19 @@
 //! request sees either the old or the new set of accounts, never a mix.
 //!
 //! Runtime accounts live in Redis ([`RuntimeAccounts`]): the hash `{ns}:accounts` (id → the
-//! JSON of an [`AccountSpec`], secrets included: Redis is the only copy) and the counter
-//! `{ns}:accounts:version`, bumped after every change. [`Registry::watch`] checks the counter
-//! every [`CHECK_EVERY`] and reloads the hash when it moved. When Redis cannot be reached the
-//! last snapshot keeps being served; when the counter vanishes after this process loaded
-//! runtime accounts (Redis restarted without persistence) the accounts it had are kept too,
-//! and the loss is reported loudly (an error log, `wxgate_accounts_version_lost` = 1 and
-//! [`Registry::problem`] for `/readyz`).
+//! JSON of an [`AccountSpec`], secrets included: Redis is the only copy), the counter
+//! `{ns}:accounts:version`, bumped after every change, and `{ns}:accounts:generation`, a
+//! random value set whenever the counter is created. [`Registry::watch`] checks the counter
+//! and the generation every [`CHECK_EVERY`] and reloads the hash when either moved: a counter
+//! rebuilt after Redis lost its data may reach the very number a process loaded last, but not
+//! with the same generation. Every call touches one key (Redis Cluster works).
+//!
+//! When Redis cannot be reached the last snapshot keeps being served. When the counter
+//! vanishes after this process loaded runtime accounts (Redis restarted without persistence)
+//! the accounts it had are kept too, and the loss is reported loudly (an error log,
+//! `wxgate_accounts_version_lost` = 1 and [`Registry::problem`] for `/readyz`). When the
+//! counter is absent but the hash holds entries (the key was evicted or deleted, or a restore
+//! left it out), the hash is served anyway and reported the same way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -146,8 +152,9 @@ pub struct SyncStatus {
     /// The `{ns}:accounts:version` of the snapshot served; `None` before the first load or
     /// while the key is absent.
     pub version: Option<i64>,
-    /// The version key vanished after this process had loaded runtime accounts (see the
-    /// module doc): the accounts loaded before are still served.
+    /// The version key is absent while runtime accounts are served: it vanished after this
+    /// process had loaded some (they are still served), or the hash holds entries without it
+    /// (they are served). See the module doc.
     pub version_lost: bool,
     /// Whether the last check could not reach Redis (the last snapshot is served).
     pub store_failing: bool,
@@ -222,7 +229,7 @@ impl Registry {
         let status = self.status();
         status.version_lost.then(|| {
             format!(
-                "accounts: the runtime accounts version key vanished from redis (it lost its data); still serving the {} runtime accounts loaded before; re-add them with Accounts.Upsert and run redis with persistence (AOF)",
+                "accounts: the runtime accounts version key vanished from redis (it lost its data, or the key was evicted or deleted); serving the {} runtime accounts last read; re-add missing ones with Accounts.Upsert (any change recreates the key) and run redis with persistence (AOF) and maxmemory-policy noeviction",
                 self.snapshot().runtime_len()
             )
         })
@@ -258,6 +265,15 @@ impl Registry {
     }
 }
 
+/// The version and generation a snapshot was loaded at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Loaded {
+    version: i64,
+    /// `None` while `{ns}:accounts:generation` is absent (a writer died between creating the
+    /// counter and setting it): still compared, so its appearance is a change too.
+    generation: Option<Vec<u8>>,
+}
+
 /// The state of one process's runtime account sync: the version loaded and the stored
 /// entries it was built from, so a reload validates only the entries that changed (10,000
 /// accounts is a test case). [`Registry::watch`] drives it; tests call [`RuntimeSync::check`].
@@ -265,7 +281,7 @@ pub struct RuntimeSync {
     registry: Arc<Registry>,
     runtime: RuntimeAccounts,
     metrics: AccountsMetrics,
-    known: Option<i64>,
+    known: Option<Loaded>,
     cache: HashMap<String, (Vec<u8>, Arc<Account>)>,
 }
 
@@ -294,21 +310,37 @@ impl RuntimeSync {
         }
     }
 
-    /// One check: reads the version and reloads when it differs from the one loaded.
-    /// Cancel-safe (it only reads Redis; the snapshot is swapped at the very end).
+    /// One check: reads the version and the generation and reloads when either differs
+    /// from the ones loaded; reads the hash when the version is absent and nothing was
+    /// loaded yet. Cancel-safe (it only reads Redis; the snapshot is swapped at the very end).
     pub async fn check(&mut self) {
         let version = match self.runtime.version().await {
             Ok(version) => version,
             Err(e) => return self.store_failed(&e),
         };
-        match version {
-            Some(v) if Some(v) == self.known => self.store_works(),
-            Some(v) => self.reload(v).await,
-            None => {
-                self.store_works();
-                self.version_absent();
-            }
+        let Some(version) = version else {
+            return self.version_absent().await;
+        };
+        // Read after the version: a writer sets the generation after creating the counter,
+        // so a generation that changes later is seen by the next check.
+        let generation = match self.runtime.generation().await {
+            Ok(generation) => generation,
+            Err(e) => return self.store_failed(&e),
+        };
+        let seen = Loaded {
+            version,
+            generation,
+        };
+        if self.known.as_ref() == Some(&seen) {
+            return self.store_works();
         }
+        if self.known.as_ref().is_some_and(|k| k.version == version) {
+            tracing::warn!(
+                version,
+                "the runtime accounts counter was recreated (new generation, same version): redis lost its data; reloading"
+            );
+        }
+        self.reload(seen).await;
     }
 
     fn store_failed(&self, error: &RuntimeError) {
@@ -328,10 +360,11 @@ impl RuntimeSync {
         self.registry.update_status(|s| s.store_failing = false);
     }
 
-    fn version_absent(&mut self) {
+    async fn version_absent(&mut self) {
         let status = self.registry.status();
-        let had = self.known.is_some_and(|v| v >= 1) || !self.cache.is_empty();
+        let had = self.known.is_some() || !self.cache.is_empty();
         if had || status.version_lost {
+            self.store_works();
             if !status.version_lost {
                 tracing::error!(
                     key = %self.runtime.keys.accounts_version(),
@@ -339,26 +372,78 @@ impl RuntimeSync {
                     "the runtime accounts version key vanished from redis (it lost its data?); still serving the accounts loaded before; re-add them with Accounts.Upsert and run redis with persistence (AOF)"
                 );
             }
-            // Any version that appears now, even the one known before, is a new history.
-            self.known = None;
-            self.metrics.version_lost.set(1);
-            self.registry.update_status(|s| {
-                s.version_lost = true;
-                s.version = None;
-                s.loaded = true;
-            });
-        } else {
+            self.report_lost();
+            return;
+        }
+        // Nothing was loaded from redis yet: the hash may hold entries all the same (the
+        // key was evicted or deleted, or a restore left it out). Serve what it holds.
+        let Some(stored) = self.load().await else {
+            return;
+        };
+        if stored == 0 {
             // No runtime account was ever added: the file accounts are the whole set.
             self.registry.update_status(|s| s.loaded = true);
+            return;
         }
+        tracing::error!(
+            key = %self.runtime.keys.accounts_version(),
+            stored,
+            runtime_accounts = self.cache.len(),
+            "the runtime accounts version key is missing from redis but the accounts hash holds entries (the key was evicted or deleted, or a restore left it out); serving them; any Accounts.Upsert or Remove recreates the key; run redis with persistence (AOF) and maxmemory-policy noeviction"
+        );
+        self.report_lost();
     }
 
-    async fn reload(&mut self, version: i64) {
+    /// The version key is absent while runtime accounts are served.
+    fn report_lost(&mut self) {
+        // Any version that appears now, even the one known before, is a new history.
+        self.known = None;
+        self.metrics.version_lost.set(1);
+        self.registry.update_status(|s| {
+            s.version_lost = true;
+            s.version = None;
+            s.loaded = true;
+        });
+    }
+
+    async fn reload(&mut self, seen: Loaded) {
+        if self.load().await.is_none() {
+            return;
+        }
+        let version = seen.version;
+        self.known = Some(seen);
+        let was_lost = self.registry.status().version_lost;
+        if was_lost {
+            tracing::warn!(
+                version,
+                "the runtime accounts version key is back; serving what redis holds now"
+            );
+        }
+        self.metrics.version_lost.set(0);
+        self.registry.update_status(|s| {
+            s.loaded = true;
+            s.version = Some(version);
+            s.version_lost = false;
+        });
+        tracing::info!(
+            version,
+            runtime_accounts = self.registry.snapshot().runtime_len(),
+            "runtime accounts loaded"
+        );
+    }
+
+    /// Reads the hash and serves it; returns how many entries it held (valid or not), or
+    /// `None` when Redis failed (the snapshot is kept).
+    async fn load(&mut self) -> Option<usize> {
         let entries = match self.runtime.entries().await {
             Ok(entries) => entries,
-            Err(e) => return self.store_failed(&e),
+            Err(e) => {
+                self.store_failed(&e);
+                return None;
+            }
         };
         self.store_works();
+        let stored = entries.len();
         let mut cache = HashMap::with_capacity(entries.len());
         for (id, json) in entries {
             if self.registry.is_file_account(&id) {
@@ -382,29 +467,11 @@ impl RuntimeSync {
         let served = snapshot.runtime_len();
         self.registry.replace(snapshot);
         self.cache = cache;
-        self.known = Some(version);
         self.metrics
             .accounts
             .get_or_create(&OriginLabel { origin: "runtime" })
             .set(i64::try_from(served).unwrap_or(i64::MAX));
-        let was_lost = self.registry.status().version_lost;
-        if was_lost {
-            tracing::warn!(
-                version,
-                "the runtime accounts version key is back; serving what redis holds now"
-            );
-        }
-        self.metrics.version_lost.set(0);
-        self.registry.update_status(|s| {
-            s.loaded = true;
-            s.version = Some(version);
-            s.version_lost = false;
-        });
-        tracing::info!(
-            version,
-            runtime_accounts = served,
-            "runtime accounts loaded"
-        );
+        Some(stored)
     }
 }
 
@@ -489,10 +556,11 @@ async fn bounded<T>(
         .map_err(RuntimeError::Store)
 }
 
-/// The runtime accounts in Redis: `{ns}:accounts` and `{ns}:accounts:version`. Each call is
-/// bounded by [`STORE_DEADLINE`]. Writes are `HSET`/`HDEL` and then `INCR` of the version
-/// (two keys, never one operation spanning both, so Redis Cluster works): a reader that sees
-/// the new version also sees the change.
+/// The runtime accounts in Redis: `{ns}:accounts`, `{ns}:accounts:version` and
+/// `{ns}:accounts:generation`. Each call is bounded by [`STORE_DEADLINE`]. Writes are
+/// `HSET`/`HDEL` and then `INCR` of the version, and a `SET` of a new random generation when
+/// that `INCR` created the counter (one key per operation, never one spanning several, so
+/// Redis Cluster works): a reader that sees the new version also sees the change.
 #[derive(Clone)]
 pub struct RuntimeAccounts {
     store: Arc<dyn Store>,
@@ -515,6 +583,11 @@ impl RuntimeAccounts {
             .and_then(|text| text.trim().parse().ok())
             .map(Some)
             .ok_or(RuntimeError::BadVersion)
+    }
+
+    /// `GET {ns}:accounts:generation`; `None` when absent.
+    pub async fn generation(&self) -> Result<Option<Vec<u8>>, RuntimeError> {
+        bounded(self.store.get(&self.keys.accounts_generation())).await
     }
 
     /// Every stored entry, raw (id, JSON).
@@ -552,7 +625,19 @@ impl RuntimeAccounts {
     }
 
     async fn bump(&self) -> Result<i64, RuntimeError> {
-        bounded(self.store.incr(&self.keys.accounts_version(), None)).await
+        let version = bounded(self.store.incr(&self.keys.accounts_version(), None)).await?;
+        if version == 1 {
+            // A new counter: a new history, told apart from any earlier one that reached
+            // the same numbers (module doc).
+            let generation = format!("{:032x}", rand::random::<u128>());
+            bounded(self.store.set(
+                &self.keys.accounts_generation(),
+                generation.as_bytes(),
+                None,
+            ))
+            .await?;
+        }
+        Ok(version)
     }
 }
 

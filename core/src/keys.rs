@@ -79,6 +79,13 @@ impl Keys {
         format!("{}:accounts:version", self.ns)
     }
 
+    /// `{ns}:accounts:generation`: a random value set whenever `{ns}:accounts:version` is
+    /// created (its `INCR` answered 1), so a counter rebuilt after Redis lost its data is
+    /// told apart from the old one even when it reaches the same number.
+    pub fn accounts_generation(&self) -> String {
+        format!("{}:accounts:generation", self.ns)
+    }
+
     /// `{ns}:groups`: consumer groups of the gRPC `Events` API, a hash group name → JSON
     /// (filter, retention, bound routing keys, `created_at_ms`).
     pub fn groups(&self) -> String {

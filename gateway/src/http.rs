@@ -42,10 +42,9 @@ async fn route(gateway: Arc<Gateway>, req: Request<Incoming>) -> Response<Body> 
     match (req.method(), path) {
         (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => {
-            let (status, mut body) = if gateway.is_ready() {
-                (StatusCode::OK, String::from("ready"))
-            } else {
-                (StatusCode::SERVICE_UNAVAILABLE, String::from("not ready"))
+            let (status, mut body) = match gateway.not_ready() {
+                None => (StatusCode::OK, String::from("ready")),
+                Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
             };
             // A vanished runtime accounts version is reported, not turned into a 503: the
             // accounts loaded before are still served, and taking every gateway out of the
@@ -107,9 +106,7 @@ async fn callback(
     account_id: &str,
     req: Request<Incoming>,
 ) -> Result<(Bytes, &'static str), CallbackError> {
-    let account = gateway
-        .account(account_id)
-        .ok_or(CallbackError::UnknownAccount)?;
+    let account = gateway.account(account_id)?;
     let (head, body) = req.into_parts();
     let query = CallbackQuery::parse(head.uri.query().unwrap_or(""))?;
     if head.method == Method::GET {

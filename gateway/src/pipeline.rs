@@ -22,6 +22,10 @@ pub enum CallbackError {
     /// No account with this id.
     #[error("unknown account")]
     UnknownAccount,
+    /// No account with this id yet, and the runtime accounts have not been loaded: it may be
+    /// one of them, so WeChat is asked to retry.
+    #[error("unknown account, runtime accounts not loaded yet")]
+    AccountsNotLoaded,
     /// Body over `gateway.max_body_bytes`.
     #[error("body too large")]
     BodyTooLarge,
@@ -77,6 +81,7 @@ impl CallbackError {
     pub fn status(&self) -> (StatusCode, &'static str) {
         match self {
             Self::UnknownAccount => (StatusCode::NOT_FOUND, "unknown_account"),
+            Self::AccountsNotLoaded => (StatusCode::SERVICE_UNAVAILABLE, "accounts_not_loaded"),
             Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::BodyRead => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::BadTimestamp => (StatusCode::BAD_REQUEST, "bad_request"),

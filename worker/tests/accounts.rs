@@ -458,6 +458,51 @@ async fn only_admin_keys_and_never_file_accounts() {
     h.finish().await;
 }
 
+/// Access tokens are shared by appid: an appid taken by another account (file or runtime)
+/// is refused, naming that account, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_appid_of_another_account_is_refused() {
+    let mut h = Harness::new(&[]).await;
+    h.start_worker().await;
+    let mut accounts = client(h.channel(0).await);
+    upsert_ok(&mut accounts, settings("one", TOKEN_1, KEY_1)).await;
+    // The same account keeps its own appid.
+    upsert_ok(&mut accounts, settings("one", TOKEN_2, KEY_1)).await;
+
+    for (appid, owner) in [(appid_of("one"), "one"), (APPID.to_owned(), "demo")] {
+        let mut two = settings("two", TOKEN_1, KEY_1);
+        two.appid = appid;
+        let status = accounts
+            .upsert(authed(
+                ADMIN_KEY,
+                UpsertAccountRequest {
+                    account: Some(two),
+                    clear_previous: false,
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains(&format!("account {owner:?}")),
+            "{status:?}"
+        );
+    }
+    let status = accounts
+        .get(authed(
+            ADMIN_KEY,
+            GetAccountRequest {
+                account_id: "two".to_owned(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "nothing stored: {status:?}");
+    upsert_ok(&mut accounts, settings("two", TOKEN_1, KEY_1)).await;
+
+    h.finish().await;
+}
+
 async fn upsert_ok(accounts: &mut AccountsClient<Channel>, settings: AccountSettings) {
     upsert(accounts, settings, false).await;
 }

@@ -88,6 +88,37 @@ fn file_account(id: &str) -> ApiError {
     ))
 }
 
+impl AccountsService {
+    /// The id of another account, file or runtime (as stored in Redis, not as served), that
+    /// has the appid of `spec`. An unreadable runtime entry is not counted.
+    async fn appid_owner(&self, spec: &AccountSpec) -> Result<Option<String>, ApiError> {
+        /// The one field this check needs: the rest of a stored entry is not parsed.
+        #[derive(serde::Deserialize)]
+        struct Appid {
+            appid: String,
+        }
+        let file = self
+            .api
+            .accounts
+            .file_accounts()
+            .iter()
+            .find(|a| a.appid == spec.appid && a.id.as_str() != spec.id);
+        if let Some(file) = file {
+            return Ok(Some(file.id.as_str().to_owned()));
+        }
+        Ok(self
+            .runtime
+            .entries()
+            .await?
+            .into_iter()
+            .filter(|(id, _)| *id != spec.id && !self.api.accounts.is_file_account(id))
+            .find(|(_, json)| {
+                serde_json::from_slice::<Appid>(json).is_ok_and(|a| a.appid == spec.appid)
+            })
+            .map(|(id, _)| id))
+    }
+}
+
 #[tonic::async_trait]
 impl Accounts for AccountsService {
     async fn list(
@@ -176,6 +207,13 @@ impl Accounts for AccountsService {
         let created = stored.is_none();
         let spec = merge(settings, stored.unwrap_or_default(), request.clear_previous)?;
         spec.validate("account").map_err(invalid)?;
+        if let Some(other) = self.appid_owner(&spec).await? {
+            return Err(ApiError::FailedPrecondition(format!(
+                "appid {:?} is already used by account {other:?}; access tokens are shared by appid, so an appid belongs to one account only",
+                spec.appid
+            ))
+            .into());
+        }
         let version = self.runtime.put(&spec).await.map_err(ApiError::from)?;
         tracing::info!(account_id = %spec.id, caller = %caller.name, created, version, "runtime account stored");
         Ok(Response::new(pb::UpsertAccountResponse {
