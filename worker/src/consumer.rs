@@ -398,6 +398,23 @@ async fn send_all(
         // The end-to-end latency is the first message's.
         let received_at_ms = if part == 0 { received_at_ms } else { 0 };
         let outcome = send(ctx, account, message, received_at_ms).await;
+        if let Outcome::Permanent {
+            errcode: Some(errcode @ (45047 | 45015)),
+            ..
+        } = outcome
+            && part > 0
+        {
+            // The user's reply window ran out of messages (45047: 3 after an event, 5 after
+            // a message) or closed (45015) part-way: what went out is the reply, and no retry
+            // or replay could send the rest. Settle as sent rather than park a half-sent event.
+            tracing::warn!(
+                part,
+                parts = messages.len(),
+                errcode,
+                "reply window exhausted; the remaining parts are not sent"
+            );
+            return Outcome::Sent;
+        }
         if outcome != Outcome::Sent {
             return outcome;
         }

@@ -962,3 +962,39 @@ async fn a_redelivered_news_reply_resumes_after_the_articles_already_sent() {
     assert_eq!(sent.as_deref(), Some("1"));
     h.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_news_reply_cut_short_by_the_reply_window_is_settled_not_parked() {
+    let mut h = news_harness().await;
+    let user = random_openid();
+    let (key, message) = event_message(&Inbound::now(ORIGINAL_ID, &user).text(79, "news"), None);
+    let event_id = message.properties.message_id.clone().unwrap();
+    // The first article went out; then the user's window has no messages left (45047).
+    let mut redis = redis_connection().await;
+    let () = redis::cmd("SET")
+        .arg(format!("{}:sent:{event_id}:0", h.ns))
+        .arg("1")
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    h.sim.inject(SEND, Fault::errcode(45047));
+    let addr = h.start_worker().await;
+    h.publish(&key, &message).await;
+    wait_metric(addr, "wxgate_worker_events_total{outcome=\"sent\"}", 1.0).await;
+    // One try of the second article, none of the third, nothing parked.
+    assert_eq!(h.sim.call_count(SEND), 1);
+    let outcomes = samples(addr, "wxgate_worker_events_total{").await;
+    assert!(
+        outcomes.keys().all(|series| !series.contains("dead")),
+        "{outcomes:?}"
+    );
+    let sent: Option<String> = redis::cmd("GET")
+        .arg(format!("{}:sent:{event_id}", h.ns))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(sent.as_deref(), Some("1"));
+    h.finish().await;
+}
