@@ -5,7 +5,7 @@
 #   1. subscribe  Events.Subscribe next to a bare lapin consumer of the same group queue, with
 #                 the same prefetch, alternately, $ROUNDS rounds;
 #   2. latency    pushes through the gateway at $RATE/s, time from each 200 to the subscriber;
-#   3. hold       $GROUPS groups and $STREAMS open subscriptions, the worker's RSS.
+#   3. hold       $GROUP_COUNT groups and $STREAMS open subscriptions, the worker's RSS.
 # Prints each JSON summary and removes everything it created, also on failure.
 #
 # Environment (all optional):
@@ -15,7 +15,7 @@
 #   DURATION          latency: how long                        (default 10s)
 #   EVENTS, PREFETCH, ROUNDS  subscribe                        (default 50000, 256, 3)
 #   RATE              latency: pushes per second               (default 1000)
-#   GROUPS, STREAMS   hold                                     (default 100, 50)
+#   GROUP_COUNT, STREAMS  hold                                 (default 100, 50)
 #   ONLY              run only these steps, e.g. "subscribe latency"
 #   PORT, WORKER_PORT, GRPC_PORT, SIM_PORT                     (default 18080, 18091, 18051, 18099)
 # (Tokens.GetAccessToken has its own tool: wxgate-tokens, see bench/README.md.)
@@ -30,7 +30,7 @@ EVENTS=${EVENTS:-50000}
 PREFETCH=${PREFETCH:-256}
 ROUNDS=${ROUNDS:-3}
 RATE=${RATE:-1000}
-GROUPS=${GROUPS:-100}
+GROUP_COUNT=${GROUP_COUNT:-100}
 STREAMS=${STREAMS:-50}
 ONLY=${ONLY:-subscribe latency hold}
 PORT=${PORT:-18080}
@@ -103,7 +103,7 @@ for step in $ONLY; do
     case "$step" in
     subscribe) api subscribe --events "$EVENTS" --prefetch "$PREFETCH" --rounds "$ROUNDS" ;;
     latency) api latency --rate "$RATE" --duration "$DURATION" ;;
-    hold) api hold --groups "$GROUPS" --streams "$STREAMS" ;;
+    hold) api hold --groups "$GROUP_COUNT" --streams "$STREAMS" ;;
     *) die "unknown step $step" ;;
     esac
 done

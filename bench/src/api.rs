@@ -231,6 +231,23 @@ impl Subscription {
         }
     }
 
+    /// Ends the request stream and waits (10 s at most) for the server to end the response
+    /// stream: requests are handled in order, so every ack sent before has been settled.
+    async fn close(self) -> anyhow::Result<()> {
+        let Self {
+            acks,
+            mut responses,
+        } = self;
+        drop(acks);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while responses.message().await?.is_some() {}
+            Ok::<_, tonic::Status>(())
+        })
+        .await
+        .context("the subscription did not end within 10 s")??;
+        Ok(())
+    }
+
     fn ack(&self, delivery_id: u64) {
         self.acks
             .send(SubscribeRequest {
@@ -343,22 +360,29 @@ async fn settle(amqp: &Connection, queue: &str, ready: u64) -> anyhow::Result<()
     }
 }
 
+/// Drains `events` distinct events through a subscription; returns the time and how many
+/// deliveries were repeats of an event already received (redeliveries).
 async fn drain_grpc(
     api: &Api,
     group: &str,
     account: &str,
     prefetch: u32,
     events: u64,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, u64)> {
     let started = Instant::now();
     let mut subscription = Subscription::open(api, group, account, prefetch).await?;
-    for _ in 0..events {
-        let (id, _) = subscription.next().await?;
+    let mut seen = std::collections::HashSet::new();
+    let mut repeats = 0;
+    while (seen.len() as u64) < events {
+        let (id, event) = subscription.next().await?;
         subscription.ack(id);
+        if !seen.insert(event.event_id) {
+            repeats += 1;
+        }
     }
     let elapsed = started.elapsed();
-    drop(subscription);
-    Ok(elapsed)
+    subscription.close().await?;
+    Ok((elapsed, repeats))
 }
 
 async fn drain_lapin(
@@ -394,6 +418,8 @@ async fn drain_lapin(
     Ok(elapsed)
 }
 
+// Event counts to rates: far below 2^52, no precision lost.
+#[allow(clippy::cast_precision_loss)]
 async fn subscribe(
     config: &Config,
     api: &Api,
@@ -409,12 +435,16 @@ async fn subscribe(
     let group = "bench-subscribe";
     let queue = format!("{}.group.{group}", config.namespace);
     // Create (or rebind) the group, then leave it empty.
-    drop(Subscription::open(api, group, account.id.as_str(), prefetch).await?);
+    Subscription::open(api, group, account.id.as_str(), prefetch)
+        .await?
+        .close()
+        .await?;
     settle(&amqp, &queue, 0).await?;
     let mut rows = Vec::new();
     for round in 0..rounds {
         let mut grpc_rate = 0.0;
         let mut lapin_rate = 0.0;
+        let mut repeats = 0;
         let order: [bool; 2] = if round % 2 == 0 {
             [true, false]
         } else {
@@ -423,10 +453,15 @@ async fn subscribe(
         for through_grpc in order {
             fill(&amqp, config, account, events).await?;
             settle(&amqp, &queue, events).await?;
-            #[allow(clippy::cast_precision_loss)]
+            eprintln!(
+                "round {round}: filled; draining through {}",
+                if through_grpc { "grpc" } else { "lapin" }
+            );
             if through_grpc {
-                let took = drain_grpc(api, group, account.id.as_str(), prefetch, events).await?;
+                let (took, again) =
+                    drain_grpc(api, group, account.id.as_str(), prefetch, events).await?;
                 grpc_rate = events as f64 / took.as_secs_f64();
+                repeats = again;
             } else {
                 let took = drain_lapin(&amqp, &queue, prefetch, events).await?;
                 lapin_rate = events as f64 / took.as_secs_f64();
@@ -439,6 +474,7 @@ async fn subscribe(
             "grpc_per_s": grpc_rate.round(),
             "lapin_per_s": lapin_rate.round(),
             "ratio": (grpc_rate / lapin_rate * 1000.0).round() / 1000.0,
+            "grpc_redelivered": repeats,
         }));
     }
     EventsClient::new(api.channel.clone())
