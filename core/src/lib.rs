@@ -13,6 +13,7 @@ pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod rabbit;
+mod refresh_lock;
 pub mod store;
 pub mod tickets;
 pub mod tokens;

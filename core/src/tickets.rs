@@ -21,14 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
 use crate::keys::Keys;
+use crate::refresh_lock::{self, POLL_EVERY};
 use crate::store::{Store, StoreError};
 
-/// How long the refresh lock lives unless its owner extends it.
-const LOCK_TTL: Duration = Duration::from_millis(10_000);
-/// How often the owner extends the lock while its fetch runs.
-const LOCK_EXTEND_EVERY: Duration = Duration::from_millis(3_333);
-/// How often a caller waiting for another process's refresh re-reads the ticket.
-const POLL_EVERY: Duration = Duration::from_millis(50);
 /// A ticket fetched this recently is not refreshed ahead of time again, even when it has
 /// less than `refresh_ahead` left.
 const MIN_AHEAD_INTERVAL_MS: i64 = 60_000;
@@ -156,11 +151,8 @@ impl TicketService {
             if let Some(s) = cached.as_ref().filter(|s| current(s, now)) {
                 return Ok(s.to_ticket());
             }
-            let owner = format!("{:032x}", rand::random::<u128>());
-            if self
-                .inner
-                .store
-                .set_nx(&lock, owner.as_bytes(), LOCK_TTL)
+            let owner = refresh_lock::owner();
+            if refresh_lock::try_take(&*self.inner.store, &lock, &owner)
                 .await
                 .map_err(TicketError::from)?
             {
@@ -176,15 +168,10 @@ impl TicketService {
                         Err(e) => Err(GetTicketError::Ticket(e)),
                     }
                 };
-                let result = self.holding_lock(appid, &lock, &owner, refresh).await;
-                if let Err(e) = self
-                    .inner
-                    .store
-                    .compare_and_delete(&lock, owner.as_bytes())
-                    .await
-                {
-                    tracing::warn!(appid, error = %crate::ErrorChain(&e), "cannot release ticket lock; it expires by itself");
-                }
+                let store = &*self.inner.store;
+                let result =
+                    refresh_lock::holding(store, "ticket", appid, &lock, &owner, refresh).await;
+                refresh_lock::release(store, "ticket", appid, &lock, &owner).await;
                 return match (result, cached) {
                     (Ok(ticket), _) => Ok(ticket),
                     (Err(e), Some(s)) => {
@@ -255,41 +242,6 @@ impl TicketService {
             .map_err(TicketError::from)?;
         tracing::info!(expires_in_s = expires_in / 1000, "jsapi ticket refreshed");
         Ok(stored.to_ticket())
-    }
-
-    /// Runs `work` while extending `lock` every [`LOCK_EXTEND_EVERY`].
-    async fn holding_lock<T>(
-        &self,
-        appid: &str,
-        lock: &str,
-        owner: &str,
-        work: impl Future<Output = T>,
-    ) -> T {
-        let extend = async {
-            loop {
-                tokio::time::sleep(LOCK_EXTEND_EVERY).await;
-                match self
-                    .inner
-                    .store
-                    .compare_and_expire(lock, owner.as_bytes(), LOCK_TTL)
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(appid, "ticket lock lost while refreshing");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(appid, error = %crate::ErrorChain(&e), "cannot extend ticket lock; retrying");
-                    }
-                }
-            }
-        };
-        tokio::pin!(work);
-        tokio::select! {
-            output = &mut work => output,
-            () = extend => work.await,
-        }
     }
 }
 

@@ -26,16 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Secret, TokenMode};
 use crate::keys::Keys;
+use crate::refresh_lock::{self, POLL_EVERY};
 use crate::store::{Store, StoreError};
 
-/// How long the refresh lock lives unless its owner extends it: a crashed owner blocks other
-/// refreshers for this long at most.
-const LOCK_TTL: Duration = Duration::from_millis(10_000);
-/// How often the owner extends the lock while its fetch runs; a third of the TTL, so two
-/// extensions may fail (a slow Redis) before the lock lapses.
-const LOCK_EXTEND_EVERY: Duration = Duration::from_millis(3_333);
-/// How often a caller waiting for another process's refresh re-reads the token.
-const POLL_EVERY: Duration = Duration::from_millis(50);
 /// How much longer than one token call a caller waits for another process's refresh.
 const POLL_SLACK: Duration = Duration::from_secs(1);
 /// Least time between two `force_refresh` calls per appid (docs/protocol.md §5.2).
@@ -387,14 +380,9 @@ impl TokenService {
                     }),
                 };
             }
-            let owner = format!("{:032x}", rand::random::<u128>());
+            let owner = refresh_lock::owner();
             let lock = self.inner.keys.token_lock(appid);
-            if self
-                .inner
-                .store
-                .set_nx(&lock, owner.as_bytes(), LOCK_TTL)
-                .await?
-            {
+            if refresh_lock::try_take(&*self.inner.store, &lock, &owner).await? {
                 // Another process may have stored a token between our read and our lock.
                 let refresh = async {
                     match self.read(appid).await {
@@ -403,15 +391,10 @@ impl TokenService {
                         Err(e) => Err(e),
                     }
                 };
-                let result = self.holding_lock(appid, &lock, &owner, refresh).await;
-                if let Err(e) = self
-                    .inner
-                    .store
-                    .compare_and_delete(&lock, owner.as_bytes())
-                    .await
-                {
-                    tracing::warn!(appid, error = %crate::ErrorChain(&e), "cannot release token lock; it expires by itself");
-                }
+                let store = &*self.inner.store;
+                let result =
+                    refresh_lock::holding(store, "token", appid, &lock, &owner, refresh).await;
+                refresh_lock::release(store, "token", appid, &lock, &owner).await;
                 return match (result, cached) {
                     (Ok(token), _) => Ok(token),
                     // A refresh ahead of time failed: the old token still works.
@@ -440,48 +423,6 @@ impl TokenService {
                     break;
                 }
             }
-        }
-    }
-
-    /// Runs `work` while extending `lock` (held by `owner`) every [`LOCK_EXTEND_EVERY`], so no
-    /// other process takes it while WeChat is slow to answer. If the lock was lost anyway
-    /// (expired during a Redis outage), `work` still finishes: cancelling a token call
-    /// half-way would not undo it.
-    async fn holding_lock<T>(
-        &self,
-        appid: &str,
-        lock: &str,
-        owner: &str,
-        work: impl std::future::Future<Output = T>,
-    ) -> T {
-        let extend = async {
-            loop {
-                tokio::time::sleep(LOCK_EXTEND_EVERY).await;
-                match self
-                    .inner
-                    .store
-                    .compare_and_expire(lock, owner.as_bytes(), LOCK_TTL)
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(
-                            appid,
-                            "token lock lost while refreshing; another process may refresh too"
-                        );
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(appid, error = %crate::ErrorChain(&e), "cannot extend token lock; retrying");
-                    }
-                }
-            }
-        };
-        tokio::pin!(work);
-        tokio::select! {
-            output = &mut work => output,
-            // Only when the lock was lost: finish without extending.
-            () = extend => work.await,
         }
     }
 
@@ -797,7 +738,7 @@ mod tests {
         let fetcher = Arc::new(FakeFetcher::default());
         put(&store, "old", 100_000, 7_000_000).await;
         store
-            .set("t:token-lock:wx1", b"someone", Some(LOCK_TTL))
+            .set("t:token-lock:wx1", b"someone", Some(refresh_lock::LOCK_TTL))
             .await
             .unwrap();
         let token = service(&store, &fetcher)
