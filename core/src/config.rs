@@ -1493,6 +1493,31 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_documents_every_key_and_no_other() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let table = readme
+            .split("#### Configuration reference")
+            .nth(1)
+            .expect("README.md has a \"Configuration reference\" section");
+        let documented: std::collections::BTreeSet<String> = table
+            .lines()
+            .skip_while(|line| !line.starts_with("| key"))
+            .skip(2)
+            .take_while(|line| line.starts_with("| `"))
+            .filter_map(|line| line.split('`').nth(1).map(str::to_owned))
+            .collect();
+        let accepted: std::collections::BTreeSet<String> =
+            schema::keys().into_iter().map(|(path, _)| path).collect();
+        let undocumented: Vec<_> = accepted.difference(&documented).collect();
+        let unaccepted: Vec<_> = documented.difference(&accepted).collect();
+        assert!(
+            undocumented.is_empty() && unaccepted.is_empty(),
+            "README.md's configuration reference misses {undocumented:?} and documents keys the loader refuses: {unaccepted:?}"
+        );
+    }
+
+    #[test]
     fn env_keys_are_every_scalar_key_of_the_schema() {
         assert_eq!(env_keys_mismatch(ENV_KEYS), Vec::<String>::new());
         let schema = schema::keys();
