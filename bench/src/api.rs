@@ -31,8 +31,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
-use wxgate_bench::{nearest_rank, parse_duration, status_kib};
-use wxgate_core::config::{Account, Config, Mode};
+use wxgate_bench::{gateway_base, nearest_rank, parse_duration, push_account, status_kib};
+use wxgate_core::config::{Account, Config};
 use wxgate_proto::v1::events_client::EventsClient;
 use wxgate_proto::v1::subscribe_request::Kind as RequestKind;
 use wxgate_proto::v1::subscribe_response::Kind as ResponseKind;
@@ -40,7 +40,7 @@ use wxgate_proto::v1::{
     Event, EventsAck, EventsDeleteGroupRequest, EventsFilter, EventsListGroupsRequest, EventsStart,
     SubscribeRequest, Text, event,
 };
-use wxgate_sim::{Inbound, MsgIdGen, PushAccount, PushClient, PushMode};
+use wxgate_sim::{Inbound, MsgIdGen, PushClient};
 
 /// Measures the gRPC API of a running wx-worker.
 #[derive(Debug, Parser)]
@@ -512,7 +512,7 @@ async fn latency(
             }
         }
     });
-    let push_account = push_account(account);
+    let push_account = push_account(account, "gh_0123456789ab".to_owned());
     let base = gateway_base(config);
     let client = PushClient::new().attempts(1);
     let ids = MsgIdGen::new();
@@ -662,33 +662,4 @@ async fn hold(
 /// VmRSS of `pid` in KiB (0 when unreadable).
 fn rss_kib(pid: u32) -> u64 {
     status_kib(&pid.to_string(), "VmRSS:").unwrap_or(0)
-}
-
-fn push_account(account: &Account) -> PushAccount {
-    use base64::Engine as _;
-    PushAccount {
-        id: account.id.as_str().to_owned(),
-        appid: account.appid.clone(),
-        token: account.token.expose().to_owned(),
-        encoding_aes_key: account
-            .aes_key
-            .as_ref()
-            .map(|key| base64::engine::general_purpose::STANDARD_NO_PAD.encode(key.as_bytes())),
-        mode: match account.mode {
-            Mode::Plain => PushMode::Plain,
-            Mode::Compat => PushMode::Compat,
-            Mode::Safe => PushMode::Safe,
-        },
-        original_id: "gh_0123456789ab".to_owned(),
-    }
-}
-
-fn gateway_base(config: &Config) -> String {
-    let listen = config.gateway.listen;
-    let host = if listen.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], listen.port()))
-    } else {
-        listen
-    };
-    format!("http://{host}{}", config.gateway.path_prefix)
 }

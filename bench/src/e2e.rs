@@ -16,7 +16,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -25,14 +25,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use base64::Engine as _;
 use clap::Parser;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, broadcast};
 use tokio::task::JoinSet;
 use wechat::{Decision, Limits, Reply};
-use wxgate_bench::{Watched, nearest_rank, parse_duration, parse_watch};
-use wxgate_core::config::{Account, Config, Mode};
+use wxgate_bench::{
+    Watched, gateway_base, nearest_rank, parse_duration, parse_watch, push_account,
+};
+use wxgate_core::config::Config;
 use wxgate_sim::{
     Answer, Inbound, LiveCall, MsgIdGen, PushAccount, PushClient, PushMode, Quotas, Sim, SimConfig,
 };
@@ -862,42 +863,6 @@ fn echo_accounts(config: &Config) -> anyhow::Result<Vec<PushAccount>> {
         }
     }
     Ok(accounts)
-}
-
-fn push_account(account: &Account, original_id: String) -> PushAccount {
-    // The configured 43-character key, re-encoded: the first 42 characters are the same, the
-    // last may differ only in bits WeChat ignores.
-    let encoding_aes_key = account
-        .aes_key
-        .as_ref()
-        .map(|key| base64::engine::general_purpose::STANDARD_NO_PAD.encode(key.as_bytes()));
-    PushAccount {
-        id: account.id.as_str().to_owned(),
-        appid: account.appid.clone(),
-        token: account.token.expose().to_owned(),
-        encoding_aes_key,
-        mode: match account.mode {
-            Mode::Plain => PushMode::Plain,
-            Mode::Compat => PushMode::Compat,
-            Mode::Safe => PushMode::Safe,
-        },
-        original_id,
-    }
-}
-
-/// `http://{listen}{path_prefix}`, with an unspecified listen address as loopback.
-fn gateway_base(config: &Config) -> String {
-    let listen = config.gateway.listen;
-    let ip = if listen.ip().is_unspecified() {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        listen.ip()
-    };
-    format!(
-        "http://{}{}",
-        SocketAddr::new(ip, listen.port()),
-        config.gateway.path_prefix.trim_end_matches('/')
-    )
 }
 
 fn sim_listen(config: &Config) -> anyhow::Result<SocketAddr> {

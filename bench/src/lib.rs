@@ -184,6 +184,49 @@ pub fn nearest_rank<T: Copy + Default>(sorted: &[T], fraction: f64) -> T {
     sorted[rank - 1]
 }
 
+/// The simulator's view of configured `account`, pushing as original id `original_id`. The
+/// 43-character key is re-encoded: the first 42 characters are the same, the last may differ
+/// only in bits WeChat ignores.
+pub fn push_account(
+    account: &wxgate_core::config::Account,
+    original_id: String,
+) -> wxgate_sim::PushAccount {
+    use base64::Engine as _;
+    use wxgate_core::config::Mode;
+    use wxgate_sim::PushMode;
+    wxgate_sim::PushAccount {
+        id: account.id.as_str().to_owned(),
+        appid: account.appid.clone(),
+        token: account.token.expose().to_owned(),
+        encoding_aes_key: account
+            .aes_key
+            .as_ref()
+            .map(|key| base64::engine::general_purpose::STANDARD_NO_PAD.encode(key.as_bytes())),
+        mode: match account.mode {
+            Mode::Plain => PushMode::Plain,
+            Mode::Compat => PushMode::Compat,
+            Mode::Safe => PushMode::Safe,
+        },
+        original_id,
+    }
+}
+
+/// `http://{listen}{path_prefix}` of the gateway of `config`, an unspecified listen address
+/// as loopback.
+pub fn gateway_base(config: &wxgate_core::config::Config) -> String {
+    let listen = config.gateway.listen;
+    let ip = if listen.ip().is_unspecified() {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    } else {
+        listen.ip()
+    };
+    format!(
+        "http://{}{}",
+        std::net::SocketAddr::new(ip, listen.port()),
+        config.gateway.path_prefix.trim_end_matches('/')
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

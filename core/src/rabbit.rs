@@ -423,11 +423,39 @@ async fn establish(
 /// is a [`DeclareError::Mismatch`]. After one, the channel is closed by the broker.
 pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), DeclareError> {
     let exchange = topology.exchange.as_str();
+    declare_exchange(channel, exchange, ExchangeKind::Topic).await?;
+    for queue in &topology.queues {
+        declare_queue(channel, &queue.name, &queue.args)
+            .await
+            .map_err(|e| mismatch_or("queue", &queue.name, e))?;
+        for key in &queue.bindings {
+            bind(channel, &queue.name, exchange, key).await?;
+        }
+    }
+    for fanout in &topology.fanouts {
+        let exchange = fanout.exchange.as_str();
+        declare_exchange(channel, exchange, ExchangeKind::Fanout).await?;
+        let queue = &fanout.queue;
+        declare_queue(channel, &queue.name, &queue.args)
+            .await
+            .map_err(|e| mismatch_or("queue", &queue.name, e))?;
+        bind(channel, &queue.name, exchange, "").await?;
+    }
+    Ok(())
+}
+
+/// Declares durable exchange `name` of `kind`, under the operation deadline; other
+/// arguments on the broker are a [`DeclareError::Mismatch`].
+async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+) -> Result<(), DeclareError> {
     bounded(
         "exchange.declare",
         channel.exchange_declare(
-            ShortString::from(exchange),
-            ExchangeKind::Topic,
+            ShortString::from(name),
+            kind,
             ExchangeDeclareOptions {
                 durable: true,
                 ..ExchangeDeclareOptions::default()
@@ -436,58 +464,22 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Decla
         ),
     )
     .await
-    .map_err(|e| mismatch_or("exchange", exchange, e))?;
-    for queue in &topology.queues {
-        declare_queue(channel, &queue.name, &queue.args)
-            .await
-            .map_err(|e| mismatch_or("queue", &queue.name, e))?;
-        for key in &queue.bindings {
-            bounded(
-                "queue.bind",
-                channel.queue_bind(
-                    ShortString::from(queue.name.as_str()),
-                    ShortString::from(exchange),
-                    ShortString::from(key.as_str()),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                ),
-            )
-            .await?;
-        }
-    }
-    for fanout in &topology.fanouts {
-        let exchange = fanout.exchange.as_str();
-        bounded(
-            "exchange.declare",
-            channel.exchange_declare(
-                ShortString::from(exchange),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await
-        .map_err(|e| mismatch_or("exchange", exchange, e))?;
-        let queue = &fanout.queue;
-        declare_queue(channel, &queue.name, &queue.args)
-            .await
-            .map_err(|e| mismatch_or("queue", &queue.name, e))?;
-        bounded(
-            "queue.bind",
-            channel.queue_bind(
-                ShortString::from(queue.name.as_str()),
-                ShortString::from(exchange),
-                ShortString::from(""),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
-    }
-    Ok(())
+    .map_err(|e| mismatch_or("exchange", name, e))
+}
+
+/// Binds `queue` to `exchange` with routing key `key`, under the operation deadline.
+async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), BusError> {
+    bounded(
+        "queue.bind",
+        channel.queue_bind(
+            ShortString::from(queue),
+            ShortString::from(exchange),
+            ShortString::from(key),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
 }
 
 /// Declares durable queue `name` with `args`, under the operation deadline.
@@ -893,17 +885,7 @@ async fn declare_group_on(
             DeclareError::Bus(e) => GroupError::Bus(e),
         })?;
     for key in &spec.bindings {
-        bounded(
-            "queue.bind",
-            channel.queue_bind(
-                ShortString::from(spec.queue.as_str()),
-                ShortString::from(exchange),
-                ShortString::from(key.as_str()),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        bind(channel, &spec.queue, exchange, key).await?;
     }
     for key in unbind.iter().filter(|key| !spec.bindings.contains(key)) {
         // Unbinding a key that is not bound is a no-op for the broker.
