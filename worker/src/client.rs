@@ -200,6 +200,47 @@ impl WechatClient {
         .await
     }
 
+    /// `GET url` (absolute, e.g. a QR code's `showqrcode` image) with the client's timeout:
+    /// the body (at most `max_bytes`) and its `Content-Type`. Not an API call: the answer is
+    /// not parsed, and any status but 200 is [`CallError::Status`].
+    pub async fn download(
+        &self,
+        url: &str,
+        max_bytes: usize,
+    ) -> Result<(Option<String>, Bytes), CallError> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(url)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
+            let status = response.status();
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let bytes = Limited::new(response.into_body(), max_bytes)
+                .collect()
+                .await
+                .map_err(|e| CallError::Unreachable(Arc::from(e)))?
+                .to_bytes();
+            Ok::<_, CallError>((status, content_type, bytes))
+        };
+        let (status, content_type, bytes) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|e| CallError::Unreachable(Arc::new(e)))??;
+        if status != StatusCode::OK {
+            return Err(CallError::Status(status.as_u16()));
+        }
+        Ok((content_type, bytes))
+    }
+
     async fn call(
         &self,
         method: Method,

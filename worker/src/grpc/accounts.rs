@@ -240,6 +240,112 @@ impl Accounts for AccountsService {
         tracing::info!(account_id = %id, caller = %caller.name, version, "runtime account removed");
         Ok(Response::new(pb::RemoveAccountResponse { version }))
     }
+
+    async fn export(
+        &self,
+        request: Request<pb::ExportAccountsRequest>,
+    ) -> Result<Response<pb::ExportAccountsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        caller.require_admin()?;
+        let request = request.into_inner();
+        for (i, id) in request.account_ids.iter().enumerate() {
+            account_id(&format!("account_ids[{i}]"), id)?;
+        }
+        // The version first: a change between the two reads shows as a newer version on the
+        // next export, never as an older one that hides it.
+        let version = self
+            .runtime
+            .version()
+            .await
+            .map_err(ApiError::from)?
+            .unwrap_or(0);
+        let mut specs = Vec::new();
+        for (id, json) in self.runtime.entries().await.map_err(ApiError::from)? {
+            if !request.account_ids.is_empty() && !request.account_ids.contains(&id) {
+                continue;
+            }
+            match parse_spec(&id, &json) {
+                Ok(spec) => specs.push(spec),
+                Err(e) => {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "runtime account {id:?} in redis is unreadable ({}); repair it with Upsert or Remove, then export again",
+                        wxgate_core::ErrorChain(&e)
+                    ))
+                    .into());
+                }
+            }
+        }
+        if let Some(missing) = request
+            .account_ids
+            .iter()
+            .find(|id| !specs.iter().any(|spec| &spec.id == *id))
+        {
+            return Err(ApiError::UnknownAccount(missing.clone()).into());
+        }
+        specs.sort_by(|a, b| a.id.cmp(&b.id));
+        tracing::info!(caller = %caller.name, accounts = specs.len(), with_secrets = request.with_secrets, "runtime accounts exported");
+        Ok(Response::new(pb::ExportAccountsResponse {
+            accounts: specs
+                .iter()
+                .map(|spec| settings_of(spec, request.with_secrets))
+                .collect(),
+            version,
+        }))
+    }
+}
+
+/// `spec` as the settings `Upsert` takes, so that upserting them stores `spec` again; the
+/// secrets left empty unless `with_secrets`. For exports, and for clients (the `wxgate`
+/// CLI) that read accounts in the config file's form.
+pub fn settings_of(spec: &AccountSpec, with_secrets: bool) -> pb::AccountSettings {
+    let secret = |value: &str| {
+        if with_secrets {
+            value.to_owned()
+        } else {
+            String::new()
+        }
+    };
+    let optional = |value: &Option<String>| value.as_deref().map(secret).unwrap_or_default();
+    pb::AccountSettings {
+        id: spec.id.clone(),
+        appid: spec.appid.clone(),
+        secret: secret(&spec.secret),
+        token: secret(&spec.token),
+        encoding_aes_key: optional(&spec.encoding_aes_key),
+        mode: spec
+            .mode
+            .map_or(pb::AccountMode::Unspecified, mode_of)
+            .into(),
+        previous_token: optional(&spec.previous_token),
+        previous_encoding_aes_key: optional(&spec.previous_encoding_aes_key),
+        passive: spec.passive.iter().map(rule_message).collect(),
+        custom: spec.custom.iter().map(rule_message).collect(),
+    }
+}
+
+/// The inverse of [`settings_of`]: `settings` in the config file's form (empty secrets
+/// become absent ones). Not validated: [`AccountSpec::validate`] does that. An unknown mode
+/// number is left absent (the default, `safe`).
+pub fn spec_of(settings: pb::AccountSettings) -> AccountSpec {
+    let optional = |value: String| (!value.is_empty()).then_some(value);
+    let mode = match pb::AccountMode::try_from(settings.mode) {
+        Ok(pb::AccountMode::Plain) => Some(Mode::Plain),
+        Ok(pb::AccountMode::Compat) => Some(Mode::Compat),
+        Ok(pb::AccountMode::Safe) => Some(Mode::Safe),
+        Ok(pb::AccountMode::Unspecified) | Err(_) => None,
+    };
+    AccountSpec {
+        id: settings.id,
+        appid: settings.appid,
+        secret: settings.secret,
+        token: settings.token,
+        encoding_aes_key: optional(settings.encoding_aes_key),
+        mode,
+        previous_token: optional(settings.previous_token),
+        previous_encoding_aes_key: optional(settings.previous_encoding_aes_key),
+        passive: settings.passive.into_iter().map(rule_spec).collect(),
+        custom: settings.custom.into_iter().map(rule_spec).collect(),
+    }
 }
 
 /// The spec to store: `settings`, with the secrets it leaves empty taken from `stored`
