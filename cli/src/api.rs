@@ -194,7 +194,7 @@ impl Api {
             Some(errcode) if !text.contains(&errcode) => {
                 Failure::failed(format!("{text} (WeChat errcode {errcode})"))
             }
-            None => Failure::failed(text),
+            _ => Failure::failed(text),
         }
     }
 }

@@ -83,7 +83,8 @@ pub async fn tail(api: &Api, args: TailArgs) -> Outcome {
         };
         match response.kind {
             Some(ResponseKind::Started(started)) => {
-                if !args.json {
+                // On stderr, so `--json` output stays one object per line.
+                {
                     eprintln!(
                         "tailing group {:?} ({}; {}); Ctrl-C to stop",
                         started.group,

@@ -87,6 +87,9 @@ pub struct PushArgs {
     /// plain, compat or safe [default: the account's mode].
     #[arg(long, global = true, value_name = "MODE")]
     pub mode: Option<PushMode>,
+    /// Deliveries at most, as WeChat's retries (each waits up to 5 s for the answer).
+    #[arg(long, global = true, value_name = "N", default_value_t = 3)]
+    pub attempts: u32,
 }
 
 /// One thing WeChat pushes.
@@ -337,6 +340,7 @@ async fn push(args: PushArgs) -> Outcome {
         format!("{:?}", account.mode).to_ascii_lowercase()
     ))?;
     let outcome = PushClient::new()
+        .attempts(args.attempts.max(1))
         .push(&gateway, &account, &xml)
         .await
         .map_err(|e| Failure::failed(format!("cannot push: {}", wxgate_core::ErrorChain(&e))))?;
