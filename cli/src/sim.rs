@@ -553,3 +553,52 @@ async fn serve(args: ServeArgs) -> Outcome {
     sim.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every config shipped in config/ loads, and the simulator started with it knows every
+    /// account that has a secret (so `wxgate sim serve --config F` matches the gateway's F).
+    #[test]
+    fn the_shipped_configs_load_and_the_simulator_knows_their_accounts() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let loaded = load_config(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+            let sim = sim_config(&loaded.specs, OpenIdPolicy::AnyFollower, true);
+            for account in &loaded.config.accounts {
+                if !account.secret.expose().is_empty() {
+                    assert!(
+                        sim.accounts.contains_key(&account.appid),
+                        "{}: {}",
+                        path.display(),
+                        account.id.as_str()
+                    );
+                }
+            }
+            seen += 1;
+        }
+        assert!(seen >= 3, "config/*.toml");
+        let builtin = load_config(None).unwrap();
+        assert_eq!(builtin.specs.len(), builtin.config.accounts.len());
+    }
+
+    #[test]
+    fn the_dev_config_holds_the_printed_key() {
+        use sha2::Digest;
+        let loaded = load_config(None).unwrap();
+        let hash = hex::encode(sha2::Sha256::digest(crate::dev::DEV_API_KEY.as_bytes()));
+        assert!(
+            loaded
+                .config
+                .api_keys
+                .iter()
+                .any(|k| k.sha256 == hash && k.accounts == ["*"])
+        );
+    }
+}
