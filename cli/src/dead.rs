@@ -154,15 +154,11 @@ pub async fn dead(api: &Api, command: DeadCommand) -> Outcome {
             Ok(())
         }
         DeadCommand::Replay { filter, all } => {
-            if filter.is_empty() && !all {
-                return Err(Failure::usage(
-                    "replay what? give --account, --event, --errcode or --reason, or --all",
-                ));
-            }
+            let filter = chosen("replay", filter, all)?;
             let answer = api
                 .dead_letters()
                 .replay(pb::ReplayDeadLettersRequest {
-                    filter: Some(filter.message()),
+                    filter,
                     all,
                     scan_limit: 0,
                 })
@@ -172,15 +168,11 @@ pub async fn dead(api: &Api, command: DeadCommand) -> Outcome {
             report("replayed", &answer.event_ids, answer.not_scanned)
         }
         DeadCommand::Discard { filter, all } => {
-            if filter.is_empty() && !all {
-                return Err(Failure::usage(
-                    "discard what? give --account, --event, --errcode or --reason, or --all",
-                ));
-            }
+            let filter = chosen("discard", filter, all)?;
             let answer = api
                 .dead_letters()
                 .discard(pb::DiscardDeadLettersRequest {
-                    filter: Some(filter.message()),
+                    filter,
                     all,
                     scan_limit: 0,
                 })
@@ -190,6 +182,21 @@ pub async fn dead(api: &Api, command: DeadCommand) -> Outcome {
             report("discarded", &answer.event_ids, answer.not_scanned)
         }
     }
+}
+
+/// The filter of a replay or discard; one that picks nothing needs `--all`, so a bare
+/// command never touches every dead letter by accident.
+fn chosen(
+    what: &str,
+    filter: FilterArgs,
+    all: bool,
+) -> Result<Option<pb::DeadLetterFilter>, Failure> {
+    if filter.is_empty() && !all {
+        return Err(Failure::usage(format!(
+            "{what} what? give --account, --event, --errcode or --reason, or --all"
+        )));
+    }
+    Ok(Some(filter.message()))
 }
 
 fn report(what: &str, event_ids: &[String], not_scanned: u64) -> Outcome {

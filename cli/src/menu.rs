@@ -273,25 +273,33 @@ fn button_of(value: &Value, at: &str) -> Result<pb::MenuButton, Failure> {
     })
 }
 
+/// Adds each `(name, value)` whose value is not empty to `object`.
+fn insert_nonempty(object: &mut Map<String, Value>, fields: &[(&str, &String)]) {
+    for (name, value) in fields {
+        if !value.is_empty() {
+            object.insert((*name).into(), json!(value));
+        }
+    }
+}
+
 /// A button in WeChat's JSON shape, empty fields left out.
 pub fn button_json(button: &pb::MenuButton) -> Value {
     let mut object = Map::new();
     if let Some((name, _)) = TYPES.iter().find(|(_, t)| i32::from(*t) == button.r#type) {
         object.insert("type".into(), json!(name));
     }
-    for (name, value) in [
-        ("name", &button.name),
-        ("key", &button.key),
-        ("url", &button.url),
-        ("media_id", &button.media_id),
-        ("appid", &button.appid),
-        ("pagepath", &button.pagepath),
-        ("article_id", &button.article_id),
-    ] {
-        if !value.is_empty() {
-            object.insert(name.into(), json!(value));
-        }
-    }
+    insert_nonempty(
+        &mut object,
+        &[
+            ("name", &button.name),
+            ("key", &button.key),
+            ("url", &button.url),
+            ("media_id", &button.media_id),
+            ("appid", &button.appid),
+            ("pagepath", &button.pagepath),
+            ("article_id", &button.article_id),
+        ],
+    );
     if !button.sub_button.is_empty() {
         object.insert(
             "sub_button".into(),
@@ -332,18 +340,17 @@ fn matchrule_of(value: &Value) -> Result<pb::MenuMatchRule, Failure> {
 
 fn matchrule_json(rule: &pb::MenuMatchRule) -> Value {
     let mut object = Map::new();
-    for (name, value) in [
-        ("tag_id", &rule.tag_id),
-        ("sex", &rule.sex),
-        ("country", &rule.country),
-        ("province", &rule.province),
-        ("city", &rule.city),
-        ("language", &rule.language),
-    ] {
-        if !value.is_empty() {
-            object.insert(name.into(), json!(value));
-        }
-    }
+    insert_nonempty(
+        &mut object,
+        &[
+            ("tag_id", &rule.tag_id),
+            ("sex", &rule.sex),
+            ("country", &rule.country),
+            ("province", &rule.province),
+            ("city", &rule.city),
+            ("language", &rule.language),
+        ],
+    );
     if rule.client_platform_type != 0 {
         object.insert(
             "client_platform_type".into(),
@@ -355,21 +362,20 @@ fn matchrule_json(rule: &pb::MenuMatchRule) -> Value {
 
 fn selfmenu_json(button: &pb::SelfmenuButton) -> Value {
     let mut object = Map::new();
-    for (name, value) in [
-        ("type", &button.r#type),
-        ("name", &button.name),
-        ("key", &button.key),
-        ("url", &button.url),
-        ("value", &button.value),
-        ("appid", &button.appid),
-        ("pagepath", &button.pagepath),
-        ("media_id", &button.media_id),
-        ("article_id", &button.article_id),
-    ] {
-        if !value.is_empty() {
-            object.insert(name.into(), json!(value));
-        }
-    }
+    insert_nonempty(
+        &mut object,
+        &[
+            ("type", &button.r#type),
+            ("name", &button.name),
+            ("key", &button.key),
+            ("url", &button.url),
+            ("value", &button.value),
+            ("appid", &button.appid),
+            ("pagepath", &button.pagepath),
+            ("media_id", &button.media_id),
+            ("article_id", &button.article_id),
+        ],
+    );
     if !button.sub_button.is_empty() {
         object.insert(
             "sub_button".into(),

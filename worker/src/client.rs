@@ -213,6 +213,20 @@ impl WechatClient {
             .uri(url)
             .body(Full::new(Bytes::new()))
             .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
+        let (status, content_type, bytes) = self.exchange(request, max_bytes).await?;
+        if status != StatusCode::OK {
+            return Err(CallError::Status(status.as_u16()));
+        }
+        Ok((content_type, bytes))
+    }
+
+    /// Sends `request` and reads the answer (status, `Content-Type`, at most `max_bytes` of
+    /// body), all within the client's timeout.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        max_bytes: usize,
+    ) -> Result<(StatusCode, Option<String>, Bytes), CallError> {
         let exchange = async {
             let response = self
                 .http
@@ -232,13 +246,9 @@ impl WechatClient {
                 .to_bytes();
             Ok::<_, CallError>((status, content_type, bytes))
         };
-        let (status, content_type, bytes) = tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|e| CallError::Unreachable(Arc::new(e)))??;
-        if status != StatusCode::OK {
-            return Err(CallError::Status(status.as_u16()));
-        }
-        Ok((content_type, bytes))
+            .map_err(|e| CallError::Unreachable(Arc::new(e)))?
     }
 
     async fn call(
@@ -260,23 +270,7 @@ impl WechatClient {
         let request = request
             .body(Full::new(body))
             .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
-        let exchange = async {
-            let response = self
-                .http
-                .request(request)
-                .await
-                .map_err(|e| CallError::Unreachable(Arc::new(e)))?;
-            let status = response.status();
-            let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| CallError::Unreachable(Arc::from(e)))?
-                .to_bytes();
-            Ok::<_, CallError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|e| CallError::Unreachable(Arc::new(e)))??;
+        let (status, _, bytes) = self.exchange(request, MAX_ANSWER_BYTES).await?;
         if status != StatusCode::OK {
             return Err(CallError::Status(status.as_u16()));
         }
