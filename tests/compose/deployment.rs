@@ -157,7 +157,10 @@ impl Deployment {
                 vec![listener("--listen", addr)]
             }
             Role::Other => match image_name(service).as_str() {
-                "rabbitmq" => vec![listener("AMQP", any(5672)), listener("management", any(15672))],
+                "rabbitmq" => vec![
+                    listener("AMQP", any(5672)),
+                    listener("management", any(15672)),
+                ],
                 "redis" => vec![listener("redis", any(6379))],
                 "nginx" => self
                     .nginx_servers()
@@ -192,7 +195,12 @@ impl Deployment {
         }
         // Third-party images: the commands their official images are known to have.
         let known: &[&str] = match image_name(service).as_str() {
-            "rabbitmq" => &["rabbitmq-diagnostics", "rabbitmqctl", "rabbitmq-plugins", "sh"],
+            "rabbitmq" => &[
+                "rabbitmq-diagnostics",
+                "rabbitmqctl",
+                "rabbitmq-plugins",
+                "sh",
+            ],
             "redis" => &["redis-cli", "redis-server", "sh", "grep"],
             "nginx" => &["nginx", "curl", "sh"],
             _ => &[],

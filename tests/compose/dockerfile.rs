@@ -76,7 +76,9 @@ pub fn parse(text: &str) -> Image {
     let instructions = instructions(text);
     let last_from = instructions
         .iter()
-        .rposition(|i| i.split_whitespace().next().map(str::to_ascii_uppercase) == Some("FROM".into()))
+        .rposition(|i| {
+            i.split_whitespace().next().map(str::to_ascii_uppercase) == Some("FROM".into())
+        })
         .unwrap_or(0);
     let mut image = Image::default();
     for (index, instruction) in instructions.iter().enumerate() {
@@ -93,7 +95,9 @@ pub fn parse(text: &str) -> Image {
                         let mut rest = words[at + 2..].iter();
                         while let Some(word) = rest.next() {
                             if *word == "-p" || *word == "--package" {
-                                image.built_packages.extend(rest.next().map(|p| (*p).to_owned()));
+                                image
+                                    .built_packages
+                                    .extend(rest.next().map(|p| (*p).to_owned()));
                             } else if let Some(p) = word.strip_prefix("--package=") {
                                 image.built_packages.insert(p.to_owned());
                             }
@@ -122,7 +126,9 @@ pub fn parse(text: &str) -> Image {
                     continue;
                 };
                 if !from_stage {
-                    image.context_copies.extend(sources.iter().map(|s| (*s).to_owned()));
+                    image
+                        .context_copies
+                        .extend(sources.iter().map(|s| (*s).to_owned()));
                     continue;
                 }
                 for source in sources {

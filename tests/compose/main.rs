@@ -319,8 +319,7 @@ fn ports_agree_between_configs_healthchecks_and_compose() {
             }
         }
         // The healthcheck asks the port the service listens on, at /readyz.
-        if let (Some(test), Some((what, port))) = (&service.healthcheck, health_port(&d, service))
-        {
+        if let (Some(test), Some((what, port))) = (&service.healthcheck, health_port(&d, service)) {
             let urls = test.urls();
             if urls.is_empty() {
                 problems.push(format!(
@@ -330,7 +329,9 @@ fn ports_agree_between_configs_healthchecks_and_compose() {
             }
             for url in urls {
                 let Some((host, url_port, path)) = split_url(&url) else {
-                    problems.push(format!("services.{name}: cannot read healthcheck URL {url}"));
+                    problems.push(format!(
+                        "services.{name}: cannot read healthcheck URL {url}"
+                    ));
                     continue;
                 };
                 if host != "127.0.0.1" && host != "localhost" {
@@ -482,7 +483,10 @@ fn nginx_reaches_every_gateway_and_worker_replica() {
                     continue;
                 };
                 let has_location = d.nginx_servers().any(|server| {
-                    server.children("listen").filter_map(nginx::listen_port).any(|p| p == port)
+                    server
+                        .children("listen")
+                        .filter_map(nginx::listen_port)
+                        .any(|p| p == port)
                         && server
                             .children("location")
                             .any(|l| l.args.last().map(String::as_str) == Some(path.as_str()))
@@ -574,13 +578,7 @@ fn nginx_reaches_every_gateway_and_worker_replica() {
                     }
                     *reached.entry(role).or_default() += 1;
                     if role == Role::Gateway {
-                        check_callback_location(
-                            server,
-                            location,
-                            &config,
-                            &where_,
-                            &mut problems,
-                        );
+                        check_callback_location(server, location, &config, &where_, &mut problems);
                     }
                 }
             }
@@ -945,10 +943,8 @@ async fn demo_profile_starts_and_answers_like_the_tutorial() {
         "http://{}/_sim/calls?path=/cgi-bin/message/custom/send",
         stack.addr("sim", sim_port)
     );
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let last = stack::get(&client, &calls).await;

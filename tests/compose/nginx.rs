@@ -12,10 +12,7 @@ pub struct Directive {
 impl Directive {
     /// The child directives named `name`.
     pub fn children<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Directive> + 'a {
-        self.block
-            .iter()
-            .flatten()
-            .filter(move |d| d.name == name)
+        self.block.iter().flatten().filter(move |d| d.name == name)
     }
 
     /// The first argument of the first child named `name`.

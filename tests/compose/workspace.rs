@@ -41,7 +41,10 @@ pub fn binaries(root: &Path) -> Binaries {
             .flatten()
             .filter_map(|bin| {
                 let bin_name = bin.get("name")?.as_str()?.to_owned();
-                let path = bin.get("path").and_then(toml::Value::as_str).map(str::to_owned);
+                let path = bin
+                    .get("path")
+                    .and_then(toml::Value::as_str)
+                    .map(str::to_owned);
                 Some((bin_name, path))
             })
             .collect();
