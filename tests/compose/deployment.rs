@@ -11,7 +11,7 @@ use wxgate_core::Config;
 use crate::dockerfile::{self, Image};
 use crate::model::{self, Compose, Service};
 use crate::nginx::{self, Directive};
-use crate::workspace::{self, Binaries};
+use crate::workspace::{self, Workspace};
 
 /// What a service runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,7 +33,7 @@ pub struct Deployment {
     pub compose: Compose,
     pub image: Image,
     pub nginx: Directive,
-    pub workspace: Binaries,
+    pub workspace: Workspace,
 }
 
 /// A port a service listens on inside its container, and which setting says so.
@@ -60,7 +60,7 @@ impl Deployment {
         let image = dockerfile::parse(&read("Dockerfile"));
         let nginx = nginx::parse(&read("deploy/nginx.conf"))
             .unwrap_or_else(|e| panic!("deploy/nginx.conf: {e}"));
-        let workspace = workspace::binaries(&root);
+        let workspace = workspace::read(&root);
         Deployment {
             root,
             compose,

@@ -93,15 +93,15 @@ fn the_image_installs_real_workspace_binaries() {
         .built_packages
         .iter()
         .filter_map(|p| d.workspace.get(p))
-        .flatten()
+        .flat_map(|p| &p.bins)
         .collect();
     for binary in &d.image.binaries {
         if !built_bins.contains(binary) {
             let owner = d
                 .workspace
                 .iter()
-                .find(|(_, bins)| bins.contains(binary))
-                .map(|(p, _)| p.as_str());
+                .find(|(_, p)| p.bins.contains(binary))
+                .map(|(name, _)| name.as_str());
             problems.push(match owner {
                 Some(package) => format!(
                     "Dockerfile: copies {binary}, a binary of {package}, which `cargo build` \
@@ -114,7 +114,7 @@ fn the_image_installs_real_workspace_binaries() {
         }
     }
     for package in &d.image.built_packages {
-        let Some(bins) = d.workspace.get(package) else {
+        let Some(bins) = d.workspace.get(package).map(|p| &p.bins) else {
             continue;
         };
         if !bins.iter().any(|b| d.image.binaries.contains(b)) {

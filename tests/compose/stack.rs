@@ -4,12 +4,12 @@
 //! random namespace and free ports. Processes are killed and the namespace removed however the
 //! test ends.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::deployment::{Deployment, Role, split_url};
 use crate::model::Service;
+use crate::workspace;
 
 /// How long a service may take to answer its healthcheck with 200 (a debug build declaring
 /// quorum queues on a busy machine).
@@ -57,13 +58,32 @@ pub struct Stack {
     cleaned: bool,
 }
 
-/// The directory of the workspace's binaries for this test's profile, with `packages`' bins
-/// built and up to date: `cargo test --workspace` builds them already, `cargo test -p
-/// wxgate-tests` does not, so `cargo build` runs once per test binary (quick when fresh).
-fn bin_dir(packages: &[String]) -> PathBuf {
+/// The directory of the workspace's binaries for this test's profile, holding the programs of
+/// every service built here, built from the current sources.
+///
+/// `cargo test --workspace` builds them before any test runs; `cargo test -p wxgate-tests`
+/// does not, and leaves old ones in place. So when a program is missing or older than a
+/// source file of the packages it is built from, `cargo build` runs once per test binary.
+/// (Building them always would cost a second build in the first case: without the other
+/// packages' dev-dependencies, cargo resolves features differently.)
+fn bin_dir(deployment: &Deployment) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            let runnable: Vec<&Service> = deployment
+                .built_here()
+                .filter(|s| deployment.role(s) != Role::Other)
+                .collect();
+            let programs: BTreeSet<String> = runnable
+                .iter()
+                .filter_map(|s| s.program().map(str::to_owned))
+                .collect();
+            let packages: Vec<String> = runnable
+                .iter()
+                .map(|s| package_of(deployment, s))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             let exe = std::env::current_exe().expect("the test executable's path");
             // target/{profile}/deps/compose-HASH → target/{profile}
             let dir = exe
@@ -71,41 +91,68 @@ fn bin_dir(packages: &[String]) -> PathBuf {
                 .and_then(Path::parent)
                 .expect("the test executable sits in target/{profile}/deps")
                 .to_path_buf();
-            let profile = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("debug")
-                .to_owned();
-            let mut cargo = std::process::Command::new(env!("CARGO"));
-            cargo
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args(["build", "--quiet", "--bins"]);
-            if let Some(target) = dir.parent() {
-                cargo.arg("--target-dir").arg(target);
+            let mut sources = workspace::source_dirs(&deployment.workspace, &packages);
+            sources.extend(["Cargo.toml", "Cargo.lock", ".cargo"].map(|f| deployment.root.join(f)));
+            let newest_source = sources.iter().filter_map(|s| newest(s)).max();
+            let up_to_date = programs.iter().all(|program| {
+                let built = std::fs::metadata(dir.join(program)).and_then(|m| m.modified());
+                matches!((built, newest_source), (Ok(built), Some(newest)) if built >= newest)
+            });
+            if !up_to_date {
+                build(&dir, &packages);
             }
-            match profile.as_str() {
-                "debug" => {}
-                "release" => {
-                    cargo.arg("--release");
-                }
-                other => {
-                    cargo.args(["--profile", other]);
-                }
-            }
-            for package in packages {
-                cargo.args(["-p", package]);
-            }
-            let output = cargo
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run cargo to build the binaries: {e}"));
-            assert!(
-                output.status.success(),
-                "building the services' binaries ({cargo:?}) failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
             dir
         })
         .clone()
+}
+
+/// The latest modification time of `path` or of any file under it.
+fn newest(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| newest(&entry.path()))
+        .max()
+}
+
+/// `cargo build --bins` of `packages` into `dir`'s target directory and profile.
+fn build(dir: &Path, packages: &[String]) {
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_owned();
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--bins"]);
+    if let Some(target) = dir.parent() {
+        cargo.arg("--target-dir").arg(target);
+    }
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cargo.arg("--release");
+        }
+        other => {
+            cargo.args(["--profile", other]);
+        }
+    }
+    for package in packages {
+        cargo.args(["-p", package]);
+    }
+    let output = cargo
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the binaries: {e}"));
+    assert!(
+        output.status.success(),
+        "building the services' binaries ({cargo:?}) failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A free local port: bound, read and released (a process started right after takes it).
@@ -140,11 +187,20 @@ impl Stack {
     /// Panics naming the service that exited or never became ready, with its output.
     pub async fn start(deployment: &Deployment, names: &[&str]) -> Stack {
         let services: Vec<&Service> = names.iter().map(|n| deployment.service(n)).collect();
-        let packages = services
-            .iter()
-            .map(|s| package_of(deployment, s))
-            .collect::<Vec<_>>();
-        let bins = bin_dir(&packages);
+        let bins = bin_dir(deployment);
+        require(
+            &wxgate_tests::redis_url(),
+            "Redis",
+            "start it with `redis-server --daemonize yes --port 6379 --save ''`, or point \
+             WXGATE__REDIS__URL at one",
+        )
+        .await;
+        require(
+            &wxgate_tests::rabbitmq_url(),
+            "RabbitMQ",
+            "start it with `rabbitmq-server -detached`, or point WXGATE__RABBITMQ__URL at one",
+        )
+        .await;
 
         let mut stack = Stack {
             ns: format!("t{:016x}", rand::random::<u64>()),
@@ -395,13 +451,25 @@ impl Drop for Stack {
     }
 }
 
+/// Panics with `how` to start it when nothing answers a TCP connect at `url`'s address.
+async fn require(url: &str, what: &str, how: &str) {
+    let (host, port, _) =
+        split_url(url).unwrap_or_else(|| panic!("the {what} URL {url:?} cannot be read"));
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    match tokio::time::timeout(REQUEST, connect).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("{what} at {host}:{port} is not reachable ({e}); {how}"),
+        Err(_) => panic!("{what} at {host}:{port} did not answer within {REQUEST:?}; {how}"),
+    }
+}
+
 /// The workspace package whose binary `service` runs.
 fn package_of(deployment: &Deployment, service: &Service) -> String {
     let program = service.program().unwrap_or_default();
     deployment
         .workspace
         .iter()
-        .find(|(_, bins)| bins.contains(program))
+        .find(|(_, p)| p.bins.contains(program))
         .map(|(package, _)| package.clone())
         .unwrap_or_else(|| {
             panic!(
