@@ -187,7 +187,8 @@ impl Stack {
     /// Panics naming the service that exited or never became ready, with its output.
     pub async fn start(deployment: &Deployment, names: &[&str]) -> Stack {
         let services: Vec<&Service> = names.iter().map(|n| deployment.service(n)).collect();
-        let bins = bin_dir(deployment);
+        // May run cargo for minutes: off the runtime's async work.
+        let bins = tokio::task::block_in_place(|| bin_dir(deployment));
         require(
             &wxgate_tests::redis_url(),
             "Redis",
@@ -321,7 +322,13 @@ impl Stack {
             .map(|url| {
                 let (_, port, path) = split_url(&url)
                     .unwrap_or_else(|| panic!("services.{name}: healthcheck URL {url:?}"));
-                format!("http://{}{path}", self.addr(&name, port))
+                let addr = self.ports.get(&(name.clone(), port)).unwrap_or_else(|| {
+                    panic!(
+                        "services.{name}: the healthcheck asks {url}, but nothing of {name} \
+                         listens on port {port}; Docker would mark it unhealthy forever"
+                    )
+                });
+                format!("http://{addr}{path}")
             });
 
         let mut command = Command::new(bins.join(program));
