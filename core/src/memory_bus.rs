@@ -323,6 +323,8 @@ impl Queued {
 struct Consumer {
     id: u64,
     sender: mpsc::Sender<Delivery>,
+    /// The stream's stop token: cancelled by [`DeliveryStream::stop`] and on drop.
+    stop: CancellationToken,
     /// Unsettled deliveries it may hold.
     limit: usize,
     /// Unsettled deliveries it holds.
@@ -409,9 +411,42 @@ impl Queue {
         self.timer = Some(wake);
     }
 
-    /// Enforces the length limit, expires messages at the head, and hands ready messages to
-    /// consumers with room; returns what must be dead-lettered.
+    /// Removes consumer `index`: no more deliveries to it, and those it dropped unsettled
+    /// return to the queue, oldest first.
+    fn remove_consumer(&mut self, index: usize, garbage: &mut Garbage) {
+        if index >= self.consumers.len() {
+            return;
+        }
+        let consumer = self.consumers.remove(index);
+        let abandoned: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.consumer == consumer.id && f.abandoned)
+            .map(|(tag, _)| *tag)
+            .collect();
+        for tag in abandoned.into_iter().rev() {
+            if let Some(flight) = self.in_flight.remove(&tag) {
+                self.requeue(flight.item);
+            }
+        }
+        garbage.senders.push(consumer.sender);
+    }
+
+    /// Removes the consumers whose stream was stopped or dropped.
+    fn prune_stopped(&mut self, garbage: &mut Garbage) {
+        while let Some(index) = self
+            .consumers
+            .iter()
+            .position(|c| c.stop.is_cancelled() || c.sender.is_closed())
+        {
+            self.remove_consumer(index, garbage);
+        }
+    }
+
+    /// Drops stopped consumers, enforces the length limit, expires messages at the head, and
+    /// hands ready messages to consumers with room; returns what must be dead-lettered.
     fn pump(&mut self, now: Instant, garbage: &mut Garbage) -> Vec<(Queued, Reason)> {
+        self.prune_stopped(garbage);
         let mut dead = Vec::new();
         if let (Some(max), Overflow::DropHead) = (self.args.max_length(), self.args.overflow) {
             while self.ready.len() > max {
@@ -495,8 +530,7 @@ impl Queue {
                 mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d) => d,
             };
             garbage.deliveries.push(delivery);
-            let consumer = self.consumers.remove(index);
-            garbage.senders.push(consumer.sender);
+            self.remove_consumer(index, garbage);
         }
     }
 }
@@ -805,6 +839,7 @@ impl State {
         let Some(q) = self.queue_mut(queue, incarnation) else {
             return;
         };
+        q.prune_stopped(garbage);
         let Some(flight) = q.in_flight.get_mut(&tag) else {
             return;
         };
@@ -822,10 +857,11 @@ impl State {
         &mut self,
         queue: &str,
         sender: mpsc::Sender<Delivery>,
+        stop: CancellationToken,
         limit: usize,
         now: Instant,
         garbage: &mut Garbage,
-    ) -> Result<(u64, u64, CancellationToken), MemoryBusError> {
+    ) -> Result<(u64, CancellationToken), MemoryBusError> {
         self.next_consumer += 1;
         let id = self.next_consumer;
         let q = self
@@ -837,42 +873,21 @@ impl State {
         q.consumers.push(Consumer {
             id,
             sender,
+            stop,
             limit,
             in_flight: 0,
         });
-        let found = (q.incarnation, id, q.gone.clone());
+        let found = (q.incarnation, q.gone.clone());
         self.run([Step::Pump(queue.to_owned())], now, garbage);
         Ok(found)
     }
 
-    /// The consumer's stream was stopped or dropped: no more deliveries to it, and those it
-    /// dropped unsettled return to the queue, oldest first.
-    fn stop_consumer(
-        &mut self,
-        queue: &str,
-        incarnation: u64,
-        id: u64,
-        now: Instant,
-        garbage: &mut Garbage,
-    ) {
-        let Some(q) = self.queue_mut(queue, incarnation) else {
-            return;
-        };
-        if let Some(index) = q.consumers.iter().position(|c| c.id == id) {
-            garbage.senders.push(q.consumers.remove(index).sender);
+    /// Pumps `queue` once a consumer's stream was stopped or dropped, so the consumer goes
+    /// and what it dropped unsettled returns even if nothing else touches the queue.
+    fn stop_consumer(&mut self, queue: &str, incarnation: u64, now: Instant, garbage: &mut Garbage) {
+        if self.queue_mut(queue, incarnation).is_some() {
+            self.run([Step::Pump(queue.to_owned())], now, garbage);
         }
-        let abandoned: Vec<u64> = q
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.consumer == id && f.abandoned)
-            .map(|(tag, _)| *tag)
-            .collect();
-        for tag in abandoned.into_iter().rev() {
-            if let Some(flight) = q.in_flight.remove(&tag) {
-                q.requeue(flight.item);
-            }
-        }
-        self.run([Step::Pump(queue.to_owned())], now, garbage);
     }
 
     fn declare_group(&mut self, spec: &GroupSpec, unbind: &[String]) -> Result<(), GroupError> {
@@ -1009,7 +1024,6 @@ async fn watch_consumer(
     shared: Weak<Shared>,
     queue: String,
     incarnation: u64,
-    id: u64,
     stop: CancellationToken,
     gone: CancellationToken,
 ) {
@@ -1019,7 +1033,7 @@ async fn watch_consumer(
     }
     if let Some(shared) = shared.upgrade() {
         shared.with(|state, garbage| {
-            state.stop_consumer(&queue, incarnation, id, Instant::now(), garbage);
+            state.stop_consumer(&queue, incarnation, Instant::now(), garbage);
         });
     }
 }
@@ -1194,16 +1208,17 @@ impl Bus for MemoryBus {
         // The watcher below needs a Tokio runtime; without one there is no consumer.
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BusError::Unavailable)?;
         let (sender, receiver) = mpsc::channel(limit);
-        let (incarnation, id, gone) = self
-            .shared
-            .with(|state, garbage| state.add_consumer(queue, sender, limit, Instant::now(), garbage))
-            .map_err(|e| failed("basic.consume", e))?;
         let stop = CancellationToken::new();
+        let (incarnation, gone) = self
+            .shared
+            .with(|state, garbage| {
+                state.add_consumer(queue, sender, stop.clone(), limit, Instant::now(), garbage)
+            })
+            .map_err(|e| failed("basic.consume", e))?;
         runtime.spawn(watch_consumer(
             Arc::downgrade(&self.shared),
             queue.to_owned(),
             incarnation,
-            id,
             stop.clone(),
             gone,
         ));
@@ -1307,5 +1322,352 @@ impl Bus for MemoryBus {
         }
         swept.behind = u64::try_from(start.saturating_sub(swept.scanned)).unwrap_or(u64::MAX);
         Ok(swept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::topology::{Names, QueueSpec};
+    use bytes::Bytes;
+
+    fn topology(ns: &str) -> Topology {
+        let config = Config::from_toml(
+            &format!("namespace = \"{ns}\"\n[worker]\nretry_delays_ms = [50, 100]\n"),
+            |_| None,
+        )
+        .unwrap();
+        Topology::for_config(&config)
+    }
+
+    fn message(id: &str) -> Message {
+        Message {
+            body: Bytes::from(id.to_owned()),
+            properties: crate::bus::Properties {
+                message_id: Some(id.to_owned()),
+                ..crate::bus::Properties::default()
+            },
+        }
+    }
+
+    fn id(delivery: &Delivery) -> &str {
+        delivery
+            .message
+            .properties
+            .message_id
+            .as_deref()
+            .unwrap_or("")
+    }
+
+    fn source(error: &dyn std::error::Error) -> String {
+        error.source().map(ToString::to_string).unwrap_or_default()
+    }
+
+    #[track_caller]
+    fn check(pattern: &str, key: &str, expected: bool) {
+        assert_eq!(
+            topic_matches(pattern, key),
+            expected,
+            "{pattern:?} against {key:?}"
+        );
+    }
+
+    #[test]
+    fn topic_patterns_match_like_amqp() {
+        check("a.b.c", "a.b.c", true);
+        check("a.b.c", "a.b", false);
+        check("a.*.c", "a.b.c", true);
+        check("a.*.c", "a.c", false);
+        check("a.*", "a.b.c", false);
+        check("*", "", false);
+        check("#", "", true);
+        check("#", "a.b.c", true);
+        check("a.#", "a", true);
+        check("a.#", "a.b.c", true);
+        check("a.#", "b.a", false);
+        check("#.c", "a.b.c", true);
+        check("#.c", "c", true);
+        check("a.#.c", "a.c", true);
+        check("a.#.c", "a.b.b.c", true);
+        check("a.#.c", "a.b.b.d", false);
+        check("#.#", "a", true);
+        check("*.#", "", false);
+        check("*.msg.#", "demo.msg.text", true);
+        check("", "", true);
+        check("", "a", false);
+        check("a..b", "a..b", true);
+        check("a.*.b", "a..b", true);
+    }
+
+    #[tokio::test]
+    async fn consuming_an_unknown_queue_fails_naming_it() {
+        let bus = MemoryBus::new(topology("m1"));
+        let error = bus.consume("m1.nope", 1).await.map(|_| ()).unwrap_err();
+        assert!(
+            matches!(error, BusError::Failed { operation: "basic.consume", .. }),
+            "{error:?}"
+        );
+        assert_eq!(source(&error), "no queue `m1.nope`");
+        assert!(bus.sweep("m1.nope", 10, &mut |_: &Message| Disposition::Keep).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn publishing_to_an_unknown_exchange_fails_naming_it() {
+        let bus = MemoryBus::new(topology("m2"));
+        let error = bus.publish("m2.nope", "k", &message("a")).await.unwrap_err();
+        assert!(matches!(error, PublishError::Connection(_)), "{error:?}");
+        assert_eq!(source(&error), "no exchange `m2.nope`");
+        assert!(matches!(
+            bus.publish("", "m2.nope", &message("a")).await,
+            Err(PublishError::Unroutable)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_queue_sends_its_messages_back_after_the_delay_with_nobody_consuming_it() {
+        let names = Names::new("m3");
+        let bus = MemoryBus::new(topology("m3"));
+        let mut worker = bus.consume(&names.worker_queue(), 10).await.unwrap();
+        let start = Instant::now();
+        bus.publish("", &names.retry_queue(1), &message("r"))
+            .await
+            .unwrap();
+        let delivery = worker.recv().await.unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        assert!(start.elapsed() < Duration::from_millis(150));
+        assert_eq!(id(&delivery), "r");
+        assert_eq!(delivery.routing_key, names.worker_queue());
+        let properties = &delivery.message.properties;
+        assert_eq!(
+            properties.header(FIRST_DEATH_REASON),
+            Some(&HeaderValue::Str("expired".into()))
+        );
+        assert_eq!(
+            properties.header(FIRST_DEATH_QUEUE),
+            Some(&HeaderValue::Str(names.retry_queue(1)))
+        );
+        assert_eq!(
+            properties.header(FIRST_DEATH_EXCHANGE),
+            Some(&HeaderValue::Str(String::new()))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_requeued_message_keeps_its_expiry() {
+        let names = Names::new("m4");
+        let bus = MemoryBus::new(topology("m4"));
+        let spec = GroupSpec {
+            queue: names.group_queue("g"),
+            bindings: vec!["#".into()],
+            max_length: 10,
+            message_ttl: Duration::from_millis(100),
+            dead_letter_exchange: names.groups_dropped(),
+            queue_type: "quorum".into(),
+        };
+        bus.declare_group(&spec, &[]).await.unwrap();
+        let mut dropped = bus.consume(&names.groups_dropped(), 10).await.unwrap();
+        bus.publish(&names.events_exchange(), "a.b", &message("x"))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let mut group = bus.consume(&spec.queue, 1).await.unwrap();
+        let delivery = group.recv().await.unwrap();
+        drop(group);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        delivery.nack(true).await.unwrap();
+        let record = dropped.recv().await.unwrap();
+        assert_eq!(id(&record), "x");
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        assert!(start.elapsed() < Duration::from_millis(150), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn deleting_a_group_ends_its_streams_and_its_deliveries_cannot_be_settled() {
+        let names = Names::new("m5");
+        let bus = MemoryBus::new(topology("m5"));
+        let spec = GroupSpec {
+            queue: names.group_queue("g"),
+            bindings: vec!["#".into()],
+            max_length: 10,
+            message_ttl: Duration::from_secs(60),
+            dead_letter_exchange: names.groups_dropped(),
+            queue_type: "quorum".into(),
+        };
+        bus.declare_group(&spec, &[]).await.unwrap();
+        for i in 0..3 {
+            bus.publish(&names.events_exchange(), "a.b", &message(&i.to_string()))
+                .await
+                .unwrap();
+        }
+        let mut stream = bus.consume(&spec.queue, 1).await.unwrap();
+        let held = stream.recv().await.unwrap();
+        assert_eq!(bus.delete_group(&spec.queue).await.unwrap(), 2);
+        assert!(stream.recv().await.is_none());
+        let error = held.ack().await.unwrap_err();
+        assert!(source(&error).contains("not in flight"), "{error}");
+        // Declared again, it is a new, empty queue.
+        bus.declare_group(&spec, &[]).await.unwrap();
+        let stats = bus.group_stats(&spec.queue).await.unwrap().unwrap();
+        assert_eq!((stats.depth, stats.consumers), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_delivery_held_past_its_stream_can_still_be_settled() {
+        let names = Names::new("m6");
+        let bus = MemoryBus::new(topology("m6"));
+        bus.publish("", &names.dead_queue(), &message("a"))
+            .await
+            .unwrap();
+        let mut stream = bus.consume(&names.dead_queue(), 1).await.unwrap();
+        let delivery = stream.recv().await.unwrap();
+        drop(stream);
+        delivery.ack().await.unwrap();
+        let stats = bus.group_stats(&names.dead_queue()).await.unwrap().unwrap();
+        assert_eq!((stats.depth, stats.consumers), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_stream_yields_what_it_buffered_then_ends() {
+        let names = Names::new("m7");
+        let bus = MemoryBus::new(topology("m7"));
+        for i in 0..5 {
+            bus.publish("", &names.dead_queue(), &message(&i.to_string()))
+                .await
+                .unwrap();
+        }
+        let mut stream = bus.consume(&names.dead_queue(), 2).await.unwrap();
+        stream.stop();
+        let first = stream.recv().await.unwrap();
+        let second = stream.recv().await.unwrap();
+        assert_eq!((id(&first), id(&second)), ("0", "1"));
+        assert!(stream.recv().await.is_none());
+        first.ack().await.unwrap();
+        // Dropped unsettled after the stop: back at once, at the head.
+        drop(second);
+        let stats = bus.group_stats(&names.dead_queue()).await.unwrap().unwrap();
+        assert_eq!((stats.depth, stats.consumers), (4, 0));
+        let mut next = bus.consume(&names.dead_queue(), 1).await.unwrap();
+        let again = next.recv().await.unwrap();
+        assert_eq!(id(&again), "1");
+        assert!(again.redelivered);
+    }
+
+    #[tokio::test]
+    async fn prefetch_zero_is_no_limit() {
+        let names = Names::new("m8");
+        let bus = MemoryBus::new(topology("m8"));
+        for i in 0..300 {
+            bus.publish("", &names.dead_queue(), &message(&i.to_string()))
+                .await
+                .unwrap();
+        }
+        let mut stream = bus.consume(&names.dead_queue(), 0).await.unwrap();
+        let mut held = Vec::new();
+        while let Some(delivery) = stream.try_recv() {
+            held.push(delivery);
+        }
+        assert_eq!(held.len(), 300);
+    }
+
+    #[tokio::test]
+    async fn a_closed_bus_refuses_everything_and_ends_its_streams() {
+        let names = Names::new("m9");
+        let bus = MemoryBus::new(topology("m9"));
+        let mut stream = bus.consume(&names.dead_queue(), 1).await.unwrap();
+        assert!(bus.is_ready());
+        bus.close();
+        assert!(!bus.is_ready());
+        assert!(stream.recv().await.is_none());
+        assert!(matches!(
+            bus.publish("", &names.dead_queue(), &message("a")).await,
+            Err(PublishError::Unavailable)
+        ));
+        assert!(matches!(
+            bus.consume(&names.dead_queue(), 1).await.map(|_| ()),
+            Err(BusError::Unavailable)
+        ));
+        assert!(bus.group_stats(&names.dead_queue()).await.is_err());
+    }
+
+    fn queue(name: &str, args: Vec<Arg>) -> QueueSpec {
+        QueueSpec {
+            name: name.into(),
+            args,
+            bindings: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_reject_publish_queue_refuses_the_publish() {
+        let bus = MemoryBus::new(Topology {
+            exchange: "x".into(),
+            queues: vec![queue(
+                "q",
+                vec![
+                    Arg::Int("x-max-length", 1),
+                    Arg::Str("x-overflow", "reject-publish".into()),
+                ],
+            )],
+            fanouts: Vec::new(),
+        });
+        bus.publish("", "q", &message("a")).await.unwrap();
+        assert!(matches!(
+            bus.publish("", "q", &message("b")).await,
+            Err(PublishError::NotConfirmed)
+        ));
+        let mut stream = bus.consume("q", 5).await.unwrap();
+        assert_eq!(id(&stream.recv().await.unwrap()), "a");
+        assert!(stream.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn full_queues_dead_lettering_into_each_other_do_not_loop() {
+        let full = |name: &str, other: &str| {
+            queue(
+                name,
+                vec![
+                    Arg::Int("x-max-length", 1),
+                    Arg::Str("x-dead-letter-exchange", String::new()),
+                    Arg::Str("x-dead-letter-routing-key", other.into()),
+                ],
+            )
+        };
+        let bus = MemoryBus::new(Topology {
+            exchange: "x".into(),
+            queues: vec![full("a", "b"), full("b", "a")],
+            fanouts: Vec::new(),
+        });
+        for i in 0..5 {
+            bus.publish("", "a", &message(&i.to_string())).await.unwrap();
+        }
+        let depth = |queue: &'static str| {
+            let bus = bus.clone();
+            async move { bus.group_stats(queue).await.unwrap().unwrap().depth }
+        };
+        assert_eq!((depth("a").await, depth("b").await), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_sweep_whose_decider_panics_leaves_the_message_in_the_queue() {
+        let names = Names::new("m10");
+        let bus = MemoryBus::new(topology("m10"));
+        bus.publish("", &names.dead_queue(), &message("a"))
+            .await
+            .unwrap();
+        let swept = {
+            let bus = bus.clone();
+            let queue = names.dead_queue();
+            tokio::spawn(async move {
+                bus.sweep(&queue, 10, &mut |_: &Message| -> Disposition {
+                    panic!("decider failed")
+                })
+                .await
+            })
+            .await
+        };
+        assert!(swept.is_err(), "the task panicked");
+        let stats = bus.group_stats(&names.dead_queue()).await.unwrap().unwrap();
+        assert_eq!(stats.depth, 1);
     }
 }
