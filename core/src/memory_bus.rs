@@ -33,12 +33,12 @@ use crate::topology::{Arg, Topology};
 
 /// Header RabbitMQ sets on a message's first dead-lettering: why (`maxlen`, `expired`,
 /// `rejected`).
-pub const FIRST_DEATH_REASON: &str = "x-first-death-reason";
+const FIRST_DEATH_REASON: &str = "x-first-death-reason";
 /// Header RabbitMQ sets on a message's first dead-lettering: the queue it died in.
-pub const FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
+const FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
 /// Header RabbitMQ sets on a message's first dead-lettering: the exchange it had been
 /// published to.
-pub const FIRST_DEATH_EXCHANGE: &str = "x-first-death-exchange";
+const FIRST_DEATH_EXCHANGE: &str = "x-first-death-exchange";
 
 /// Unsettled deliveries a consumer may hold when it asks for prefetch 0 (AMQP: no limit).
 const UNLIMITED_PREFETCH: usize = u16::MAX as usize;
@@ -182,7 +182,7 @@ impl MemoryBus {
         self.shared.with(|state, garbage| {
             if let Some(q) = state.queue_mut(queue, incarnation) {
                 q.requeue(item);
-                state.run([Step::Pump(queue.to_owned())], Instant::now(), garbage);
+                state.run([Step::pump(queue.to_owned())], Instant::now(), garbage);
             }
         });
     }
@@ -547,12 +547,24 @@ struct Exchange {
     bindings: Vec<(String, String)>,
 }
 
-/// One unit of work of [`State::run`].
-enum Step {
-    /// Append a message to a queue, then pump it.
-    Enqueue(String, Queued),
-    /// Pump a queue (see [`Queue::pump`]).
-    Pump(String),
+/// One unit of work of [`State::run`]: append `item` (if any) to `queue`, then pump the
+/// queue (see [`Queue::pump`]).
+struct Step {
+    queue: String,
+    item: Option<Queued>,
+}
+
+impl Step {
+    fn enqueue(queue: String, item: Queued) -> Step {
+        Step {
+            queue,
+            item: Some(item),
+        }
+    }
+
+    fn pump(queue: String) -> Step {
+        Step { queue, item: None }
+    }
 }
 
 /// How a delivery is settled.
@@ -708,7 +720,7 @@ impl State {
             if full {
                 rejected = true;
             } else {
-                steps.push(Step::Enqueue(
+                steps.push(Step::enqueue(
                     queue,
                     Queued::new(message.clone(), routing_key, exchange),
                 ));
@@ -727,10 +739,7 @@ impl State {
         let mut work: VecDeque<Step> = steps.into_iter().collect();
         let mut hops = 0_usize;
         while let Some(step) = work.pop_front() {
-            let (name, item) = match step {
-                Step::Enqueue(name, item) => (name, Some(item)),
-                Step::Pump(name) => (name, None),
-            };
+            let Step { queue: name, item } = step;
             let Some(queue) = self.queues.get_mut(&name) else {
                 continue;
             };
@@ -746,7 +755,7 @@ impl State {
                 work.extend(
                     self.dead_letter(&name, item, reason)
                         .into_iter()
-                        .map(|(target, item)| Step::Enqueue(target, item)),
+                        .map(|(target, item)| Step::enqueue(target, item)),
                 );
             }
         }
@@ -774,7 +783,10 @@ impl State {
             let properties = &mut item.message.properties;
             properties.set_header(FIRST_DEATH_REASON, HeaderValue::Str(reason.as_str().into()));
             properties.set_header(FIRST_DEATH_QUEUE, HeaderValue::Str(queue.to_owned()));
-            properties.set_header(FIRST_DEATH_EXCHANGE, HeaderValue::Str(item.exchange.clone()));
+            properties.set_header(
+                FIRST_DEATH_EXCHANGE,
+                HeaderValue::Str(item.exchange.clone()),
+            );
         }
         item.deaths.push((queue.to_owned(), reason));
         let routing_key = args
@@ -806,7 +818,9 @@ impl State {
             queue: queue.to_owned(),
             tag,
         };
-        let q = self.queue_mut(queue, incarnation).ok_or_else(not_in_flight)?;
+        let q = self
+            .queue_mut(queue, incarnation)
+            .ok_or_else(not_in_flight)?;
         let flight = q.in_flight.remove(&tag).ok_or_else(not_in_flight)?;
         if let Some(consumer) = q.consumers.iter_mut().find(|c| c.id == flight.consumer) {
             consumer.in_flight = consumer.in_flight.saturating_sub(1);
@@ -818,10 +832,10 @@ impl State {
             Settle::Reject => steps.extend(
                 self.dead_letter(queue, flight.item, Reason::Rejected)
                     .into_iter()
-                    .map(|(target, item)| Step::Enqueue(target, item)),
+                    .map(|(target, item)| Step::enqueue(target, item)),
             ),
         }
-        steps.push(Step::Pump(queue.to_owned()));
+        steps.push(Step::pump(queue.to_owned()));
         self.run(steps, now, garbage);
         Ok(())
     }
@@ -850,7 +864,7 @@ impl State {
         if let Some(flight) = q.in_flight.remove(&tag) {
             q.requeue(flight.item);
         }
-        self.run([Step::Pump(queue.to_owned())], now, garbage);
+        self.run([Step::pump(queue.to_owned())], now, garbage);
     }
 
     fn add_consumer(
@@ -878,15 +892,21 @@ impl State {
             in_flight: 0,
         });
         let found = (q.incarnation, q.gone.clone());
-        self.run([Step::Pump(queue.to_owned())], now, garbage);
+        self.run([Step::pump(queue.to_owned())], now, garbage);
         Ok(found)
     }
 
     /// Pumps `queue` once a consumer's stream was stopped or dropped, so the consumer goes
     /// and what it dropped unsettled returns even if nothing else touches the queue.
-    fn stop_consumer(&mut self, queue: &str, incarnation: u64, now: Instant, garbage: &mut Garbage) {
+    fn stop_consumer(
+        &mut self,
+        queue: &str,
+        incarnation: u64,
+        now: Instant,
+        garbage: &mut Garbage,
+    ) {
         if self.queue_mut(queue, incarnation).is_some() {
-            self.run([Step::Pump(queue.to_owned())], now, garbage);
+            self.run([Step::pump(queue.to_owned())], now, garbage);
         }
     }
 
@@ -915,7 +935,7 @@ impl State {
 
     fn delete_queue(&mut self, name: &str, now: Instant, garbage: &mut Garbage) -> u64 {
         // Expired messages go first, as the broker would have dropped them already.
-        self.run([Step::Pump(name.to_owned())], now, garbage);
+        self.run([Step::pump(name.to_owned())], now, garbage);
         let Some(queue) = self.queues.remove(name) else {
             return 0;
         };
@@ -929,7 +949,7 @@ impl State {
     }
 
     fn stats(&mut self, name: &str, now: Instant, garbage: &mut Garbage) -> Option<GroupStats> {
-        self.run([Step::Pump(name.to_owned())], now, garbage);
+        self.run([Step::pump(name.to_owned())], now, garbage);
         self.queues.get(name).map(|q| GroupStats {
             depth: u64::try_from(q.ready.len()).unwrap_or(u64::MAX),
             consumers: u32::try_from(q.consumers.len()).unwrap_or(u32::MAX),
@@ -943,7 +963,7 @@ impl State {
         now: Instant,
         garbage: &mut Garbage,
     ) -> Result<(u64, usize), MemoryBusError> {
-        self.run([Step::Pump(name.to_owned())], now, garbage);
+        self.run([Step::pump(name.to_owned())], now, garbage);
         self.queues
             .get(name)
             .map(|q| (q.incarnation, q.ready.len()))
@@ -960,7 +980,7 @@ impl State {
         now: Instant,
         garbage: &mut Garbage,
     ) -> Result<Option<Queued>, MemoryBusError> {
-        self.run([Step::Pump(name.to_owned())], now, garbage);
+        self.run([Step::pump(name.to_owned())], now, garbage);
         let queue = self
             .queue_mut(name, incarnation)
             .ok_or_else(|| MemoryBusError::NoQueue {
@@ -980,7 +1000,7 @@ impl State {
         if self.queue_mut(name, incarnation).is_none() {
             return Err(());
         }
-        self.run([Step::Pump(name.to_owned())], now, garbage);
+        self.run([Step::pump(name.to_owned())], now, garbage);
         let queue = self.queue_mut(name, incarnation).ok_or(())?;
         Ok(queue.ready.front().and_then(|item| item.expires_at))
     }
@@ -1163,12 +1183,7 @@ fn topic_matches(pattern: &str, routing_key: &str) -> bool {
                 .chain(reachable.iter().take(key.len()).copied())
                 .collect(),
             literal => std::iter::once(false)
-                .chain(
-                    reachable
-                        .iter()
-                        .zip(&key)
-                        .map(|(&r, &k)| r && k == literal),
-                )
+                .chain(reachable.iter().zip(&key).map(|(&r, &k)| r && k == literal))
                 .collect(),
         };
     }
@@ -1405,17 +1420,30 @@ mod tests {
         let bus = MemoryBus::new(topology("m1"));
         let error = bus.consume("m1.nope", 1).await.map(|_| ()).unwrap_err();
         assert!(
-            matches!(error, BusError::Failed { operation: "basic.consume", .. }),
+            matches!(
+                error,
+                BusError::Failed {
+                    operation: "basic.consume",
+                    ..
+                }
+            ),
             "{error:?}"
         );
         assert_eq!(source(&error), "no queue `m1.nope`");
-        assert!(bus.sweep("m1.nope", 10, &mut |_: &Message| Disposition::Keep).await.is_err());
+        assert!(
+            bus.sweep("m1.nope", 10, &mut |_: &Message| Disposition::Keep)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
     async fn publishing_to_an_unknown_exchange_fails_naming_it() {
         let bus = MemoryBus::new(topology("m2"));
-        let error = bus.publish("m2.nope", "k", &message("a")).await.unwrap_err();
+        let error = bus
+            .publish("m2.nope", "k", &message("a"))
+            .await
+            .unwrap_err();
         assert!(matches!(error, PublishError::Connection(_)), "{error:?}");
         assert_eq!(source(&error), "no exchange `m2.nope`");
         assert!(matches!(
@@ -1479,7 +1507,11 @@ mod tests {
         let record = dropped.recv().await.unwrap();
         assert_eq!(id(&record), "x");
         assert!(start.elapsed() >= Duration::from_millis(100));
-        assert!(start.elapsed() < Duration::from_millis(150), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_millis(150),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test]
@@ -1639,7 +1671,9 @@ mod tests {
             fanouts: Vec::new(),
         });
         for i in 0..5 {
-            bus.publish("", "a", &message(&i.to_string())).await.unwrap();
+            bus.publish("", "a", &message(&i.to_string()))
+                .await
+                .unwrap();
         }
         let depth = |queue: &'static str| {
             let bus = bus.clone();

@@ -124,7 +124,8 @@ impl Drop for Fixture {
         if self.env.kind != Kind::Rabbit {
             return;
         }
-        let groups = std::mem::take(&mut *self.env.groups.lock().unwrap_or_else(|e| e.into_inner()));
+        let groups =
+            std::mem::take(&mut *self.env.groups.lock().unwrap_or_else(|e| e.into_inner()));
         if groups.is_empty() {
             return;
         }
@@ -144,7 +145,10 @@ async fn delete_queues(queues: Vec<String>) {
         // A failed delete closes its channel: one channel each.
         if let Ok(channel) = connection.create_channel().await {
             let _ = channel
-                .queue_delete(queue.as_str().into(), lapin::options::QueueDeleteOptions::default())
+                .queue_delete(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
                 .await;
             let _ = channel.close(200, "deleted".into()).await;
         }
@@ -274,12 +278,16 @@ fn sorted(mut ids: Vec<String>) -> Vec<String> {
 
 /// Waits until `queue` holds `depth` ready messages and has `consumers` consumers.
 async fn wait_for_stats(bus: &dyn Bus, queue: &str, depth: u64, consumers: u32) {
-    eventually(WAIT, &format!("{queue} at depth {depth} with {consumers} consumers"), || async {
-        match bus.group_stats(queue).await {
-            Ok(Some(stats)) if stats.depth == depth && stats.consumers == consumers => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    eventually(
+        WAIT,
+        &format!("{queue} at depth {depth} with {consumers} consumers"),
+        || async {
+            match bus.group_stats(queue).await {
+                Ok(Some(stats)) if stats.depth == depth && stats.consumers == consumers => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
 }
 
@@ -378,14 +386,19 @@ async fn topic_bindings_route_like_amqp(bus: &dyn Bus, names: &Names, env: &Env)
     publish(bus, &exchange, "acct.msg", "two-words").await;
     publish(bus, &exchange, "acct.msg.text.more", "four-words").await;
     publish(bus, &exchange, "other.event", "other-event").await;
-    let unroutable = bus.publish(&exchange, "other.msg.text", &message("none")).await;
+    let unroutable = bus
+        .publish(&exchange, "other.msg.text", &message("none"))
+        .await;
     assert!(
         matches!(unroutable, Err(PublishError::Unroutable)),
         "{unroutable:?}"
     );
     let expected: [(&GroupSpec, &[&str]); 3] = [
         (&one_word, &["text"]),
-        (&any_words, &["four-words", "subscribe", "text", "two-words"]),
+        (
+            &any_words,
+            &["four-words", "subscribe", "text", "two-words"],
+        ),
         (&events, &["other-event", "subscribe"]),
     ];
     for (spec, want) in expected {
@@ -421,7 +434,12 @@ async fn the_default_exchange_routes_to_the_queue_named_by_the_key(
 
 async fn publishing_to_an_unknown_exchange_fails(bus: &dyn Bus, names: &Names, _: &Env) {
     let exchange = format!("{}.no-such-exchange", names.events_exchange());
-    let result = bounded(WAIT, "a publish", bus.publish(&exchange, "k", &message("m"))).await;
+    let result = bounded(
+        WAIT,
+        "a publish",
+        bus.publish(&exchange, "k", &message("m")),
+    )
+    .await;
     match result {
         Err(PublishError::Unroutable) | Ok(()) => {
             panic!("a publish to a missing exchange must fail: {result:?}")
@@ -681,7 +699,13 @@ async fn deleting_a_group_returns_its_ready_messages_and_cancels_its_consumers(
     let group = env.group("doomed", &["acct.#"], 100, Duration::from_secs(600));
     declare(bus, &group, &[]).await;
     for i in 0..3 {
-        publish(bus, &names.events_exchange(), "acct.msg.text", &format!("m{i}")).await;
+        publish(
+            bus,
+            &names.events_exchange(),
+            "acct.msg.text",
+            &format!("m{i}"),
+        )
+        .await;
     }
     let mut stream = consume(bus, &group.queue, 1).await;
     let _held = recv(&mut stream).await;
@@ -783,7 +807,10 @@ async fn a_sweep_keeps_removes_and_moves(bus: &dyn Bus, names: &Names, _: &Env) 
     let mut stream = consume(bus, &worker, 1).await;
     let moved = recv(&mut stream).await;
     assert_eq!(id_of(&moved.message), "d3");
-    assert_eq!(str_header(&moved.message, "x-test-moved").as_deref(), Some("1"));
+    assert_eq!(
+        str_header(&moved.message, "x-test-moved").as_deref(),
+        Some("1")
+    );
     let mut again = recorder(keep);
     let swept = bus.sweep(&dead, 100, &mut again).await.unwrap();
     assert_eq!(again.seen, ["d1", "d4"]);
