@@ -1704,4 +1704,78 @@ mod tests {
         let stats = bus.group_stats(&names.dead_queue()).await.unwrap().unwrap();
         assert_eq!(stats.depth, 1);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_message_is_acked_once_through_churning_consumers() {
+        use std::collections::HashSet;
+        use std::sync::atomic::AtomicUsize;
+
+        const MESSAGES: usize = 2_000;
+        let names = Names::new("m11");
+        let bus = MemoryBus::new(topology("m11"));
+        let queue = names.dead_queue();
+        let acked = Arc::new(Mutex::new(HashSet::new()));
+        let handled = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..4_usize {
+            let (bus, queue, acked, handled) = (
+                bus.clone(),
+                queue.clone(),
+                Arc::clone(&acked),
+                Arc::clone(&handled),
+            );
+            tasks.spawn(async move {
+                let mut round = 0_usize;
+                let mut stop_first = false;
+                while acked.lock().unwrap().len() < MESSAGES {
+                    round += 1;
+                    stop_first = !stop_first;
+                    let mut stream = bus.consume(&queue, 8).await.unwrap();
+                    // Each round handles a few deliveries, then the stream goes with some
+                    // deliveries still unsettled.
+                    let mut kept = Vec::new();
+                    for step in 0..(5 + (worker + round) % 7) {
+                        let next =
+                            tokio::time::timeout(Duration::from_millis(20), stream.recv()).await;
+                        let Ok(Some(delivery)) = next else { break };
+                        let n = handled.fetch_add(1, Ordering::Relaxed);
+                        match (n + step) % 5 {
+                            0 => kept.push(delivery),
+                            1 => delivery.nack(true).await.unwrap(),
+                            2 => drop(delivery),
+                            _ => {
+                                let id = id(&delivery).to_owned();
+                                delivery.ack().await.unwrap();
+                                assert!(acked.lock().unwrap().insert(id), "acked twice");
+                            }
+                        }
+                    }
+                    if stop_first {
+                        stream.stop();
+                    }
+                    drop(stream);
+                    drop(kept);
+                }
+            });
+        }
+        for i in 0..MESSAGES {
+            bus.publish("", &queue, &message(&i.to_string()))
+                .await
+                .unwrap();
+        }
+        let all = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(result) = tasks.join_next().await {
+                result.unwrap();
+            }
+        })
+        .await;
+        assert!(
+            all.is_ok(),
+            "stuck with {} acked",
+            acked.lock().unwrap().len()
+        );
+        assert_eq!(acked.lock().unwrap().len(), MESSAGES);
+        let stats = bus.group_stats(&queue).await.unwrap().unwrap();
+        assert_eq!((stats.depth, stats.consumers), (0, 0));
+    }
 }
