@@ -11,6 +11,7 @@ pub mod bus;
 pub mod config;
 pub mod keys;
 pub mod logging;
+pub mod memory_bus;
 pub mod metrics;
 pub mod rabbit;
 mod refresh_lock;
@@ -21,6 +22,7 @@ pub mod topology;
 
 pub use bus::{Bus, Delivery, DeliveryStream, Message, Properties, PublishError};
 pub use config::Config;
+pub use memory_bus::MemoryBus;
 pub use store::{MemoryStore, RedisStore, SetNx, Store, StoreError};
 
 /// Milliseconds since the Unix epoch, from the system clock (0 if the clock is before 1970).
