@@ -1,5 +1,6 @@
 //! The event bus (docs/contract.md §1): publish with confirm, consume with ack/nack, as a trait with
-//! a RabbitMQ implementation ([`crate::rabbit::RabbitBus`]).
+//! a RabbitMQ implementation ([`crate::rabbit::RabbitBus`]) and an in-memory one with the same
+//! semantics ([`crate::memory_bus::MemoryBus`], for `wxgate dev`).
 //!
 //! Delayed retry and dead-lettering are expressed with plain queues of the topology
 //! ([`crate::topology`]): publishing to `""` with a queue name as routing key puts a message
