@@ -348,7 +348,7 @@ fn random_text(n: usize) -> String {
         .collect()
 }
 
-fn read_accounts(file: &PathBuf) -> Result<Vec<AccountSpec>, Failure> {
+fn read_accounts(file: &std::path::Path) -> Result<Vec<AccountSpec>, Failure> {
     let bytes = read_file(file, "the accounts file")?;
     let text = String::from_utf8(bytes)
         .map_err(|_| Failure::usage(format!("{}: not UTF-8", file.display())))?;
@@ -364,7 +364,7 @@ fn read_accounts(file: &PathBuf) -> Result<Vec<AccountSpec>, Failure> {
 }
 
 #[cfg(unix)]
-fn write_private(path: &PathBuf, bytes: &[u8]) -> Outcome {
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Outcome {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -378,7 +378,7 @@ fn write_private(path: &PathBuf, bytes: &[u8]) -> Outcome {
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &PathBuf, bytes: &[u8]) -> Outcome {
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Outcome {
     std::fs::write(path, bytes)
         .map_err(|e| Failure::failed(format!("cannot write {}: {e}", path.display())))
 }

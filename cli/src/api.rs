@@ -199,7 +199,7 @@ impl Api {
     }
 }
 
-fn read(path: &PathBuf, flag: &str) -> Result<Vec<u8>, Failure> {
+fn read(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, Failure> {
     std::fs::read(path)
         .map_err(|e| Failure::usage(format!("{flag}: cannot read {}: {e}", path.display())))
 }

@@ -186,7 +186,7 @@ pub async fn menu(api: &Api, command: MenuCommand) -> Outcome {
     }
 }
 
-fn read_json(file: &PathBuf) -> Result<Value, Failure> {
+fn read_json(file: &std::path::Path) -> Result<Value, Failure> {
     let bytes = read_file(file, "the menu file")?;
     serde_json::from_slice(&bytes)
         .map_err(|e| Failure::usage(format!("{}: not JSON: {e}", file.display())))

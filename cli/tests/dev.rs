@@ -409,30 +409,28 @@ async fn accounts_add_rotate_export_import_and_remove() {
         async move {
             let config = env.config.display().to_string();
             let gateway = env.gateway();
-            let output = env
-                .run(&[
-                    "sim",
-                    "push",
-                    "--config",
-                    &config,
-                    "--gateway",
-                    &gateway,
-                    "--appid",
-                    "wx5555555555555555",
-                    "--token",
-                    &token,
-                    "--aes-key",
-                    "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
-                    "--wait",
-                    "0",
-                    "--attempts",
-                    "1",
-                    "shop",
-                    "text",
-                    "hi",
-                ])
-                .await;
-            output
+            env.run(&[
+                "sim",
+                "push",
+                "--config",
+                &config,
+                "--gateway",
+                &gateway,
+                "--appid",
+                "wx5555555555555555",
+                "--token",
+                &token,
+                "--aes-key",
+                "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+                "--wait",
+                "0",
+                "--attempts",
+                "1",
+                "shop",
+                "text",
+                "hi",
+            ])
+            .await
         }
     };
     wxgate_tests::eventually(Duration::from_secs(10), "shop served", || async {
@@ -464,7 +462,7 @@ async fn accounts_add_rotate_export_import_and_remove() {
         push("shop-token".into()).await.status.success(),
         "the old token still works"
     );
-    let out = env.ok(&["accounts", "rotate", "shop", "--finish"]).await;
+    env.ok(&["accounts", "rotate", "shop", "--finish"]).await;
     wxgate_tests::eventually(Duration::from_secs(30), "the old token refused", || async {
         if push("shop-token".into()).await.status.success() {
             Err(())
