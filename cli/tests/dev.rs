@@ -727,3 +727,67 @@ async fn every_subcommand_has_help_with_an_example() {
         assert!(help.contains("Example"), "{args:?} has no example:\n{help}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_binary_prints_what_to_do_next_and_stops_on_ctrl_c() {
+    let mut child = bare(&["dev"])
+        .env("WXGATE__GATEWAY__LISTEN", "127.0.0.1:0")
+        .env("WXGATE__WORKER__HTTP_LISTEN", "127.0.0.1:0")
+        .env("WXGATE__WORKER__GRPC_LISTEN", "127.0.0.1:0")
+        .env("WXGATE__WECHAT__API_BASE", "http://127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains("Ctrl-C stops it");
+            banner.push(line);
+            if done {
+                return;
+            }
+        }
+        panic!("wxgate dev ended early: {banner:?}");
+    })
+    .await
+    .expect("the banner within 30 s");
+    let text = banner.join("\n");
+    for expected in [
+        "/wx/demo",
+        "/wx/plain",
+        "/wx/compat",
+        "key: wxgate-dev-key",
+        "export WXGATE_API=http://127.0.0.1:",
+        "wxgate tail",
+        "wxgate sim push demo text 你好",
+        "wxgate send text demo",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+    assert!(!text.contains(":0/"), "real ports, not 0:\n{text}");
+    // The API it names answers with the key it prints.
+    let api = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("WXGATE_API="))
+        .unwrap()
+        .to_owned();
+    let mut token = bare(&["token", "demo"]);
+    token
+        .env("WXGATE_API", &api)
+        .env("WXGATE_API_KEY", "wxgate-dev-key");
+    assert!(run(token).await.status.success());
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("wxgate dev stops within 30 s of Ctrl-C")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}
