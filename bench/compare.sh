@@ -303,9 +303,9 @@ jq -rs '
   | "| \($key.mode) | \($key.server) | \([$pairs[].rps | r2 // "-"] | map(tostring) | join(", ")) | \([$pairs[].rps] | range_of) | \([$pairs[].cpu | r2 // "-"] | map(tostring) | join(", ")) | \([$pairs[].cpu] | range_of) | \([$pairs[].deps] | range_of) | \([$pairs[].p99] | range_of) |"
 ' "$WORK/runs.jsonl"
 echo
-if grep -qiE 'error|panic|traceback' "$WORK/server.log"; then
+if grep -qE 'ERROR|panicked|Traceback' "$WORK/server.log"; then
     log "a server logged errors; last lines:"
-    grep -iE 'error|panic|traceback' "$WORK/server.log" | tail -n 5 >&2
+    grep -E 'ERROR|panicked|Traceback' "$WORK/server.log" | tail -n 5 >&2
 fi
 if jq -e 'select((.errors // 1) > 0)' "$WORK/runs.jsonl" >/dev/null; then
     log "some runs had errors (see the table)"
