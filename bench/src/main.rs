@@ -1082,3 +1082,80 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn rss_kib(pid: &str) -> anyhow::Result<u64> {
     status_kib(pid, "VmRSS:")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wechat::crypto::seal_reply;
+    use wechat::reply::render;
+
+    const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+    fn generator(mode: Mode) -> Generator {
+        Generator {
+            accounts: Vec::new(),
+            openids: Vec::new(),
+            token: "benchtoken".to_owned(),
+            appid: "wx0000000000bench".to_owned(),
+            aes_key: Some(AesKey::from_encoding_aes_key(KEY).unwrap()),
+            mode,
+            expect: Expect::Echo,
+            msg_id_base: 0,
+            next_msg: AtomicU64::new(0),
+        }
+    }
+
+    fn expected() -> EchoExpected {
+        EchoExpected {
+            to_user: "oUser".to_owned(),
+            from_user: "gh_000000000000".to_owned(),
+            content: "wxgate bench 7".to_owned(),
+        }
+    }
+
+    fn reply(content: &str) -> String {
+        let reply = Reply::Text {
+            content: content.to_owned(),
+        };
+        render(&reply, "oUser", "gh_000000000000", 1)
+    }
+
+    fn sealed(token: &str, xml: &str) -> String {
+        let key = AesKey::from_encoding_aes_key(KEY).unwrap();
+        seal_reply(&key, "wx0000000000bench", token, [7; 16], "1", "2", xml)
+    }
+
+    #[test]
+    fn plain_mode_accepts_only_the_plain_echo() {
+        let generator = generator(Mode::Plain);
+        let expected = expected();
+        assert!(generator.is_echo(&expected, reply("wxgate bench 7").as_bytes()));
+        assert!(!generator.is_echo(&expected, reply("wxgate bench 8").as_bytes()));
+        assert!(!generator.is_echo(&expected, b"success"));
+        let encrypted = sealed("benchtoken", &reply("wxgate bench 7"));
+        assert!(!generator.is_echo(&expected, encrypted.as_bytes()));
+    }
+
+    #[test]
+    fn safe_mode_accepts_only_a_verified_encrypted_echo() {
+        let generator = generator(Mode::Safe);
+        let expected = expected();
+        let good = sealed("benchtoken", &reply("wxgate bench 7"));
+        assert!(generator.is_echo(&expected, good.as_bytes()));
+        let wrong_token = sealed("othertoken", &reply("wxgate bench 7"));
+        assert!(!generator.is_echo(&expected, wrong_token.as_bytes()));
+        let wrong_content = sealed("benchtoken", &reply("something else"));
+        assert!(!generator.is_echo(&expected, wrong_content.as_bytes()));
+        assert!(!generator.is_echo(&expected, reply("wxgate bench 7").as_bytes()));
+        assert!(!generator.is_echo(&expected, b"success"));
+    }
+
+    #[test]
+    fn compat_mode_accepts_either_form() {
+        let generator = generator(Mode::Compat);
+        let expected = expected();
+        assert!(generator.is_echo(&expected, reply("wxgate bench 7").as_bytes()));
+        let encrypted = sealed("benchtoken", &reply("wxgate bench 7"));
+        assert!(generator.is_echo(&expected, encrypted.as_bytes()));
+    }
+}
