@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
-use http::header::{CONTENT_TYPE, HOST};
+use http::header::{CONNECTION, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -26,8 +26,9 @@ use rand::Rng as _;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
-use wechat::crypto::{AesKey, encrypt};
-use wechat::signature::{msg_signature, url_signature};
+use wechat::crypto::{AesKey, decrypt_utf8, encrypt, parse_sealed_reply};
+use wechat::reply::{Reply, parse_reply};
+use wechat::signature::{msg_signature, url_signature, verify_msg_signature};
 use wxgate_bench::{Watched, nearest_rank, parse_duration, parse_watch, status_kib};
 
 /// Above this many `--requests`, bodies are generated in the tasks instead of up front
@@ -140,6 +141,22 @@ struct Args {
     /// Tokio worker threads of the generator (keep it small when sharing cores with the gateway).
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
+
+    /// What a 200 answer must hold to count as OK: the body `success`, or a passive text reply
+    /// echoing the message's content to its sender (plain XML in plain mode; in safe mode an
+    /// encrypted envelope whose `MsgSignature` verifies and which decrypts for --appid; either
+    /// in compat mode).
+    #[arg(long, value_enum, value_name = "ANSWER", default_value_t = Expect::Success)]
+    expect: Expect,
+}
+
+/// What a successful answer looks like (`--expect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Expect {
+    /// The body is exactly `success`.
+    Success,
+    /// A text passive reply with the message's content, to its sender, from the account.
+    Echo,
 }
 
 /// How callbacks are encrypted (docs/protocol.md §1.4).
@@ -151,6 +168,15 @@ enum Mode {
     Safe,
     /// The plain message plus an `<Encrypt>` copy, with `encrypt_type=aes&msg_signature=`.
     Compat,
+}
+
+impl Expect {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Echo => "echo",
+        }
+    }
 }
 
 impl Mode {
@@ -169,6 +195,18 @@ struct Prepared {
     /// Origin-form path and query.
     uri: Uri,
     body: Bytes,
+    /// With `--expect echo`: the reply the answer must hold.
+    echo: Option<Arc<EchoExpected>>,
+}
+
+/// The passive reply an echoing server must answer a callback with.
+struct EchoExpected {
+    /// `ToUserName` of the reply: the sender's openid.
+    to_user: String,
+    /// `FromUserName` of the reply: the account's original id.
+    from_user: String,
+    /// `Content` of the reply: the message's own content.
+    content: String,
 }
 
 /// One account the load is spread over.
@@ -187,6 +225,7 @@ struct Generator {
     appid: String,
     aes_key: Option<AesKey>,
     mode: Mode,
+    expect: Expect,
     /// Unique per run (start time in ms × 10⁶), so reruns against one namespace never collide.
     msg_id_base: u64,
     next_msg: AtomicU64,
@@ -250,11 +289,58 @@ impl Generator {
                 }
             }
         };
+        let echo = (self.expect == Expect::Echo).then(|| {
+            Arc::new(EchoExpected {
+                to_user: openid.to_owned(),
+                from_user: account.to_user.clone(),
+                content: format!("wxgate bench {msg_id}"),
+            })
+        });
         Ok(Prepared {
             uri: Uri::try_from(path_and_query).context("building the request uri")?,
             body: Bytes::from(body),
+            echo,
         })
     }
+
+    /// Whether `body` is the echo reply `expected` describes, in this run's mode.
+    fn is_echo(&self, expected: &EchoExpected, body: &[u8]) -> bool {
+        let sealed = parse_sealed_reply(body).ok();
+        let plain_xml = match (self.mode, sealed, &self.aes_key) {
+            (Mode::Plain, None, _) | (Mode::Compat, None, _) => {
+                return is_echo_reply(expected, body);
+            }
+            (Mode::Safe | Mode::Compat, Some(sealed), Some(key)) => {
+                if verify_msg_signature(
+                    &self.token,
+                    &sealed.timestamp,
+                    &sealed.nonce,
+                    &sealed.encrypt,
+                    &sealed.msg_signature,
+                )
+                .is_err()
+                {
+                    return false;
+                }
+                match decrypt_utf8(key, &self.appid, &sealed.encrypt) {
+                    Ok(xml) => xml,
+                    Err(_) => return false,
+                }
+            }
+            _ => return false,
+        };
+        is_echo_reply(expected, plain_xml.as_bytes())
+    }
+}
+
+/// Whether `xml` is a plain text reply matching `expected`.
+fn is_echo_reply(expected: &EchoExpected, xml: &[u8]) -> bool {
+    let Ok(rendered) = parse_reply(xml) else {
+        return false;
+    };
+    rendered.to_user == expected.to_user
+        && rendered.from_user == expected.from_user
+        && matches!(&rendered.reply, Reply::Text { content } if *content == expected.content)
 }
 
 fn unix_seconds() -> u64 {
@@ -325,6 +411,8 @@ struct TaskReport {
     /// behind a slow connection, i.e. corrected for coordinated omission).
     scheduled_latency_us: Vec<u32>,
     status: BTreeMap<u16, u64>,
+    /// Requests of the warmup answered as expected (not measured, but the server did the work).
+    warmup_ok: u64,
     connect_errors: u64,
     request_errors: u64,
     timeouts: u64,
@@ -334,6 +422,7 @@ struct TaskReport {
 impl TaskReport {
     fn merge(&mut self, other: TaskReport) {
         self.ok += other.ok;
+        self.warmup_ok += other.warmup_ok;
         self.latency_us.extend(other.latency_us);
         self.scheduled_latency_us.extend(other.scheduled_latency_us);
         for (code, count) in other.status {
@@ -458,6 +547,7 @@ async fn send(
             Err(_) => return Outcome::Timeout,
         },
     };
+    let echo = prepared.echo;
     let mut request = Request::new(Full::new(prepared.body));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = prepared.uri;
@@ -471,18 +561,35 @@ async fn send(
         connection.ready().await?;
         let response = connection.send_request(request).await?;
         let status = response.status();
+        // A server that closes after each answer (gunicorn's sync workers) says so; the next
+        // request then opens a new connection instead of failing on this one.
+        let closing = response
+            .headers()
+            .get(CONNECTION)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
         let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, hyper::Error>((status, body))
+        Ok::<_, hyper::Error>((status, body, closing))
     };
-    let outcome = match tokio::time::timeout_at(deadline, exchange).await {
+    let (status, body, closing) = match tokio::time::timeout_at(deadline, exchange).await {
         Err(_) => return Outcome::Timeout,
         Ok(Err(_)) => return Outcome::RequestError,
-        Ok(Ok((status, _))) if status != StatusCode::OK => Outcome::Status(status),
-        Ok(Ok((_, body))) if body.as_ref() != b"success" => Outcome::BadBody,
-        Ok(Ok(_)) => Outcome::Ok,
+        Ok(Ok(answer)) => answer,
     };
-    *sender = Some(connection);
-    outcome
+    if !closing {
+        *sender = Some(connection);
+    }
+    if status != StatusCode::OK {
+        return Outcome::Status(status);
+    }
+    let expected = match &echo {
+        Some(expected) => shared.generator.is_echo(expected, &body),
+        None => body.as_ref() == b"success",
+    };
+    if expected {
+        Outcome::Ok
+    } else {
+        Outcome::BadBody
+    }
 }
 
 async fn run_connection(shared: Arc<Shared>) -> anyhow::Result<TaskReport> {
@@ -504,6 +611,9 @@ async fn run_connection(shared: Arc<Shared>) -> anyhow::Result<TaskReport> {
             sleep(RECONNECT_PAUSE).await;
         }
         if !measured {
+            if matches!(outcome, Outcome::Ok) {
+                report.warmup_ok += 1;
+            }
             continue;
         }
         match outcome {
@@ -750,6 +860,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         appid: args.appid.clone(),
         aes_key,
         mode: args.mode,
+        expect: args.expect,
         msg_id_base: start_ms.wrapping_mul(1_000_000),
         next_msg: AtomicU64::new(0),
     };
@@ -859,6 +970,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "{{\"mode\":\"{mode}\",\"connections\":{connections},\"accounts\":{accounts},\
              \"rate_target\":{rate},\"elapsed_s\":{elapsed:.3},\"requests\":{total},\"ok\":{ok},\
+             \"warmup_ok\":{warmup_ok},\"expect\":\"{expect}\",\
              \"errors\":{{\"total\":{errors},\"status\":{{{status}}},\"connect\":{connect},\
              \"request\":{request},\"timeout\":{timeouts},\"body\":{body}}},\
              \"req_per_s\":{throughput:.1},\"latency_ms\":{latency},\
@@ -873,6 +985,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             rate = args.rate,
             elapsed = elapsed.as_secs_f64(),
             ok = report.ok,
+            warmup_ok = report.warmup_ok,
+            expect = args.expect.as_str(),
             connect = report.connect_errors,
             request = report.request_errors,
             timeouts = report.timeouts,
@@ -903,7 +1017,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.account_count.max(1),
             elapsed.as_secs_f64()
         );
-        println!("requests     {total}  (ok {}, errors {errors})", report.ok);
+        println!(
+            "requests     {total}  (ok {}, errors {errors}; {} ok in the warmup)",
+            report.ok, report.warmup_ok
+        );
         if errors > 0 {
             let mut kinds: Vec<String> = report
                 .status
@@ -914,7 +1031,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 ("connect", report.connect_errors),
                 ("request", report.request_errors),
                 ("timeout", report.timeouts),
-                ("body not `success`", report.bad_bodies),
+                ("body not as --expect says", report.bad_bodies),
             ] {
                 if count > 0 {
                     kinds.push(format!("{name}: {count}"));
@@ -964,4 +1081,81 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// `VmRSS` of a process in KiB.
 fn rss_kib(pid: &str) -> anyhow::Result<u64> {
     status_kib(pid, "VmRSS:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wechat::crypto::seal_reply;
+    use wechat::reply::render;
+
+    const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+    fn generator(mode: Mode) -> Generator {
+        Generator {
+            accounts: Vec::new(),
+            openids: Vec::new(),
+            token: "benchtoken".to_owned(),
+            appid: "wx0000000000bench".to_owned(),
+            aes_key: Some(AesKey::from_encoding_aes_key(KEY).unwrap()),
+            mode,
+            expect: Expect::Echo,
+            msg_id_base: 0,
+            next_msg: AtomicU64::new(0),
+        }
+    }
+
+    fn expected() -> EchoExpected {
+        EchoExpected {
+            to_user: "oUser".to_owned(),
+            from_user: "gh_000000000000".to_owned(),
+            content: "wxgate bench 7".to_owned(),
+        }
+    }
+
+    fn reply(content: &str) -> String {
+        let reply = Reply::Text {
+            content: content.to_owned(),
+        };
+        render(&reply, "oUser", "gh_000000000000", 1)
+    }
+
+    fn sealed(token: &str, xml: &str) -> String {
+        let key = AesKey::from_encoding_aes_key(KEY).unwrap();
+        seal_reply(&key, "wx0000000000bench", token, [7; 16], "1", "2", xml)
+    }
+
+    #[test]
+    fn plain_mode_accepts_only_the_plain_echo() {
+        let generator = generator(Mode::Plain);
+        let expected = expected();
+        assert!(generator.is_echo(&expected, reply("wxgate bench 7").as_bytes()));
+        assert!(!generator.is_echo(&expected, reply("wxgate bench 8").as_bytes()));
+        assert!(!generator.is_echo(&expected, b"success"));
+        let encrypted = sealed("benchtoken", &reply("wxgate bench 7"));
+        assert!(!generator.is_echo(&expected, encrypted.as_bytes()));
+    }
+
+    #[test]
+    fn safe_mode_accepts_only_a_verified_encrypted_echo() {
+        let generator = generator(Mode::Safe);
+        let expected = expected();
+        let good = sealed("benchtoken", &reply("wxgate bench 7"));
+        assert!(generator.is_echo(&expected, good.as_bytes()));
+        let wrong_token = sealed("othertoken", &reply("wxgate bench 7"));
+        assert!(!generator.is_echo(&expected, wrong_token.as_bytes()));
+        let wrong_content = sealed("benchtoken", &reply("something else"));
+        assert!(!generator.is_echo(&expected, wrong_content.as_bytes()));
+        assert!(!generator.is_echo(&expected, reply("wxgate bench 7").as_bytes()));
+        assert!(!generator.is_echo(&expected, b"success"));
+    }
+
+    #[test]
+    fn compat_mode_accepts_either_form() {
+        let generator = generator(Mode::Compat);
+        let expected = expected();
+        assert!(generator.is_echo(&expected, reply("wxgate bench 7").as_bytes()));
+        let encrypted = sealed("benchtoken", &reply("wxgate bench 7"));
+        assert!(generator.is_echo(&expected, encrypted.as_bytes()));
+    }
 }
