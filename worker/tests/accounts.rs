@@ -168,7 +168,7 @@ async fn upsert(
 async fn a_runtime_account_is_served_changed_rotated_and_removed() {
     let logs = captured_logs();
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let base = h.start_gateway().await;
     let mut accounts = client(h.channel(0).await);
     let id = "rt-served";
@@ -254,7 +254,7 @@ async fn a_runtime_account_is_served_changed_rotated_and_removed() {
 async fn a_vanished_version_key_keeps_accounts_served_and_is_reported() {
     let logs = captured_logs();
     let mut h = Harness::new(&[]).await;
-    let worker = h.start_worker().await;
+    let worker = h.start_ready_worker().await;
     let base = h.start_gateway().await;
     let gateway = gateway_addr(&base);
     let mut accounts = client(h.channel(0).await);
@@ -297,7 +297,7 @@ async fn a_vanished_version_key_keeps_accounts_served_and_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_admin_keys_and_never_file_accounts() {
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let channel = h.channel(0).await;
     let mut accounts = client(channel);
     let list = || ListAccountsRequest::default();
@@ -463,7 +463,7 @@ async fn only_admin_keys_and_never_file_accounts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_appid_of_another_account_is_refused() {
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let mut accounts = client(h.channel(0).await);
     upsert_ok(&mut accounts, settings("one", TOKEN_1, KEY_1)).await;
     // The same account keeps its own appid.
@@ -522,7 +522,7 @@ fn file_reason(toml: &str) -> String {
 async fn invalid_accounts_get_the_config_files_reasons_and_secrets_never_come_back() {
     let logs = captured_logs();
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let mut accounts = client(h.channel(0).await);
     let table = |extra: &str| {
         format!(

@@ -83,7 +83,7 @@ fn errcode_trailer(status: &tonic::Status) -> Option<String> {
 async fn send_custom_sends_every_msgtype_as_wechat_json() {
     use pb::send_custom_request::Message as M;
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let (mut messages, _) = clients(&h).await;
     let user = random_openid();
     let media = |id: &str| pb::CustomMediaId {
@@ -204,7 +204,7 @@ async fn send_custom_sends_every_msgtype_as_wechat_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn typing_and_cancel() {
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let (mut messages, _) = clients(&h).await;
     let user = random_openid();
     for (command, expected) in [
@@ -255,7 +255,7 @@ fn template(user: &str, key: &str) -> pb::SendTemplateRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn send_template_with_url_miniprogram_colours_and_idempotency_key() {
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let (mut messages, _) = clients(&h).await;
     let user = random_openid();
 
@@ -321,7 +321,7 @@ fn mass(
 async fn send_mass_to_all_tag_list_and_preview() {
     use pb::send_mass_request::{Message as M, Target as T};
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let (mut messages, _) = clients(&h).await;
     let (a, b) = (random_openid(), random_openid());
     let mpnews = || {
@@ -435,7 +435,7 @@ async fn send_mass_to_all_tag_list_and_preview() {
 async fn a_repeated_clientmsgid_answers_ok_already_sent_with_the_first_msg_id() {
     use pb::send_mass_request::{Message as M, Target as T};
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let (mut messages, _) = clients(&h).await;
     let request = || {
         mass(
@@ -472,7 +472,7 @@ async fn a_repeated_clientmsgid_answers_ok_already_sent_with_the_first_msg_id() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wechat_errors_map_to_status_codes_with_the_errcode_trailer() {
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let (mut messages, _) = clients(&h).await;
     let user = random_openid();
     // Warm the token, then make WeChat reject it: exactly one refresh, then success.
@@ -546,7 +546,7 @@ async fn invalid_requests_never_reach_wechat() {
     use pb::send_custom_request::Message as CM;
     use pb::send_mass_request::{Message as M, Target as T};
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let (mut messages, _) = clients(&h).await;
     let user = random_openid();
     let before = outbound_calls(&h);
@@ -678,7 +678,7 @@ async fn invalid_requests_never_reach_wechat() {
 async fn a_key_for_another_account_is_permission_denied() {
     use pb::send_mass_request::{Message as M, Target as T};
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let (mut messages, mut media) = clients(&h).await;
     let user = random_openid();
     let typing = pb::TypingRequest {
@@ -758,7 +758,7 @@ fn upload_image(filename: &str, len: usize) -> pb::MediaUploadImageRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_reach_wechat_as_multipart_for_every_type() {
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let (_, mut media) = clients(&h).await;
     for (kind, name, filename, len, content_type) in [
         // Larger than tonic's default 4 MiB message limit.
@@ -824,7 +824,7 @@ async fn uploads_reach_wechat_as_multipart_for_every_type() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn media_of_the_wrong_type_or_size_is_refused_before_the_call() {
     let mut h = Harness::new(&[]).await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let (_, mut media) = clients(&h).await;
     for (request, needle) in [
         (upload(pb::MediaType::Unspecified, "a.jpg", 10), "type"),
@@ -905,7 +905,7 @@ async fn news_harness() -> Harness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_news_rule_sends_every_article_one_message_each() {
     let mut h = news_harness().await;
-    h.start_worker().await;
+    h.start_ready_worker().await;
     let user = random_openid();
     h.publish_xml(&Inbound::now(ORIGINAL_ID, &user).text(77, "news"))
         .await;
@@ -944,7 +944,7 @@ async fn a_redelivered_news_reply_resumes_after_the_articles_already_sent() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    let addr = h.start_worker().await;
+    let addr = h.start_ready_worker().await;
     h.publish(&key, &message).await;
     let calls = h.sim.wait_for_calls(SEND, 2, WAIT).await.unwrap();
     let titles: Vec<Value> = calls
@@ -980,7 +980,7 @@ async fn a_news_reply_cut_short_by_the_reply_window_is_settled_not_parked() {
         .await
         .unwrap();
     h.sim.inject(SEND, Fault::errcode(45047));
-    let addr = h.start_worker().await;
+    let addr = h.start_ready_worker().await;
     h.publish(&key, &message).await;
     wait_metric(addr, "wxgate_worker_events_total{outcome=\"sent\"}", 1.0).await;
     // One try of the second article, none of the third, nothing parked.
