@@ -39,7 +39,10 @@ const STARTUP: Duration = Duration::from_secs(20);
 const WAIT: Duration = Duration::from_secs(10);
 /// How long deleting a namespace may take: a busy broker with a backlog in another namespace
 /// has taken over 10 s to delete the quorum queues of 34 tests at once.
-const CLEANUP: Duration = Duration::from_secs(60);
+const CLEANUP: Duration = Duration::from_secs(120);
+/// Bound on each broker operation of the clean-up: a stuck one fails alone, naming itself,
+/// instead of eating the whole [`CLEANUP`].
+const CLEANUP_OPERATION: Duration = Duration::from_secs(30);
 /// The EncodingAESKey of the compat account.
 const COMPAT_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 /// The EncodingAESKey of the safe account.
@@ -621,7 +624,13 @@ pub async fn remove_namespace(
     retry_queues: usize,
 ) -> Result<(), String> {
     // The groups are known from Redis: read them before the keys go.
-    let groups = group_names(ns, redis_url).await;
+    let groups = tokio::time::timeout(CLEANUP_OPERATION, group_names(ns, redis_url))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "Redis HKEYS {ns}:groups took over {CLEANUP_OPERATION:?}"
+            ))
+        });
     let rabbitmq = purge_rabbitmq(
         ns,
         rabbitmq_url,
@@ -638,6 +647,17 @@ pub async fn remove_namespace(
         Ok(())
     } else {
         Err(errors.join("; "))
+    }
+}
+
+/// `operation` bounded by [`CLEANUP_OPERATION`]; a timeout is an error naming `what`.
+async fn bounded_operation<T>(
+    what: &str,
+    operation: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CLEANUP_OPERATION, operation).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("{what} took over {CLEANUP_OPERATION:?}")),
     }
 }
 
@@ -661,9 +681,12 @@ async fn purge_rabbitmq(
     retry_queues: usize,
     groups: &[String],
 ) -> Result<(), String> {
-    let amqp = Connection::connect(rabbitmq_url, ConnectionProperties::default())
-        .await
-        .map_err(|e| format!("RabbitMQ: {e}"))?;
+    let amqp = bounded_operation(
+        "connect",
+        Connection::connect(rabbitmq_url, ConnectionProperties::default()),
+    )
+    .await
+    .map_err(|e| format!("RabbitMQ: {e}"))?;
     let mut queues = vec![
         format!("{ns}.worker"),
         format!("{ns}.worker.dead"),
@@ -671,19 +694,25 @@ async fn purge_rabbitmq(
     ];
     queues.extend((0..retry_queues).map(|i| format!("{ns}.worker.retry.{i}")));
     queues.extend(groups.iter().map(|group| format!("{ns}.group.{group}")));
-    // A failed operation closes its channel: one channel each, all at once.
+    // A failed operation closes its channel: one channel each, all at once, each closed after.
     let deletions = queues.iter().map(|queue| {
         let amqp = &amqp;
         async move {
-            let channel = amqp.create_channel().await?;
-            channel
-                .queue_delete(
+            let channel = bounded_operation("channel.open", amqp.create_channel()).await?;
+            let deleted = bounded_operation(
+                "queue.delete",
+                channel.queue_delete(
                     ShortString::from(queue.as_str()),
                     QueueDeleteOptions::default(),
-                )
-                .await?;
-            let _ = channel.close(200, ShortString::from("deleted")).await;
-            Ok::<_, lapin::Error>(())
+                ),
+            )
+            .await;
+            let _ = tokio::time::timeout(
+                CLEANUP_OPERATION,
+                channel.close(200, ShortString::from("deleted")),
+            )
+            .await;
+            deleted.map(|_| ())
         }
     });
     let mut errors = Vec::new();
@@ -694,20 +723,32 @@ async fn purge_rabbitmq(
     }
     for exchange in [format!("{ns}.events"), format!("{ns}.groups.dropped")] {
         let deleted = async {
-            let channel = amqp.create_channel().await?;
-            channel
-                .exchange_delete(
+            let channel = bounded_operation("channel.open", amqp.create_channel()).await?;
+            let deleted = bounded_operation(
+                "exchange.delete",
+                channel.exchange_delete(
                     ShortString::from(exchange.as_str()),
                     ExchangeDeleteOptions::default(),
-                )
-                .await
+                ),
+            )
+            .await;
+            let _ = tokio::time::timeout(
+                CLEANUP_OPERATION,
+                channel.close(200, ShortString::from("deleted")),
+            )
+            .await;
+            deleted
         }
         .await;
         if let Err(e) = deleted {
             errors.push(format!("delete exchange {exchange}: {e}"));
         }
     }
-    let _ = amqp.close(200, ShortString::from("cleanup")).await;
+    let _ = tokio::time::timeout(
+        CLEANUP_OPERATION,
+        amqp.close(200, ShortString::from("cleanup")),
+    )
+    .await;
     if errors.is_empty() {
         Ok(())
     } else {
