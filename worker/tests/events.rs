@@ -964,9 +964,10 @@ async fn events_queued_under_a_wider_filter_reach_only_keys_of_their_account() {
     let plain = publish_for(&h, "plain", &text_xml(1)).await;
     let demo = publish_for(&h, "demo", &text_xml(2)).await;
     wait_group(&channel, "narrowed", |g| g.depth == 2).await;
-    // Narrowed to demo by an admin: the plain event stays queued.
+    // Narrowed to demo by an admin: the plain event stays queued. (Events the short-lived
+    // stream of `create` took are back in the queue once the broker has seen it close.)
     create(&channel, ADMIN_KEY, start("narrowed", &["demo"], &[], &[])).await;
-    assert_eq!(group(&channel, "narrowed").await.depth, 2);
+    wait_group(&channel, "narrowed", |g| g.depth == 2).await;
     let mut sub = subscribe(&channel, DEMO_KEY, start("narrowed", &["demo"], &[], &[]))
         .await
         .unwrap();
