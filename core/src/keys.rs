@@ -49,6 +49,13 @@ impl Keys {
         format!("{}:token-backoff:{appid}", self.ns)
     }
 
+    /// `{ns}:token-refused:{appid}`: set for a minute after WeChat refused the credentials
+    /// (40164 IP not whitelisted, 40125 wrong secret, …), so callers fail fast without
+    /// spending the endpoint's daily quota.
+    pub fn token_refused(&self, appid: &str) -> String {
+        format!("{}:token-refused:{appid}", self.ns)
+    }
+
     /// `{ns}:token-force:{appid}`: set for 30 s after a `force_refresh`.
     pub fn token_force(&self, appid: &str) -> String {
         format!("{}:token-force:{appid}", self.ns)

@@ -14,7 +14,10 @@
 //! errcode `wechat::errcode::classify` calls transient) sets `{ns}:token-backoff:{appid}` (1 s
 //! doubling to 60 s); while it runs, callers without a valid token fail fast with
 //! [`TokenError::BackingOff`]. Every call to a token endpoint increments
-//! `{ns}:token-quota:{appid}:{YYYYMMDD}` (Beijing date, kept two days).
+//! `{ns}:token-quota:{appid}:{YYYYMMDD}` (Beijing date, kept two days). WeChat refusing
+//! the credentials (an errcode that is neither transient nor success) is kept for a minute
+//! in `{ns}:token-refused:{appid}`, for the secret it refused: callers without a valid token
+//! get the same error meanwhile, without a call.
 //!
 //! This module does no HTTP itself: the worker supplies the fetcher.
 
@@ -39,6 +42,9 @@ const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How long the back-off record is remembered after it ran out, so the next failure doubles it.
 const BACKOFF_MEMORY: Duration = Duration::from_secs(120);
+/// How long a refusal of the credentials (a configuration error: IP whitelist, AppSecret) is
+/// answered from the store instead of asking WeChat again. A changed secret asks at once.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(60);
 /// How long a day's quota counter is kept.
 const QUOTA_TTL: Duration = Duration::from_secs(2 * 86_400);
 /// A token fetched this recently is not refreshed ahead of time again, even when WeChat
@@ -59,7 +65,7 @@ pub struct FetchedToken {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
     /// WeChat answered a non-zero errcode.
-    #[error("token endpoint answered errcode {errcode}")]
+    #[error("token endpoint answered errcode {errcode}: {errmsg}")]
     Errcode {
         /// WeChat's errcode.
         errcode: i64,
@@ -219,6 +225,23 @@ struct Backoff {
     delay_ms: u64,
 }
 
+/// The stored value of `{ns}:token-refused:{appid}`: WeChat's answer, and which secret it
+/// refused (a SHA-256 prefix, so a rotated secret is tried at once; the secret itself is
+/// never stored here).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Refusal {
+    errcode: i64,
+    errmsg: String,
+    secret_sha256: String,
+}
+
+/// The first 16 hex digits of the SHA-256 of `secret`: enough to tell two secrets apart.
+fn secret_digest(secret: &Secret) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(secret.expose().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 /// The shared token service. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct TokenService {
@@ -345,6 +368,19 @@ impl TokenService {
             .filter(|b| b.until_ms > now))
     }
 
+    /// The remembered refusal of `secret` for `appid`, if any.
+    async fn refusal(&self, appid: &str, secret: &Secret) -> Result<Option<Refusal>, TokenError> {
+        let raw = self
+            .inner
+            .store
+            .get(&self.inner.keys.token_refused(appid))
+            .await?;
+        let digest = secret_digest(secret);
+        Ok(raw
+            .and_then(|raw| serde_json::from_slice::<Refusal>(&raw).ok())
+            .filter(|r| r.secret_sha256 == digest))
+    }
+
     async fn get_inner(
         &self,
         appid: &str,
@@ -371,6 +407,14 @@ impl TokenService {
             let cached = self.read(appid).await?.filter(|s| usable(s, now));
             if let Some(s) = cached.as_ref().filter(|s| current(s, now)) {
                 return Ok(s.to_token());
+            }
+            if cached.is_none()
+                && let Some(refusal) = self.refusal(appid, secret).await?
+            {
+                return Err(TokenError::Fetch(FetchError::Errcode {
+                    errcode: refusal.errcode,
+                    errmsg: refusal.errmsg,
+                }));
             }
             if let Some(b) = self.backoff(appid, now).await? {
                 return match cached {
@@ -533,10 +577,35 @@ impl TokenService {
                     self.start_backoff(appid, now).await?;
                     tracing::warn!(appid, error = %crate::ErrorChain(&e), "token endpoint failing; backing off");
                 } else {
-                    tracing::error!(appid, error = %crate::ErrorChain(&e), "token endpoint refused the credentials");
+                    tracing::error!(appid, error = %crate::ErrorChain(&e), "token endpoint refused the credentials; answering the same for a minute (or until the secret changes)");
+                    if let FetchError::Errcode { errcode, errmsg } = &e {
+                        self.remember_refusal(appid, secret, *errcode, errmsg).await;
+                    }
                 }
                 Err(e.into())
             }
+        }
+    }
+
+    /// Stores WeChat's refusal of `secret` for [`REFUSAL_MEMORY`]; a store failure only
+    /// means the next caller asks WeChat again.
+    async fn remember_refusal(&self, appid: &str, secret: &Secret, errcode: i64, errmsg: &str) {
+        let refusal = Refusal {
+            errcode,
+            errmsg: errmsg.to_owned(),
+            secret_sha256: secret_digest(secret),
+        };
+        let Ok(value) = serde_json::to_vec(&refusal) else {
+            return;
+        };
+        let key = self.inner.keys.token_refused(appid);
+        if let Err(e) = self
+            .inner
+            .store
+            .set(&key, &value, Some(REFUSAL_MEMORY))
+            .await
+        {
+            tracing::warn!(appid, error = %crate::ErrorChain(&e), "cannot remember the token refusal");
         }
     }
 
@@ -954,6 +1023,37 @@ mod tests {
             .unwrap_err();
         assert!(!err.is_transient());
         assert!(store.get("t:token-backoff:wx1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_answered_from_the_store_until_the_secret_changes() {
+        let store = MemoryStore::new();
+        let fetcher = Arc::new(FakeFetcher::default());
+        *fetcher.fail_with.lock().unwrap() = Some(FetchError::Errcode {
+            errcode: 40164,
+            errmsg: "invalid ip 10.0.0.7, not in whitelist".into(),
+        });
+        let tokens = service(&store, &fetcher);
+        for _ in 0..3 {
+            let err = tokens.get("wx1", &secret()).await.unwrap_err();
+            assert_eq!(err.errcode(), Some(40164));
+            // The errmsg names the IP to whitelist: it reaches the error and the logs.
+            assert!(
+                crate::ErrorChain(&err).to_string().contains("10.0.0.7"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            fetcher.calls.load(Ordering::SeqCst),
+            1,
+            "one call for three gets"
+        );
+        let stored = store.get("t:token-refused:wx1").await.unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(&stored).contains(secret().expose()));
+        // A new secret is tried at once.
+        *fetcher.fail_with.lock().unwrap() = None;
+        tokens.get("wx1", &Secret::new("rotated")).await.unwrap();
+        assert_eq!(fetcher.calls.load(Ordering::SeqCst), 2);
     }
 
     #[test]
