@@ -15,6 +15,7 @@
 #   FAULTS_WINDOW_S    seconds of each timed fault window   (default 60)
 #   FAULTS_LOG         RUST_LOG of gateway and worker       (default error)
 #   FILTER             run only the scenarios whose test name contains this (default all)
+#   RELEASE            1: release builds; 0: the dev profile, as the tests build  (default 1)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,7 +26,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/wxgate-target}
 
 cd "$ROOT"
 echo "faults: ${FAULTS_RATE} pushes/s, load >= ${FAULTS_LOAD_S}s, fault windows ${FAULTS_WINDOW_S}s" >&2
-# Release builds: the load generator, gateway and worker should not be the bottleneck.
-cargo build --release --quiet -p wx-gateway -p wx-worker -p wxgate --bins
-cargo test --release --quiet -p wxgate-tests --test faults -- --test-threads=1 --nocapture ${FILTER:-} \
+# Release builds by default: the load generator, gateway and worker should not be the bottleneck.
+PROFILE=()
+[ "${RELEASE:-1}" = 1 ] && PROFILE=(--release)
+cargo build "${PROFILE[@]}" --quiet -p wx-gateway -p wx-worker -p wxgate --bins
+cargo test "${PROFILE[@]}" --quiet -p wxgate-tests --test faults -- --test-threads=1 --nocapture ${FILTER:-} \
     | tee /dev/stderr | grep -E '^\| ' | awk '!seen[$0]++'

@@ -85,12 +85,16 @@ async fn scenario(name: &str, trouble: Trouble) -> Tally {
             world.start_worker().await;
         }
         Trouble::WechatSlow => {
-            world.sim.inject(SEND, Fault::latency(Duration::from_secs(4)));
+            world
+                .sim
+                .inject(SEND, Fault::latency(Duration::from_secs(4)));
             tokio::time::sleep(timing.window).await;
             world.sim.clear_faults();
         }
         Trouble::WechatErrors => {
-            world.sim.inject(SEND, Fault::status(502).with_probability(0.5));
+            world
+                .sim
+                .inject(SEND, Fault::status(502).with_probability(0.5));
             world.sim.inject(SEND, Fault::errcode(-1));
             tokio::time::sleep(timing.window).await;
             world.sim.clear_faults();
@@ -115,7 +119,11 @@ fn assert_promise(tally: &Tally, duplicates: usize, why: &str) {
         tally.lost.len(),
         tally.lost
     );
-    assert_eq!(tally.queued, 0, "{}: events left queued after settling", tally.scenario);
+    assert_eq!(
+        tally.queued, 0,
+        "{}: events left queued after settling",
+        tally.scenario
+    );
     assert!(
         tally.duplicates.len() <= duplicates && tally.duplicates.iter().all(|d| d.2 == 2),
         "{}: {} replies sent more than once (allowed {duplicates}: {why}): {:?}",
@@ -123,7 +131,11 @@ fn assert_promise(tally: &Tally, duplicates: usize, why: &str) {
         tally.duplicates.len(),
         tally.duplicates
     );
-    assert!(tally.answered > 0, "{}: no push was answered 200", tally.scenario);
+    assert!(
+        tally.answered > 0,
+        "{}: no push was answered 200",
+        tally.scenario
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -141,7 +153,11 @@ async fn redis_stopped_and_started_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateway_killed_and_restarted_loses_nothing() {
     let tally = scenario("gateway SIGKILL", Trouble::GatewayKill).await;
-    assert_promise(&tally, 0, "none expected: the sent marker stops a republished event");
+    assert_promise(
+        &tally,
+        0,
+        "none expected: the sent marker stops a republished event",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -214,14 +230,18 @@ async fn a_tail_killed_and_restarted_sees_every_event() {
     let first = Tail::start(&world, &seen);
     // The group exists once the first tail has subscribed: wait until a marker comes through.
     let (world_ref, seen_ref) = (&world, &seen);
-    wxgate_tests::eventually(Duration::from_secs(30), "the tail to print a marker", || async move {
-        world_ref.push_once("marker").await;
-        if seen_ref.lock().unwrap().is_empty() {
-            Err("nothing printed yet")
-        } else {
-            Ok(())
-        }
-    })
+    wxgate_tests::eventually(
+        Duration::from_secs(30),
+        "the tail to print a marker",
+        || async move {
+            world_ref.push_once("marker").await;
+            if seen_ref.lock().unwrap().is_empty() {
+                Err("nothing printed yet")
+            } else {
+                Ok(())
+            }
+        },
+    )
     .await;
 
     let tag = format!("f{:08x}", rand::random::<u32>());
@@ -236,16 +256,30 @@ async fn a_tail_killed_and_restarted_sees_every_event() {
     let pushes = load.await.expect("the load task");
     let answered: Vec<&world::Push> = pushes.iter().filter(|p| p.answered).collect();
     let answered_ref = &answered;
-    wxgate_tests::eventually(Duration::from_secs(60), "the tail to print every event", || async move {
-        let seen = seen_ref.lock().unwrap();
-        let missing = answered_ref.iter().filter(|p| !seen.contains_key(&p.event_id)).count();
-        if missing == 0 { Ok(()) } else { Err(format!("{missing} of {} not printed", answered_ref.len())) }
-    })
+    wxgate_tests::eventually(
+        Duration::from_secs(60),
+        "the tail to print every event",
+        || async move {
+            let seen = seen_ref.lock().unwrap();
+            let missing = answered_ref
+                .iter()
+                .filter(|p| !seen.contains_key(&p.event_id))
+                .count();
+            if missing == 0 {
+                Ok(())
+            } else {
+                Err(format!("{missing} of {} not printed", answered_ref.len()))
+            }
+        },
+    )
     .await;
     second.kill().await;
     let twice = {
         let seen = seen.lock().unwrap();
-        answered.iter().filter(|p| seen.get(&p.event_id).is_some_and(|&n| n > 1)).count()
+        answered
+            .iter()
+            .filter(|p| seen.get(&p.event_id).is_some_and(|&n| n > 1))
+            .count()
     };
     println!(
         "| wxgate tail SIGKILL | {} pushes | {} answered 200 | every one printed, {twice} twice |",

@@ -39,8 +39,16 @@ pub fn bin_dir() -> PathBuf {
                 .to_path_buf();
             let root = workspace();
             let newest_source = [
-                "gateway", "worker", "cli", "core", "wechat", "proto", "serve", "sim",
-                "Cargo.toml", "Cargo.lock",
+                "gateway",
+                "worker",
+                "cli",
+                "core",
+                "wechat",
+                "proto",
+                "serve",
+                "sim",
+                "Cargo.toml",
+                "Cargo.lock",
             ]
             .iter()
             .filter_map(|p| newest(&root.join(p)))
@@ -268,14 +276,20 @@ impl OwnRabbit {
             .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
             .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", self.dir.join("enabled_plugins"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.dir.join("enabled_plugins"),
+            )
             .env("RABBITMQ_PID_FILE", self.dir.join("pid"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .await
             .expect("rabbitmq-server starts (is it installed?)");
-        assert!(status.success(), "rabbitmq-server -detached failed: {status}");
+        assert!(
+            status.success(),
+            "rabbitmq-server -detached failed: {status}"
+        );
         self.running = true;
         // `await_startup` fails at once while the node has not registered with epmd yet.
         let deadline = Instant::now() + START;

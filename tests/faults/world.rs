@@ -209,7 +209,10 @@ impl World {
             )
             .env("WXGATE__WORKER__CONCURRENCY", CONCURRENCY.to_string())
             .env("WXGATE__WORKER__RETRY_DELAYS_MS", RETRY_DELAYS_MS)
-            .env("RUST_LOG", std::env::var("FAULTS_LOG").unwrap_or("error".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("FAULTS_LOG").unwrap_or("error".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -218,7 +221,10 @@ impl World {
 
     /// Starts the gateway (again) and waits until `/readyz` answers 200.
     pub async fn start_gateway(&mut self) {
-        let child = self.command("wx-gateway").spawn().expect("wx-gateway starts");
+        let child = self
+            .command("wx-gateway")
+            .spawn()
+            .expect("wx-gateway starts");
         self.gateway = Some(child);
         self.wait_ready(self.gateway_port, "wx-gateway").await;
     }
@@ -287,7 +293,12 @@ impl World {
 
     /// Pushes distinct text messages at `timing.rate` until `stop` is cancelled; returns every
     /// push with WeChat's final verdict (after its retries).
-    pub fn load(&self, tag: &str, rate: u32, stop: CancellationToken) -> tokio::task::JoinHandle<Vec<Push>> {
+    pub fn load(
+        &self,
+        tag: &str,
+        rate: u32,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<Vec<Push>> {
         let client = PushClient::new();
         let base = format!("http://127.0.0.1:{}/wx", self.gateway_port);
         let account = Arc::new(self.account.clone());
@@ -305,7 +316,8 @@ impl World {
                 let content = format!("{tag}-{i:07}");
                 i += 1;
                 let user = wxgate_sim::random_openid();
-                let xml = Inbound::now(&account.original_id, &user).text(msg_ids.next_id(), &content);
+                let xml =
+                    Inbound::now(&account.original_id, &user).text(msg_ids.next_id(), &content);
                 let event_id = wxgate_tests::event_id_of(ACCOUNT, &xml);
                 let client = client.clone();
                 let base = base.clone();
@@ -371,7 +383,9 @@ impl World {
                 break;
             }
             if Instant::now() >= deadline {
-                eprintln!("{name}: not settled after {SETTLE:?}: {missing} unsent, {dead} dead, {queued} queued");
+                eprintln!(
+                    "{name}: not settled after {SETTLE:?}: {missing} unsent, {dead} dead, {queued} queued"
+                );
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
