@@ -31,4 +31,4 @@ PROFILE=()
 [ "${RELEASE:-1}" = 1 ] && PROFILE=(--release)
 cargo build "${PROFILE[@]}" --quiet -p wx-gateway -p wx-worker -p wxgate --bins
 cargo test "${PROFILE[@]}" --quiet -p wxgate-tests --test faults -- --test-threads=1 --nocapture ${FILTER:-} \
-    | tee /dev/stderr | grep -E '^\| ' | awk '!seen[$0]++'
+    | tee /dev/stderr | grep -E '^\|' | awk '!seen[$0]++'
