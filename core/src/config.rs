@@ -218,6 +218,15 @@ pub struct GatewayConfig {
     /// least CPU per callback, one core at most. `N > 1` is a work-stealing runtime with `N`
     /// threads; `0` one thread per CPU. Scale past one core with more threads or processes.
     pub threads: usize,
+    /// Connections open at most (`gateway.max_connections`, default 16,384); further ones
+    /// wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Time a connection has to send a request's complete headers; also how long an idle
+    /// keep-alive connection is kept (`gateway.header_timeout_ms`, default 10,000).
+    pub header_timeout: Duration,
+    /// Length of the listen queue asked of the kernel (`gateway.listen_backlog`, default
+    /// 1024); the kernel caps it at `net.core.somaxconn`.
+    pub listen_backlog: u32,
 }
 
 /// `[worker]`.
@@ -227,6 +236,15 @@ pub struct WorkerConfig {
     pub http_listen: SocketAddr,
     /// Address of the gRPC API.
     pub grpc_listen: SocketAddr,
+    /// Connections open at most on `http_listen` (`worker.http_max_connections`, default
+    /// 16,384); further ones wait in the listen backlog.
+    pub http_max_connections: usize,
+    /// Time a connection to `http_listen` has to send complete request headers, and how
+    /// long an idle one is kept (`worker.http_header_timeout_ms`, default 10,000).
+    pub http_header_timeout: Duration,
+    /// Length of the listen queue of `http_listen` and `grpc_listen` asked of the kernel
+    /// (`worker.listen_backlog`, default 1024); the kernel caps it at `net.core.somaxconn`.
+    pub listen_backlog: u32,
     /// AMQP prefetch of the `{ns}.worker` consumer.
     pub prefetch: u16,
     /// Events in progress at most.
@@ -362,6 +380,9 @@ struct RawGateway {
     dedup_ttl_s: Option<u64>,
     metrics_per_account: Option<bool>,
     threads: Option<u64>,
+    max_connections: Option<u64>,
+    header_timeout_ms: Option<u64>,
+    listen_backlog: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -369,6 +390,9 @@ struct RawGateway {
 struct RawWorker {
     http_listen: Option<String>,
     grpc_listen: Option<String>,
+    http_max_connections: Option<u64>,
+    http_header_timeout_ms: Option<u64>,
+    listen_backlog: Option<u64>,
     prefetch: Option<u64>,
     concurrency: Option<u64>,
     retry_delays_ms: Option<Vec<u64>>,
@@ -489,8 +513,14 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("gateway", "dedup_ttl_s", EnvKind::Int),
     ("gateway", "metrics_per_account", EnvKind::Bool),
     ("gateway", "threads", EnvKind::Int),
+    ("gateway", "max_connections", EnvKind::Int),
+    ("gateway", "header_timeout_ms", EnvKind::Int),
+    ("gateway", "listen_backlog", EnvKind::Int),
     ("worker", "http_listen", EnvKind::Str),
     ("worker", "grpc_listen", EnvKind::Str),
+    ("worker", "http_max_connections", EnvKind::Int),
+    ("worker", "http_header_timeout_ms", EnvKind::Int),
+    ("worker", "listen_backlog", EnvKind::Int),
     ("worker", "prefetch", EnvKind::Int),
     ("worker", "concurrency", EnvKind::Int),
     ("worker", "retry_delays_ms", EnvKind::IntList),
@@ -796,6 +826,21 @@ fn gateway(raw: RawGateway) -> Result<GatewayConfig, ConfigError> {
         metrics_per_account: raw.metrics_per_account.unwrap_or(true),
         // 0 is one thread per CPU.
         threads: in_range("gateway.threads", raw.threads.unwrap_or(1), 0..=256)?,
+        max_connections: in_range(
+            "gateway.max_connections",
+            raw.max_connections.unwrap_or(16_384),
+            1..=1_048_576,
+        )?,
+        header_timeout: millis_in(
+            "gateway.header_timeout_ms",
+            raw.header_timeout_ms.unwrap_or(10_000),
+            100..=60_000,
+        )?,
+        listen_backlog: in_range(
+            "gateway.listen_backlog",
+            raw.listen_backlog.unwrap_or(1024),
+            1..=65_535,
+        )?,
     };
     ensure(
         gateway.publish_timeout < gateway.request_budget,
@@ -831,6 +876,21 @@ fn worker(raw: RawWorker) -> Result<WorkerConfig, ConfigError> {
         grpc_listen: addr(
             "worker.grpc_listen",
             raw.grpc_listen.as_deref().unwrap_or("0.0.0.0:50051"),
+        )?,
+        http_max_connections: in_range(
+            "worker.http_max_connections",
+            raw.http_max_connections.unwrap_or(16_384),
+            1..=1_048_576,
+        )?,
+        http_header_timeout: millis_in(
+            "worker.http_header_timeout_ms",
+            raw.http_header_timeout_ms.unwrap_or(10_000),
+            100..=60_000,
+        )?,
+        listen_backlog: in_range(
+            "worker.listen_backlog",
+            raw.listen_backlog.unwrap_or(1024),
+            1..=65_535,
         )?,
         prefetch: in_range("worker.prefetch", raw.prefetch.unwrap_or(256), 1..=65535)?,
         concurrency: in_range(

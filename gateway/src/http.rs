@@ -17,13 +17,18 @@ use crate::state::Gateway;
 type Body = Full<Bytes>;
 
 /// Serves `listener` until `shutdown` is cancelled, then stops accepting and lets in-flight
-/// requests finish (up to 10 s). At most 16,384 connections are open; headers must arrive
-/// within 10 s.
+/// requests finish (up to 10 s). At most `gateway.max_connections` connections are open;
+/// headers must arrive within `gateway.header_timeout_ms`.
 pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: CancellationToken) {
     // The route future itself, not an async block around it: hyper keeps a slot of the
     // future's size per connection, and every wrapping layer adds to it.
+    let limits = ConnectionLimits {
+        max_connections: gateway.config.gateway.max_connections,
+        header_read_timeout: gateway.config.gateway.header_timeout,
+        ..ConnectionLimits::default()
+    };
     let handler = move |request: Request<Incoming>| route(Arc::clone(&gateway), request);
-    connections::serve(listener, ConnectionLimits::default(), shutdown, handler).await;
+    connections::serve(listener, limits, shutdown, handler).await;
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {

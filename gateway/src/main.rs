@@ -47,16 +47,17 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.gateway.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!(
-                    "wx-gateway: cannot listen on {}: {e}",
-                    config.gateway.listen
-                );
-                return ExitCode::FAILURE;
-            }
-        };
+        let listener =
+            match wxgate_serve::bind(config.gateway.listen, config.gateway.listen_backlog) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!(
+                        "wx-gateway: cannot listen on {}: {e}",
+                        config.gateway.listen
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
         match wx_gateway::serve(config, listener, shutdown).await {

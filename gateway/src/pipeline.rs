@@ -50,6 +50,10 @@ pub enum CallbackError {
     /// A query parameter that percent-decodes to bytes that are not UTF-8.
     #[error("query parameter {0} is not UTF-8 once percent-decoded")]
     QueryNotUtf8(&'static str),
+    /// A query parameter the gateway reads appears more than once: which one counts would be
+    /// a guess (a proxy in front may have checked the other), so the request is refused.
+    #[error("query parameter {0} appears more than once")]
+    QueryRepeated(&'static str),
     /// The encrypted body has no usable `<Encrypt>`.
     #[error("encrypted envelope invalid")]
     BadEnvelope(#[source] ParseError),
@@ -89,7 +93,8 @@ impl CallbackError {
             Self::EncryptedRefused
             | Self::PlainRefused
             | Self::MissingEchostr
-            | Self::QueryNotUtf8(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            | Self::QueryNotUtf8(_)
+            | Self::QueryRepeated(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::BadEnvelope(_) | Self::BadXml(_) => (StatusCode::BAD_REQUEST, "bad_xml"),
             Self::BadSignature => (StatusCode::FORBIDDEN, "bad_signature"),
             Self::Decrypt(_) => (StatusCode::BAD_REQUEST, "bad_crypto"),
@@ -122,8 +127,9 @@ pub struct CallbackQuery<'q> {
 }
 
 impl<'q> CallbackQuery<'q> {
-    /// Parses a raw query string. Unknown parameters (`openid`, …) are ignored unread; when a
-    /// parameter appears twice the last one counts.
+    /// Parses a raw query string. Unknown parameters (`openid`, …) are ignored unread.
+    ///
+    /// Errors with [`CallbackError::QueryRepeated`] when a parameter above appears twice.
     ///
     /// Errors with [`CallbackError::QueryNotUtf8`] when a parameter above decodes to bytes
     /// that are not UTF-8: it is refused rather than rewritten, since `echostr` must come back
@@ -141,6 +147,9 @@ impl<'q> CallbackQuery<'q> {
                 "msg_signature" => ("msg_signature", &mut q.msg_signature),
                 _ => continue,
             };
+            if slot.is_some() {
+                return Err(CallbackError::QueryRepeated(name));
+            }
             *slot = Some(form_decode(value).ok_or(CallbackError::QueryNotUtf8(name))?);
         }
         Ok(q)

@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::error::Error;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +45,45 @@ impl Default for ConnectionLimits {
             drain_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// Where Linux publishes the largest listen backlog it grants.
+const SOMAXCONN: &str = "/proc/sys/net/core/somaxconn";
+
+/// Binds `addr` with `SO_REUSEADDR` and a listen queue of `backlog` connections, for
+/// listeners whose backlog is configured (`gateway.listen_backlog`, `worker.listen_backlog`).
+///
+/// The kernel silently caps the backlog at `net.core.somaxconn`; when `backlog` is above it,
+/// a warning names both, and the effective value is logged either way. Where that file does
+/// not exist (not Linux), `backlog` is passed as asked.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let somaxconn = std::fs::read_to_string(SOMAXCONN)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok());
+    let effective = effective_backlog(backlog, somaxconn);
+    if effective < backlog {
+        tracing::warn!(
+            %addr,
+            asked = backlog,
+            somaxconn = effective,
+            "listen backlog above net.core.somaxconn; the kernel grants somaxconn"
+        );
+    }
+    let listener = socket.listen(backlog)?;
+    tracing::info!(%addr, backlog = effective, "listen backlog");
+    Ok(listener)
+}
+
+/// The backlog the kernel grants when `asked` for it with `net.core.somaxconn` at `somaxconn`.
+fn effective_backlog(asked: u32, somaxconn: Option<u32>) -> u32 {
+    somaxconn.map_or(asked, |max| asked.min(max))
 }
 
 /// Serves `listener` with `handler` until `shutdown` is cancelled, then stops accepting and
@@ -134,6 +174,24 @@ mod tests {
     use super::*;
 
     const WAIT: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn the_backlog_is_capped_at_somaxconn() {
+        assert_eq!(effective_backlog(1024, Some(4096)), 1024);
+        assert_eq!(effective_backlog(8192, Some(4096)), 4096);
+        assert_eq!(effective_backlog(8192, None), 8192);
+    }
+
+    #[tokio::test]
+    async fn bind_listens_with_the_backlog_asked() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (_server, _) = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+    }
 
     #[tokio::test]
     async fn a_request_still_running_at_the_drain_deadline_is_cut() {

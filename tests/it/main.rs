@@ -10,6 +10,7 @@
 mod bad_input;
 mod callbacks;
 mod dedup;
+mod hostile;
 mod one_thread;
 mod outage;
 mod passive;

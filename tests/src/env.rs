@@ -17,7 +17,6 @@ use hyper_util::rt::TokioExecutor;
 use lapin::options::{BasicConsumeOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wx_gateway::ServeError;
@@ -278,9 +277,12 @@ listen = "127.0.0.1:0"
                 .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}")),
         );
 
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free local port for the gateway");
+        // As wx-gateway binds: tokio's `bind` asks for a backlog of 128 only.
+        let listener = wxgate_serve::bind(
+            "127.0.0.1:0".parse().expect("a socket address"),
+            config.gateway.listen_backlog,
+        )
+        .expect("a free local port for the gateway");
         let addr = listener.local_addr().expect("the gateway's address");
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(wx_gateway::serve(

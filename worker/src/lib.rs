@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wxgate_core::accounts::{Registry, RuntimeAccounts};
@@ -168,9 +167,9 @@ pub async fn start_with(
     shutdown: CancellationToken,
 ) -> Result<Worker, WorkerError> {
     let addr = config.worker.http_listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| WorkerError::Bind { addr, source })?;
+    let backlog = config.worker.listen_backlog;
+    let listener =
+        wxgate_serve::bind(addr, backlog).map_err(|source| WorkerError::Bind { addr, source })?;
     let http_addr = listener
         .local_addr()
         .map_err(|source| WorkerError::Bind { addr, source })?;
@@ -183,9 +182,8 @@ pub async fn start_with(
     let grpc_tls_on = tls.is_some();
     let grpc_server = grpc::server(tls)?;
     let grpc_bind = config.worker.grpc_listen;
-    let grpc_listener = TcpListener::bind(grpc_bind)
-        .await
-        .map_err(|source| WorkerError::Bind {
+    let grpc_listener =
+        wxgate_serve::bind(grpc_bind, backlog).map_err(|source| WorkerError::Bind {
             addr: grpc_bind,
             source,
         })?;
@@ -258,7 +256,11 @@ pub async fn start_with(
     let http_task = tokio::spawn(health::serve(
         listener,
         health,
-        ConnectionLimits::default(),
+        ConnectionLimits {
+            max_connections: api.config.worker.http_max_connections,
+            header_read_timeout: api.config.worker.http_header_timeout,
+            ..ConnectionLimits::default()
+        },
         shutdown.clone(),
     ));
     tracing::info!(%http_addr, "worker listening for health and metrics");

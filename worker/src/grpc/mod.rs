@@ -141,10 +141,16 @@ pub fn tls_config(tls: &GrpcTls) -> Result<ServerTlsConfig, GrpcError> {
     Ok(config)
 }
 
-/// The server's transport: HTTP/2 keep-alives, and TLS when `tls` is set (its certificate
-/// and key are parsed here, so a bad file stops the worker before it serves anything).
+/// Concurrent streams (calls) one HTTP/2 connection may have open; clients queue the rest.
+/// tonic sets no limit by default, so one connection could open streams without bound.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+
+/// The server's transport: HTTP/2 keep-alives, at most [`MAX_CONCURRENT_STREAMS`] streams per
+/// connection, and TLS when `tls` is set (its certificate and key are parsed here, so a bad
+/// file stops the worker before it serves anything).
 pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, GrpcError> {
     let server = Server::builder()
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true);

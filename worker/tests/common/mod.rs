@@ -175,6 +175,11 @@ impl Harness {
         addr
     }
 
+    /// The `i`-th started worker's gRPC address.
+    pub fn grpc_addr(&self, i: usize) -> std::net::SocketAddr {
+        self.grpc_addrs[i]
+    }
+
     /// A gRPC channel to the `i`-th started worker's API (plain HTTP/2).
     pub async fn channel(&self, i: usize) -> tonic::transport::Channel {
         let addr = self.grpc_addrs[i];
