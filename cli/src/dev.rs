@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wxgate_core::bus::Bus;
@@ -219,8 +218,7 @@ pub async fn start_with(loaded: LoadedConfig, args: &DevArgs) -> Result<Dev, Fai
             ),
         };
     let shutdown = CancellationToken::new();
-    let gateway_listener = TcpListener::bind(config.gateway.listen)
-        .await
+    let gateway_listener = wxgate_serve::bind(config.gateway.listen, config.gateway.listen_backlog)
         .map_err(|e| {
             Failure::failed(format!(
                 "cannot listen on {} for the gateway ({e}); is another wxgate dev running? Stop it, or set WXGATE__GATEWAY__LISTEN",
