@@ -262,7 +262,10 @@ async fn a_vanished_version_key_keeps_accounts_served_and_is_reported() {
     upsert(&mut accounts, settings(id, TOKEN_1, KEY_1), false).await;
     let account = push_account(id, TOKEN_1, KEY_1);
     ping_until(&base, &account, 200, "the new account to be served").await;
-    wait_metric(gateway, "wxgate_accounts{origin=\"runtime\"}", 1.0).await;
+    // Both have loaded it (a process that never saw the version has nothing to lose).
+    for addr in [gateway, worker] {
+        wait_metric(addr, "wxgate_accounts{origin=\"runtime\"}", 1.0).await;
+    }
 
     // Redis restarted without persistence: the runtime accounts are gone from it.
     let mut redis = redis_connection().await;
