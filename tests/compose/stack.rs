@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -84,75 +84,14 @@ fn bin_dir(deployment: &Deployment) -> PathBuf {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let exe = std::env::current_exe().expect("the test executable's path");
-            // target/{profile}/deps/compose-HASH → target/{profile}
-            let dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("the test executable sits in target/{profile}/deps")
-                .to_path_buf();
             let mut sources = workspace::source_dirs(&deployment.workspace, &packages);
             sources.extend(["Cargo.toml", "Cargo.lock", ".cargo"].map(|f| deployment.root.join(f)));
-            let newest_source = sources.iter().filter_map(|s| newest(s)).max();
-            let up_to_date = programs.iter().all(|program| {
-                let built = std::fs::metadata(dir.join(program)).and_then(|m| m.modified());
-                matches!((built, newest_source), (Ok(built), Some(newest)) if built >= newest)
-            });
-            if !up_to_date {
-                build(&dir, &packages);
-            }
-            dir
+            let programs: Vec<&str> = programs.iter().map(String::as_str).collect();
+            let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
+            let sources: Vec<PathBuf> = sources.into_iter().collect();
+            wxgate_tests::built_binaries(&programs, &packages, &sources)
         })
         .clone()
-}
-
-/// The latest modification time of `path` or of any file under it.
-fn newest(path: &Path) -> Option<SystemTime> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    if !meta.is_dir() {
-        return meta.modified().ok();
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .flatten()
-        .filter_map(|entry| newest(&entry.path()))
-        .max()
-}
-
-/// `cargo build --bins` of `packages` into `dir`'s target directory and profile.
-fn build(dir: &Path, packages: &[String]) {
-    let profile = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("debug")
-        .to_owned();
-    let mut cargo = std::process::Command::new(env!("CARGO"));
-    cargo
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--bins"]);
-    if let Some(target) = dir.parent() {
-        cargo.arg("--target-dir").arg(target);
-    }
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            cargo.arg("--release");
-        }
-        other => {
-            cargo.args(["--profile", other]);
-        }
-    }
-    for package in packages {
-        cargo.args(["-p", package]);
-    }
-    let output = cargo
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build the binaries: {e}"));
-    assert!(
-        output.status.success(),
-        "building the services' binaries ({cargo:?}) failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// A free local port: bound, read and released (a process started right after takes it).

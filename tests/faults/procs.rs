@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -30,15 +30,8 @@ pub fn bin_dir() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let exe = std::env::current_exe().expect("the test executable's path");
-            // target/{profile}/deps/faults-HASH → target/{profile}
-            let dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("the test executable sits in target/{profile}/deps")
-                .to_path_buf();
             let root = workspace();
-            let newest_source = [
+            let sources: Vec<PathBuf> = [
                 "gateway",
                 "worker",
                 "cli",
@@ -51,58 +44,15 @@ pub fn bin_dir() -> PathBuf {
                 "Cargo.lock",
             ]
             .iter()
-            .filter_map(|p| newest(&root.join(p)))
-            .max();
-            let up_to_date = ["wx-gateway", "wx-worker", "wxgate"].iter().all(|program| {
-                let built = std::fs::metadata(dir.join(program)).and_then(|m| m.modified());
-                matches!((built, newest_source), (Ok(built), Some(newest)) if built >= newest)
-            });
-            if !up_to_date {
-                build(&dir);
-            }
-            dir
+            .map(|p| root.join(p))
+            .collect();
+            wxgate_tests::built_binaries(
+                &["wx-gateway", "wx-worker", "wxgate"],
+                &["wx-gateway", "wx-worker", "wxgate"],
+                &sources,
+            )
         })
         .clone()
-}
-
-fn newest(path: &Path) -> Option<SystemTime> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    if !meta.is_dir() {
-        return meta.modified().ok();
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .flatten()
-        .filter_map(|entry| newest(&entry.path()))
-        .max()
-}
-
-fn build(dir: &Path) {
-    let mut cargo = std::process::Command::new(env!("CARGO"));
-    cargo
-        .current_dir(workspace())
-        .args(["build", "--quiet", "--bins"])
-        .args(["-p", "wx-gateway", "-p", "wx-worker", "-p", "wxgate"]);
-    if let Some(target) = dir.parent() {
-        cargo.arg("--target-dir").arg(target);
-    }
-    match dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug") {
-        "debug" => {}
-        "release" => {
-            cargo.arg("--release");
-        }
-        other => {
-            cargo.args(["--profile", other]);
-        }
-    }
-    let output = cargo
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build the binaries: {e}"));
-    assert!(
-        output.status.success(),
-        "building wx-gateway, wx-worker and wxgate failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// A local TCP port nobody listens on now, below the ephemeral range (32768 and up on

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wxgate_tests::{Options, RawResponse, TestEnv, nonce, now_s, query};
+use wxgate_tests::{read_until_closed, statuses};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -41,31 +42,6 @@ fn post(path: &str, body: &[u8], close: bool) -> Vec<u8> {
     .into_bytes();
     request.extend_from_slice(body);
     request
-}
-
-/// Reads until the peer closes (or resets) the connection; panics after `within`.
-async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(within, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the connection is still open after {within:?}"));
-    seen
-}
-
-/// The status codes of the responses in `raw`, in order.
-fn statuses(raw: &[u8]) -> Vec<u16> {
-    let text = String::from_utf8_lossy(raw);
-    text.match_indices("HTTP/1.1 ")
-        .filter_map(|(at, _)| text[at + 9..].get(..3)?.parse().ok())
-        .collect()
 }
 
 /// Asserts that nothing was published since `events` last looked and a good callback is

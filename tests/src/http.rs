@@ -117,3 +117,29 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
         .extend_pairs(pairs)
         .finish()
 }
+
+/// Reads from `stream` until the peer closes (or resets) the connection; panics after
+/// `within`. For attacks whose answer is a close.
+pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the connection is still open after {within:?}"));
+    seen
+}
+
+/// The status codes of the HTTP/1.1 responses in `raw`, in order.
+pub fn statuses(raw: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(raw);
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| text[at + 9..].get(..3)?.parse().ok())
+        .collect()
+}

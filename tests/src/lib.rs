@@ -11,6 +11,7 @@
 //! exactly how a broken environment or a failed expectation should be reported.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod binaries;
 mod cleanup;
 mod consumer;
 mod env;
@@ -18,13 +19,14 @@ mod http;
 mod poll;
 mod proxy;
 
+pub use binaries::built_binaries;
 pub use cleanup::{Namespace, RedisKeys, on_own_runtime, ready_redis_store};
 pub use consumer::{EventConsumer, ReceivedEvent};
 pub use env::{
     DEFAULT_RABBITMQ_URL, DEFAULT_REDIS_URL, Options, TestEnv, rabbitmq_url, redis_url,
     remove_namespace,
 };
-pub use http::{RawResponse, query, raw_exchange};
+pub use http::{RawResponse, query, raw_exchange, read_until_closed, statuses};
 pub use poll::{bounded, eventually};
 pub use proxy::TcpProxy;
 

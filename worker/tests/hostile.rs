@@ -20,31 +20,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use wxgate_proto::v1::SubscribeRequest;
 use wxgate_proto::v1::events_client::EventsClient;
-
-/// Reads until the peer closes (or resets) the connection; panics after `within`.
-async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(within, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the connection is still open after {within:?}"));
-    seen
-}
-
-/// The status codes of the HTTP/1.1 responses in `raw`, in order.
-fn statuses(raw: &[u8]) -> Vec<u16> {
-    let text = String::from_utf8_lossy(raw);
-    text.match_indices("HTTP/1.1 ")
-        .filter_map(|(at, _)| text[at + 9..].get(..3)?.parse().ok())
-        .collect()
-}
+use wxgate_tests::{read_until_closed, statuses};
 
 async fn assert_healthz(addr: SocketAddr, after: &str) {
     let (status, body) = http_get(addr, "/healthz").await;
