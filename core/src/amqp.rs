@@ -42,9 +42,9 @@ const FRAME_HEARTBEAT: u8 = 8;
 const FRAME_END: u8 = 0xCE;
 /// Largest frame we accept or send; the broker may lower it in `connection.tune`.
 const FRAME_MAX: u32 = 131_072;
-/// Most encoded bytes waiting for the socket. Reached only when the broker stops reading
-/// (`connection.blocked` on a memory or disk alarm) while callbacks keep coming; publishes
-/// then fail at once instead of queueing memory for as long as the alarm lasts.
+/// Most encoded bytes waiting for the socket, buffered or in the write in progress. Reached
+/// only when the broker stops reading (`connection.blocked` on a memory or disk alarm) while
+/// callbacks keep coming; publishes then fail at once instead of queueing memory for as long as the alarm lasts.
 const MAX_UNSENT: usize = 64 * 1024 * 1024;
 /// Bound on the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -183,6 +183,9 @@ struct Shared {
 struct State {
     /// Encoded frames not yet handed to the socket.
     out: Vec<u8>,
+    /// Bytes of the write in progress (taken from `out` by the writer, not yet accepted by the
+    /// socket): they count against [`MAX_UNSENT`] as much as `out` does.
+    writing: usize,
     /// The delivery tag of the last publish (the broker counts from 1 after `confirm.select`).
     last_tag: u64,
     /// The last delivery tag and the time of each write whose publishes are not all settled
@@ -247,6 +250,7 @@ impl Publisher {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 out: Vec::with_capacity(64 * 1024),
+                writing: 0,
                 last_tag: 0,
                 writes_in_flight: VecDeque::new(),
                 pending: BTreeMap::new(),
@@ -317,7 +321,7 @@ impl Publisher {
             if let Some(failure) = &state.failure {
                 return Err(PublishError::Connection(Arc::clone(failure)));
             }
-            if state.out.len() >= MAX_UNSENT {
+            if state.out.len() + state.writing >= MAX_UNSENT {
                 return Err(PublishError::Backlogged);
             }
             let start = state.out.len();
@@ -591,9 +595,10 @@ async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf, heartbeat: 
                 state.writes_in_flight.push_back((last, now));
             }
             std::mem::swap(&mut state.out, &mut spare);
-        }
-        if heartbeat_due {
-            spare.extend_from_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+            if heartbeat_due {
+                spare.extend_from_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+            }
+            state.writing = spare.len();
         }
         if spare.is_empty() {
             continue;
@@ -610,6 +615,7 @@ async fn write_loop(shared: Arc<Shared>, mut socket: OwnedWriteHalf, heartbeat: 
             fail(&shared, LinkFailure::Write(e));
             break;
         }
+        lock(&shared).writing = 0;
         spare.clear();
         if spare.capacity() > 1024 * 1024 {
             spare.shrink_to(64 * 1024);
