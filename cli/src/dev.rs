@@ -175,10 +175,11 @@ pub async fn start_with(loaded: LoadedConfig, args: &DevArgs) -> Result<Dev, Fai
         _ => None,
     };
     if let Some(url) = &args.redis {
-        config.redis.url = url.clone();
+        config.redis = wxgate_core::config::RedisConfig::standalone(url);
     }
     if let Some(url) = &args.amqp {
         config.rabbitmq.url = url.clone();
+        config.rabbitmq.urls = vec![url.clone()];
     }
     let config = Arc::new(config);
     let connections = CancellationToken::new();

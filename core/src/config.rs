@@ -178,18 +178,68 @@ pub struct Config {
     index: HashMap<String, usize>,
 }
 
+/// How wxgate reaches Redis (`redis.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (`redis.url`), default.
+    Standalone,
+    /// A Redis Cluster: `redis.urls` (or `redis.url`) are seed nodes; the client learns the
+    /// rest and follows slot moves and failovers.
+    Cluster,
+    /// A master found through Sentinel: `redis.urls` are the sentinels, `redis.sentinel_master`
+    /// the master's name; the client moves to the new master after a failover.
+    Sentinel,
+}
+
+impl RedisMode {
+    /// The config value (`standalone`, `cluster`, `sentinel`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Cluster => "cluster",
+            Self::Sentinel => "sentinel",
+        }
+    }
+}
+
 /// `[redis]`.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`: the server in standalone mode, else the first of
+    /// [`RedisConfig::urls`]. May contain a password: never log it.
     pub url: String,
+    /// Standalone, cluster or sentinel.
+    pub mode: RedisMode,
+    /// Every URL to try: `[url]` in standalone mode, the seed nodes of a cluster, the
+    /// sentinels. Never empty.
+    pub urls: Vec<String>,
+    /// The master's name known to the sentinels (sentinel mode only).
+    pub sentinel_master: Option<String>,
+}
+
+impl RedisConfig {
+    /// Standalone Redis at `url` (no validation: for tools and tests that build a config by
+    /// hand).
+    pub fn standalone(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            mode: RedisMode::Standalone,
+            urls: vec![url.to_owned()],
+            sentinel_master: None,
+        }
+    }
 }
 
 /// `[rabbitmq]`.
 #[derive(Debug, Clone)]
 pub struct RabbitConfig {
-    /// `amqp://user:pass@host:port/vhost`. Contains a password: never log it.
+    /// `amqp://user:pass@host:port/vhost`: the first of [`RabbitConfig::urls`]. Contains a
+    /// password: never log it.
     pub url: String,
+    /// The nodes of the cluster (or the one node): a process connects to one and moves to
+    /// the next when it goes away. Never empty.
+    pub urls: Vec<String>,
     /// Queue type of every durable queue (`{ns}.worker`, its retry queues, `{ns}.worker.dead`).
     pub queue_type: QueueType,
 }
@@ -359,12 +409,16 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawRedis {
     url: Option<String>,
+    mode: Option<RedisMode>,
+    urls: Option<Vec<String>>,
+    sentinel_master: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRabbit {
     url: Option<String>,
+    urls: Option<Vec<String>>,
     queue_type: Option<QueueType>,
 }
 
@@ -494,6 +548,8 @@ enum EnvKind {
     Int,
     Bool,
     IntList,
+    /// Comma-separated in the environment (`a,b`); `[…]` around the list is allowed.
+    StrList,
 }
 
 /// Every key that `WXGATE__SECTION__KEY` can override: each scalar key of the `Raw*` structs
@@ -502,7 +558,11 @@ enum EnvKind {
 const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("", "namespace", EnvKind::Str),
     ("redis", "url", EnvKind::Str),
+    ("redis", "mode", EnvKind::Str),
+    ("redis", "urls", EnvKind::StrList),
+    ("redis", "sentinel_master", EnvKind::Str),
     ("rabbitmq", "url", EnvKind::Str),
+    ("rabbitmq", "urls", EnvKind::StrList),
     ("rabbitmq", "queue_type", EnvKind::Str),
     ("gateway", "listen", EnvKind::Str),
     ("gateway", "path_prefix", EnvKind::Str),
@@ -624,6 +684,16 @@ fn apply_env(
                     })?;
                 toml::Value::Array(items)
             }
+            EnvKind::StrList => toml::Value::Array(
+                text.trim()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            ),
         };
         let target = if section.is_empty() {
             &mut *table
@@ -758,27 +828,111 @@ fn namespace(raw: Option<String>) -> Result<String, ConfigError> {
 
 /// `[redis]`.
 fn redis(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
-    let url = raw.url.as_deref().unwrap_or("redis://127.0.0.1:6379/0");
-    // TLS to Redis (`rediss://`) is not built in: refused here rather than at connect time.
-    let url = with_scheme("redis.url", url, &["redis://"])?;
-    // Parsed, not connected: a bad host, port or database fails here, before anything
-    // listens. The reason never repeats the URL (it may hold a password).
-    ensure(
-        redis::Client::open(url.as_str()).is_ok(),
-        "redis.url",
-        "is not a Redis URL this build can use (redis://[:password@]host[:port][/db])",
-    )?;
-    Ok(RedisConfig { url })
+    let mode = raw.mode.unwrap_or(RedisMode::Standalone);
+    let urls = match (mode, raw.url, raw.urls) {
+        (_, Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "redis.urls",
+                "give redis.url or redis.urls, not both",
+            ));
+        }
+        (RedisMode::Standalone, _, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "redis.urls",
+                "is for redis.mode = \"cluster\" or \"sentinel\"; a standalone Redis takes redis.url",
+            ));
+        }
+        (RedisMode::Sentinel, _, None) => {
+            return Err(ConfigError::invalid(
+                "redis.urls",
+                "must list the sentinels (redis://host:26379) when redis.mode = \"sentinel\"",
+            ));
+        }
+        (_, _, Some(urls)) => urls,
+        (_, url, None) => vec![url.unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_owned())],
+    };
+    ensure(!urls.is_empty(), "redis.urls", "must not be empty")?;
+    let key = if mode == RedisMode::Standalone {
+        "redis.url"
+    } else {
+        "redis.urls"
+    };
+    for url in &urls {
+        // TLS to Redis (`rediss://`) is not built in: refused here rather than at connect time.
+        with_scheme(key, url, &["redis://"])?;
+        // Parsed, not connected: a bad host, port or database fails here, before anything
+        // listens. The reason never repeats the URL (it may hold a password).
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str());
+        ensure(
+            info.is_ok(),
+            key,
+            "is not a Redis URL this build can use (redis://[:password@]host[:port][/db])",
+        )?;
+        if mode == RedisMode::Cluster {
+            ensure(
+                info.is_ok_and(|info| info.redis_settings().db() == 0),
+                key,
+                "names a database other than 0: a Redis Cluster has only database 0",
+            )?;
+        }
+    }
+    let sentinel_master = match (mode, raw.sentinel_master) {
+        (RedisMode::Sentinel, Some(name)) => {
+            ensure(
+                !name.trim().is_empty(),
+                "redis.sentinel_master",
+                "must name the master the sentinels watch",
+            )?;
+            Some(name)
+        }
+        (RedisMode::Sentinel, None) => {
+            return Err(ConfigError::invalid(
+                "redis.sentinel_master",
+                "must name the master the sentinels watch when redis.mode = \"sentinel\"",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "redis.sentinel_master",
+                "is only for redis.mode = \"sentinel\"",
+            ));
+        }
+        (_, None) => None,
+    };
+    Ok(RedisConfig {
+        url: urls[0].clone(),
+        mode,
+        urls,
+        sentinel_master,
+    })
 }
 
 /// `[rabbitmq]`.
 fn rabbitmq(raw: RawRabbit) -> Result<RabbitConfig, ConfigError> {
-    let url = raw
-        .url
-        .as_deref()
-        .unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f");
+    let (key, urls) = match (raw.url, raw.urls) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "rabbitmq.urls",
+                "give rabbitmq.url or rabbitmq.urls, not both",
+            ));
+        }
+        (None, Some(urls)) => ("rabbitmq.urls", urls),
+        (url, None) => (
+            "rabbitmq.url",
+            vec![url.unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())],
+        ),
+    };
+    ensure(
+        !urls.is_empty(),
+        key,
+        "must list at least one node (amqp://user:pass@host:5672/vhost)",
+    )?;
+    for url in &urls {
+        with_scheme(key, url, &["amqp://", "amqps://"])?;
+    }
     Ok(RabbitConfig {
-        url: with_scheme("rabbitmq.url", url, &["amqp://", "amqps://"])?,
+        url: urls[0].clone(),
+        urls,
         queue_type: raw.queue_type.unwrap_or(QueueType::Quorum),
     })
 }
@@ -1497,6 +1651,140 @@ mod tests {
     }
 
     #[test]
+    fn redis_modes_take_their_urls() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.redis.mode, RedisMode::Standalone);
+        assert_eq!(c.redis.urls, ["redis://127.0.0.1:6379/0"]);
+
+        let c = load(
+            "[redis]\nmode = \"cluster\"\nurls = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.redis.mode, RedisMode::Cluster);
+        assert_eq!(c.redis.url, "redis://10.0.0.1:7000");
+        assert_eq!(c.redis.urls.len(), 2);
+        // One seed in `url` is enough for a cluster.
+        let c = load(
+            "[redis]\nmode = \"cluster\"\nurl = \"redis://10.0.0.1:7000\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.redis.urls, ["redis://10.0.0.1:7000"]);
+
+        let c = load(
+            "[redis]\nmode = \"sentinel\"\nurls = [\"redis://10.0.0.1:26379\"]\nsentinel_master = \"wxgate\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.redis.mode, RedisMode::Sentinel);
+        assert_eq!(c.redis.sentinel_master.as_deref(), Some("wxgate"));
+
+        // From the environment, as compose files set them.
+        let c = load(
+            "",
+            &[
+                ("WXGATE__REDIS__MODE", "cluster"),
+                (
+                    "WXGATE__REDIS__URLS",
+                    "redis://10.0.0.1:7000, redis://10.0.0.2:7000,redis://10.0.0.3:7000",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.redis.urls,
+            [
+                "redis://10.0.0.1:7000",
+                "redis://10.0.0.2:7000",
+                "redis://10.0.0.3:7000"
+            ]
+        );
+    }
+
+    #[test]
+    fn redis_mode_mistakes_name_the_key() {
+        for (text, key) in [
+            // Both forms at once.
+            (
+                "[redis]\nmode = \"cluster\"\nurl = \"redis://a:1\"\nurls = [\"redis://b:1\"]\n",
+                "redis.urls",
+            ),
+            // A list for a standalone server.
+            ("[redis]\nurls = [\"redis://a:1\"]\n", "redis.urls"),
+            // Sentinels missing, or the master's name.
+            (
+                "[redis]\nmode = \"sentinel\"\nsentinel_master = \"m\"\n",
+                "redis.urls",
+            ),
+            (
+                "[redis]\nmode = \"sentinel\"\nurls = [\"redis://a:26379\"]\n",
+                "redis.sentinel_master",
+            ),
+            (
+                "[redis]\nmode = \"sentinel\"\nurls = [\"redis://a:26379\"]\nsentinel_master = \" \"\n",
+                "redis.sentinel_master",
+            ),
+            // A master name without sentinel mode.
+            (
+                "[redis]\nsentinel_master = \"m\"\n",
+                "redis.sentinel_master",
+            ),
+            // A cluster has only database 0; an empty list; TLS.
+            (
+                "[redis]\nmode = \"cluster\"\nurls = [\"redis://a:7000/2\"]\n",
+                "redis.urls",
+            ),
+            ("[redis]\nmode = \"cluster\"\nurls = []\n", "redis.urls"),
+            (
+                "[redis]\nmode = \"cluster\"\nurls = [\"redis://a:7000\", \"rediss://b:7000\"]\n",
+                "redis.urls",
+            ),
+        ] {
+            assert_eq!(err_key(text), key, "{text}");
+        }
+        assert!(matches!(
+            load("[redis]\nmode = \"replicated\"\n", &[]),
+            Err(ConfigError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn rabbitmq_takes_one_url_or_a_list_of_nodes() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.rabbitmq.urls, ["amqp://guest:guest@127.0.0.1:5672/%2f"]);
+        let c = load(
+            "[rabbitmq]\nurls = [\"amqp://u:p@n1:5672/%2f\", \"amqp://u:p@n2:5672/%2f\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.rabbitmq.url, "amqp://u:p@n1:5672/%2f");
+        assert_eq!(c.rabbitmq.urls.len(), 2);
+        let c = load(
+            "",
+            &[(
+                "WXGATE__RABBITMQ__URLS",
+                "[amqp://u:p@n1:5672/%2f,amqp://u:p@n2:5672/%2f,amqp://u:p@n3:5672/%2f]",
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.rabbitmq.urls.len(), 3);
+        for (text, key) in [
+            (
+                "[rabbitmq]\nurl = \"amqp://a/%2f\"\nurls = [\"amqp://b/%2f\"]\n",
+                "rabbitmq.urls",
+            ),
+            ("[rabbitmq]\nurls = []\n", "rabbitmq.urls"),
+            (
+                "[rabbitmq]\nurls = [\"amqp://a/%2f\", \"redis://b\"]\n",
+                "rabbitmq.urls",
+            ),
+        ] {
+            assert_eq!(err_key(text), key, "{text}");
+        }
+    }
+
+    #[test]
     fn urls_need_one_of_their_schemes() {
         for (section, key, bad, good) in [
             (
@@ -1630,7 +1918,7 @@ mod tests {
         use std::cell::RefCell;
         use std::fmt;
 
-        use serde::de::value::{SeqDeserializer, StrDeserializer};
+        use serde::de::value::StrDeserializer;
         use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 
         use super::super::{EnvKind, RawConfig, key_path};
@@ -1729,10 +2017,26 @@ mod tests {
             }
 
             fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
-                self.record(EnvKind::IntList);
-                visitor.visit_seq(SeqDeserializer::<_, ProbeError>::new(
-                    std::iter::empty::<u64>(),
-                ))
+                if super::FILE_ONLY.contains(&self.path.as_str()) {
+                    // Arrays of tables: their fields are not keys of their own.
+                    self.record(EnvKind::IntList);
+                    return visitor.visit_seq(OneElement { probe: None });
+                }
+                // One element, probed on the side, tells a list of strings from the rest.
+                let element = RefCell::new(Vec::new());
+                let value = visitor.visit_seq(OneElement {
+                    probe: Some(Probe {
+                        path: String::new(),
+                        keys: &element,
+                    }),
+                })?;
+                let strings = matches!(element.into_inner().first(), Some((_, EnvKind::Str)));
+                self.record(if strings {
+                    EnvKind::StrList
+                } else {
+                    EnvKind::IntList
+                });
+                Ok(value)
             }
 
             fn deserialize_struct<V: Visitor<'de>>(
@@ -1752,6 +2056,25 @@ mod tests {
             serde::forward_to_deserialize_any! {
                 i8 i16 i32 i64 i128 u8 u16 u32 u128 f32 f64 char bytes byte_buf unit
                 unit_struct newtype_struct tuple tuple_struct map identifier ignored_any
+            }
+        }
+
+        /// A sequence of one element, a [`Probe`] of its own.
+        struct OneElement<'a> {
+            probe: Option<Probe<'a>>,
+        }
+
+        impl<'de> de::SeqAccess<'de> for OneElement<'_> {
+            type Error = ProbeError;
+
+            fn next_element_seed<T: DeserializeSeed<'de>>(
+                &mut self,
+                seed: T,
+            ) -> Result<Option<T::Value>, ProbeError> {
+                self.probe
+                    .take()
+                    .map(|probe| seed.deserialize(probe))
+                    .transpose()
             }
         }
 

@@ -196,7 +196,23 @@ impl RabbitBus {
     /// Starts connecting to `url` in the background; every (re)connection declares
     /// `topology` before the bus reports ready. Stops when `shutdown` is cancelled.
     pub fn connect(url: &str, topology: Topology, shutdown: CancellationToken) -> Self {
-        let url = with_heartbeat(url);
+        Self::connect_any(&[url.to_owned()], topology, shutdown)
+    }
+
+    /// [`RabbitBus::connect`] to one of the nodes of a cluster (`rabbitmq.urls`): starts at
+    /// a random node, so the processes of a deployment spread over the nodes, and moves on
+    /// to the next one whenever a connection attempt fails or a live connection is lost.
+    /// Consumers resubscribe on the new connection; declaring the topology again on another
+    /// node is idempotent.
+    ///
+    /// # Panics
+    /// When `urls` is empty (the configuration never is).
+    pub fn connect_any(urls: &[String], topology: Topology, shutdown: CancellationToken) -> Self {
+        assert!(
+            !urls.is_empty(),
+            "RabbitBus::connect_any needs at least one URL"
+        );
+        let urls: Vec<String> = urls.iter().map(|url| with_heartbeat(url)).collect();
         let shared = Arc::new(Shared {
             live: RwLock::new(None),
             ready: AtomicBool::new(false),
@@ -207,7 +223,7 @@ impl RabbitBus {
             mismatch: Mutex::new(None),
             gave_up: CancellationToken::new(),
         });
-        tokio::spawn(supervise(url, topology, Arc::clone(&shared)));
+        tokio::spawn(supervise(urls, topology, Arc::clone(&shared)));
         Self { shared }
     }
 
@@ -288,22 +304,37 @@ fn with_heartbeat(url: &str) -> String {
     }
 }
 
-async fn supervise(url: String, topology: Topology, shared: Arc<Shared>) {
+async fn supervise(urls: Vec<String>, topology: Topology, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(100);
+    let mut failed_in_row = 0_usize;
+    let mut node = if urls.len() > 1 {
+        rand::random_range(0..urls.len())
+    } else {
+        0
+    };
     loop {
         if shared.shutdown.is_cancelled() || shared.closing.load(Ordering::Relaxed) {
             return;
         }
-        match establish(&url, &topology, &shared.shutdown).await {
+        let url = &urls[node];
+        // Whatever happens next, the following attempt goes to the next node.
+        let this_node = node;
+        node = (node + 1) % urls.len();
+        match establish(url, &topology, &shared.shutdown).await {
             Ok(live) => {
                 backoff = Duration::from_millis(100);
+                failed_in_row = 0;
                 let live = Arc::new(live);
                 if let Ok(mut slot) = shared.live.write() {
                     *slot = Some(Arc::clone(&live));
                 }
                 shared.ready.store(true, Ordering::Relaxed);
                 shared.connected.notify_waiters();
-                tracing::info!("rabbitmq connected; topology declared");
+                tracing::info!(
+                    node = this_node + 1,
+                    nodes = urls.len(),
+                    "rabbitmq connected; topology declared"
+                );
                 loop {
                     tokio::select! {
                         () = shared.shutdown.cancelled() => return,
@@ -323,7 +354,11 @@ async fn supervise(url: String, topology: Topology, shared: Arc<Shared>) {
                 if let Ok(mut slot) = shared.live.write() {
                     *slot = None;
                 }
-                tracing::warn!("rabbitmq connection lost; reconnecting");
+                tracing::warn!(
+                    node = this_node + 1,
+                    nodes = urls.len(),
+                    "rabbitmq connection lost; reconnecting"
+                );
                 if let Some(publisher) = &live.publisher {
                     publisher.close();
                 }
@@ -351,7 +386,17 @@ async fn supervise(url: String, topology: Topology, shared: Arc<Shared>) {
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %crate::ErrorChain(&e), "rabbitmq connect failed; retrying");
+                tracing::warn!(
+                    node = this_node + 1,
+                    nodes = urls.len(),
+                    error = %crate::ErrorChain(&e),
+                    "rabbitmq connect failed; retrying"
+                );
+                failed_in_row += 1;
+                if !failed_in_row.is_multiple_of(urls.len()) {
+                    // Other nodes not tried yet this round: no reason to wait.
+                    continue;
+                }
             }
         }
         tokio::select! {

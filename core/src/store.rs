@@ -9,8 +9,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::{RedisConfig, RedisMode};
 
 /// A store failure. Callers treat every variant as "the store is unavailable right now"
 /// unless they can act on the kind ([`StoreError::WrongType`] and
@@ -23,9 +29,12 @@ pub enum StoreError {
     /// Not connected (yet, or any more).
     #[error("store is not connected")]
     Unavailable,
-    /// `redis.url` is not a valid Redis URL.
+    /// A URL of `redis.url` / `redis.urls` is not a valid Redis URL.
     #[error("invalid redis url")]
     Url(#[source] Arc<redis::RedisError>),
+    /// `redis.mode = "sentinel"` without `redis.sentinel_master`.
+    #[error("sentinel mode needs the master's name (redis.sentinel_master)")]
+    NoSentinelMaster,
     /// The command failed, timed out or the connection broke while it ran.
     #[error("store command failed")]
     Command(#[source] Arc<redis::RedisError>),
@@ -112,93 +121,266 @@ pub trait Store: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
 }
 
-/// Redis implementation: one multiplexed [`ConnectionManager`] shared by every caller,
-/// (re)connected in the background; commands fail fast with [`StoreError::Unavailable`]
-/// until the first connection is up.
+/// Redis implementation for the three `redis.mode`s: one multiplexed connection shared by
+/// every caller ([`ConnectionManager`] to a standalone server or to the master the sentinels
+/// name; [`ClusterConnection`] to a Redis Cluster, which routes each command to the master of
+/// its key's slot), (re)connected in the background. Commands fail fast with
+/// [`StoreError::Unavailable`] until the first connection is up.
+///
+/// Every operation touches one key, so every one is valid on a cluster; the batched ones
+/// ([`Store::set_nx_get_many`], [`Store::set_xx_many`]) are pipelined per slot there.
 #[derive(Clone)]
 pub struct RedisStore {
     shared: Arc<RedisShared>,
 }
 
 struct RedisShared {
-    connection: RwLock<Option<ConnectionManager>>,
+    link: RwLock<Option<Link>>,
     ready: AtomicBool,
+}
+
+/// The live connection; clones share it.
+#[derive(Clone)]
+enum Link {
+    /// A standalone server, or the master a sentinel named.
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Link {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 const COMPARE_AND_DELETE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 const COMPARE_AND_EXPIRE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 const INCR_WITH_TTL: &str = "local v = redis.call('INCR', KEYS[1]) if v == 1 and tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return v";
 
+/// How often the supervisor checks the connection (and, with Sentinel, asks who the master
+/// is).
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+
 impl RedisStore {
-    /// Starts connecting to `url` in the background and health-checks every second until
-    /// `shutdown` is cancelled. `command_timeout` bounds every command.
-    ///
-    /// Fails only when `url` is not a valid Redis URL.
+    /// A standalone Redis at `url`: [`RedisStore::connect_config`] with
+    /// [`RedisConfig::standalone`].
     pub fn connect(
         url: &str,
         command_timeout: Duration,
         shutdown: CancellationToken,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Url(Arc::new(e)))?;
+        Self::connect_config(&RedisConfig::standalone(url), command_timeout, shutdown)
+    }
+
+    /// Starts connecting as `config` says (standalone, cluster or sentinel) in the background
+    /// and health-checks every 500 ms until `shutdown` is cancelled. `command_timeout` bounds
+    /// every command (and each connection attempt).
+    ///
+    /// Fails only when a URL of `config` is not a valid Redis URL, or a sentinel
+    /// configuration names no master.
+    pub fn connect_config(
+        config: &RedisConfig,
+        command_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StoreError> {
+        let infos = config
+            .urls
+            .iter()
+            .map(|url| url.as_str().into_connection_info())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Url(Arc::new(e)))?;
         let shared = Arc::new(RedisShared {
-            connection: RwLock::new(None),
+            link: RwLock::new(None),
             ready: AtomicBool::new(false),
         });
-        let task_shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(command_timeout))
-                .set_response_timeout(Some(command_timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_secs(1));
-            let mut backoff = Duration::from_millis(100);
-            let manager = loop {
-                let attempt = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    r = ConnectionManager::new_with_config(client.clone(), config.clone()) => r,
-                };
-                match attempt {
-                    Ok(m) => break m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "redis connect failed; retrying");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                    }
-                }
-            };
-            tracing::info!("redis connected");
-            if let Ok(mut slot) = task_shared.connection.write() {
-                *slot = Some(manager.clone());
-            }
-            // The manager reconnects on its own; this loop only tracks readiness.
-            let mut manager = manager;
-            loop {
-                let ok = redis::cmd("PING")
-                    .query_async::<String>(&mut manager)
+        let store = Self {
+            shared: Arc::clone(&shared),
+        };
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(command_timeout))
+            .set_response_timeout(Some(command_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        match config.mode {
+            RedisMode::Standalone => {
+                let client = redis::Client::open(infos[0].clone())
+                    .map_err(|e| StoreError::Url(Arc::new(e)))?;
+                tokio::spawn(async move {
+                    let Some(manager) = retry("redis connect", &shutdown, || {
+                        ConnectionManager::new_with_config(client.clone(), manager_config.clone())
+                    })
                     .await
-                    .is_ok();
-                if task_shared.ready.swap(ok, Ordering::Relaxed) != ok {
-                    if ok {
-                        tracing::info!("redis reachable");
-                    } else {
-                        tracing::warn!("redis unreachable");
-                    }
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
+                    else {
+                        return;
+                    };
+                    tracing::info!(mode = "standalone", "redis connected");
+                    store.set_link(Link::Single(manager));
+                    store.watch(&shutdown, std::future::pending()).await;
+                });
             }
-        });
+            RedisMode::Cluster => {
+                let client = ClusterClientBuilder::new(infos)
+                    .connection_timeout(command_timeout)
+                    .response_timeout(command_timeout)
+                    .retries(2)
+                    .min_retry_wait(50)
+                    .max_retry_wait(500)
+                    .build()
+                    .map_err(|e| StoreError::Url(Arc::new(e)))?;
+                tokio::spawn(async move {
+                    let Some(connection) = retry("redis cluster connect", &shutdown, || {
+                        client.get_async_connection()
+                    })
+                    .await
+                    else {
+                        return;
+                    };
+                    tracing::info!(mode = "cluster", "redis connected");
+                    store.set_link(Link::Cluster(connection));
+                    // The cluster connection follows slot moves and failovers on its own.
+                    store.watch(&shutdown, std::future::pending()).await;
+                });
+            }
+            RedisMode::Sentinel => {
+                let master = config
+                    .sentinel_master
+                    .clone()
+                    .ok_or(StoreError::NoSentinelMaster)?;
+                let sentinels = Sentinels {
+                    infos,
+                    master,
+                    timeout: command_timeout,
+                    connection: tokio::sync::Mutex::new(None),
+                };
+                tokio::spawn(async move {
+                    store
+                        .follow_sentinels(&sentinels, &manager_config, &shutdown)
+                        .await;
+                });
+            }
+        }
         Ok(Self { shared })
     }
 
-    fn manager(&self) -> Result<ConnectionManager, StoreError> {
+    /// Sentinel mode: connects to the master the sentinels name, and moves to the new one
+    /// when they name another (a failover), until `shutdown`.
+    async fn follow_sentinels(
+        &self,
+        sentinels: &Sentinels,
+        manager_config: &ConnectionManagerConfig,
+        shutdown: &CancellationToken,
+    ) {
+        loop {
+            let Some((master, manager)) = retry("redis sentinel connect", shutdown, || async {
+                let master = sentinels.master_addr().await?;
+                let client = redis::Client::open(sentinels.master_info(&master))?;
+                let mut manager =
+                    ConnectionManager::new_with_config(client, manager_config.clone()).await?;
+                // A sentinel may answer from before a failover it has not seen yet.
+                let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut manager).await?;
+                match role.first() {
+                    Some(redis::Value::BulkString(role)) if role.as_slice() == b"master" => {
+                        Ok((master, manager))
+                    }
+                    _ => Err(redis::RedisError::from((
+                        redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                        "the node the sentinels named is not a master",
+                    ))),
+                }
+            })
+            .await
+            else {
+                return;
+            };
+            tracing::info!(mode = "sentinel", master = %master, "redis connected to the master");
+            self.set_link(Link::Single(manager));
+            let moved = async {
+                loop {
+                    tokio::time::sleep(HEALTH_INTERVAL).await;
+                    match sentinels.master_addr().await {
+                        Ok(now) if now != master => {
+                            tracing::warn!(from = %master, to = %now, "redis master moved (failover)");
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "no sentinel answered; keeping the master")
+                        }
+                    }
+                }
+            };
+            if !self.watch(shutdown, moved).await {
+                return;
+            }
+            self.shared.ready.store(false, Ordering::Relaxed);
+            if let Ok(mut slot) = self.shared.link.write() {
+                *slot = None;
+            }
+        }
+    }
+
+    fn set_link(&self, link: Link) {
+        if let Ok(mut slot) = self.shared.link.write() {
+            *slot = Some(link);
+        }
+    }
+
+    /// Pings every [`HEALTH_INTERVAL`] and keeps `ready` up to date until `shutdown` (false)
+    /// or `until` resolves (true).
+    async fn watch(&self, shutdown: &CancellationToken, until: impl Future<Output = ()>) -> bool {
+        let mut until = std::pin::pin!(until);
+        loop {
+            let ok = match self.link() {
+                Ok(mut link) => redis::cmd("PING")
+                    .query_async::<redis::Value>(&mut link)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if self.shared.ready.swap(ok, Ordering::Relaxed) != ok {
+                if ok {
+                    tracing::info!("redis reachable");
+                } else {
+                    tracing::warn!("redis unreachable");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = &mut until => return true,
+                () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            }
+        }
+    }
+
+    fn link(&self) -> Result<Link, StoreError> {
         self.shared
-            .connection
+            .link
             .read()
             .ok()
             .and_then(|slot| slot.clone())
@@ -206,21 +388,63 @@ impl RedisStore {
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut manager = self.manager()?;
-        cmd.query_async(&mut manager)
-            .await
-            .map_err(|e| self.failed(e))
+        let mut link = self.link()?;
+        cmd.query_async(&mut link).await.map_err(|e| self.failed(e))
     }
 
-    /// Sends `pipe` as one request; the replies in order.
-    async fn query_pipeline<T: redis::FromRedisValue>(
+    /// Sends `commands` (one per key, `keys[i]` for `commands[i]`) together: one pipeline on a
+    /// single server; on a cluster one pipeline per slot (a pipeline may not cross slots),
+    /// sent concurrently. The replies in the order of `commands`.
+    async fn query_each<T: redis::FromRedisValue>(
         &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StoreError> {
-        let mut manager = self.manager()?;
-        pipe.query_async(&mut manager)
-            .await
-            .map_err(|e| self.failed(e))
+        keys: &[&str],
+        commands: Vec<redis::Cmd>,
+    ) -> Result<Vec<T>, StoreError> {
+        let link = self.link()?;
+        if let Link::Cluster(_) = link {
+            let mut groups: HashMap<Slot, (redis::Pipeline, Vec<usize>)> = HashMap::new();
+            for (i, (key, cmd)) in keys.iter().zip(commands).enumerate() {
+                let (pipe, positions) = groups.entry(Slot::for_key(key)).or_default();
+                pipe.add_command(cmd);
+                positions.push(i);
+            }
+            let sent = groups.into_values().map(|(pipe, positions)| {
+                let mut link = link.clone();
+                async move {
+                    let replies: Vec<T> = pipe.query_async(&mut link).await?;
+                    Ok::<_, redis::RedisError>((positions, replies))
+                }
+            });
+            let answered = futures_util::future::try_join_all(sent)
+                .await
+                .map_err(|e| self.failed(e))?;
+            let mut ordered: Vec<Option<T>> = (0..keys.len()).map(|_| None).collect();
+            for (positions, replies) in answered {
+                for (i, reply) in positions.into_iter().zip(replies) {
+                    ordered[i] = Some(reply);
+                }
+            }
+            ordered
+                .into_iter()
+                .map(|reply| {
+                    reply.ok_or_else(|| {
+                        StoreError::command(redis::RedisError::from((
+                            redis::ErrorKind::Client,
+                            "a pipeline answered fewer replies than it had commands",
+                        )))
+                    })
+                })
+                .collect()
+        } else {
+            let mut pipe = redis::pipe();
+            for cmd in commands {
+                pipe.add_command(cmd);
+            }
+            let mut link = link;
+            pipe.query_async(&mut link)
+                .await
+                .map_err(|e| self.failed(e))
+        }
     }
 
     /// A failed command: not ready until the next health check says otherwise.
@@ -235,16 +459,132 @@ impl RedisStore {
         key: &str,
         args: &[&[u8]],
     ) -> Result<T, StoreError> {
-        let mut manager = self.manager()?;
+        let mut link = self.link()?;
         let script = redis::Script::new(script);
         let mut invocation = script.key(key);
         for arg in args {
             invocation.arg(*arg);
         }
         invocation
-            .invoke_async(&mut manager)
+            .invoke_async(&mut link)
             .await
             .map_err(|e| self.failed(e))
+    }
+}
+
+/// Calls `attempt` until it succeeds (then `Some`) or `shutdown` is cancelled (`None`),
+/// backing off from 100 ms to 2 s and logging each failure as `what`.
+async fn retry<T, F, Fut>(
+    what: &'static str,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = redis::RedisResult<T>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            r = attempt() => r,
+        };
+        match result {
+            Ok(value) => return Some(value),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// The sentinels of `redis.urls` and the master they watch.
+struct Sentinels {
+    /// As configured: the address of each sentinel, with the username, password and database
+    /// the master connection uses.
+    infos: Vec<ConnectionInfo>,
+    master: String,
+    timeout: Duration,
+    /// The connection to the sentinel that answered last.
+    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+fn timed_out(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, what))
+}
+
+impl Sentinels {
+    /// `SENTINEL get-master-addr-by-name`, on the sentinel that answered last, else asking
+    /// each in turn until one answers.
+    async fn master_addr(&self) -> redis::RedisResult<ConnectionAddr> {
+        let mut cached = self.connection.lock().await;
+        if let Some(connection) = cached.as_mut()
+            && let Ok(addr) = self.ask(connection).await
+        {
+            return Ok(addr);
+        }
+        *cached = None;
+        let mut last =
+            redis::RedisError::from((redis::ErrorKind::Client, "no sentinel configured"));
+        for info in &self.infos {
+            // Sentinels have no databases: connect without SELECT.
+            let sentinel = info
+                .clone()
+                .set_redis_settings(info.redis_settings().clone().set_db(0));
+            let connected = async {
+                redis::Client::open(sentinel)?
+                    .get_multiplexed_async_connection()
+                    .await
+            };
+            let mut connection = match tokio::time::timeout(self.timeout, connected).await {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(e)) => {
+                    last = e;
+                    continue;
+                }
+                Err(_) => {
+                    last = timed_out("a sentinel did not accept a connection in time");
+                    continue;
+                }
+            };
+            match self.ask(&mut connection).await {
+                Ok(addr) => {
+                    *cached = Some(connection);
+                    return Ok(addr);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn ask(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> redis::RedisResult<ConnectionAddr> {
+        let mut command = redis::cmd("SENTINEL");
+        command.arg("get-master-addr-by-name").arg(&self.master);
+        let asked = command.query_async::<Option<(String, u16)>>(connection);
+        match tokio::time::timeout(self.timeout, asked).await {
+            Ok(Ok(Some((host, port)))) => Ok(ConnectionAddr::Tcp(host, port)),
+            Ok(Ok(None)) => Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a sentinel does not know the master named by redis.sentinel_master",
+            ))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(timed_out("a sentinel did not answer in time")),
+        }
+    }
+
+    /// How to reach the master at `addr`: the credentials and database of the first sentinel
+    /// URL.
+    fn master_info(&self, addr: &ConnectionAddr) -> ConnectionInfo {
+        self.infos[0].clone().set_addr(addr.clone())
     }
 }
 
@@ -297,13 +637,16 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let px = px(ttl);
-        let mut pipe = redis::pipe();
-        for key in keys {
-            let mut set = set_cmd(key, value, 7);
-            set.arg("NX").arg("GET").arg("PX").arg(px);
-            pipe.add_command(set);
-        }
-        let replies: Vec<Option<Vec<u8>>> = self.query_pipeline(&pipe).await?;
+        let commands = keys
+            .iter()
+            .map(|key| {
+                let mut set = set_cmd(key, value, 7);
+                set.arg("NX").arg("GET").arg("PX").arg(px);
+                set
+            })
+            .collect();
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let replies: Vec<Option<Vec<u8>>> = self.query_each(&names, commands).await?;
         Ok(replies
             .into_iter()
             .map(|old| match old {
@@ -336,13 +679,16 @@ impl Store for RedisStore {
             return Ok(0);
         }
         let px = px(ttl);
-        let mut pipe = redis::pipe();
-        for (key, value) in entries {
-            let mut set = set_cmd(key, value, 6);
-            set.arg("XX").arg("PX").arg(px);
-            pipe.add_command(set);
-        }
-        let replies: Vec<Option<String>> = self.query_pipeline(&pipe).await?;
+        let commands = entries
+            .iter()
+            .map(|(key, value)| {
+                let mut set = set_cmd(key, value, 6);
+                set.arg("XX").arg("PX").arg(px);
+                set
+            })
+            .collect();
+        let names: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
+        let replies: Vec<Option<String>> = self.query_each(&names, commands).await?;
         Ok(replies.iter().filter(|r| r.is_some()).count())
     }
 

@@ -42,7 +42,7 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 /// Why [`serve`] could not serve or stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// `redis.url` is not usable.
+    /// `redis.url` / `redis.urls` is not usable.
     #[error("cannot use the redis url")]
     Redis(#[source] wxgate_core::StoreError),
     /// The broker holds a queue or exchange with other arguments than this configuration
@@ -63,14 +63,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let background = CancellationToken::new();
-    let store = RedisStore::connect(
-        &config.redis.url,
+    let store = RedisStore::connect_config(
+        &config.redis,
         config.gateway.request_budget,
         background.clone(),
     )
     .map_err(ServeError::Redis)?;
-    let bus = RabbitBus::connect(
-        &config.rabbitmq.url,
+    let bus = RabbitBus::connect_any(
+        &config.rabbitmq.urls,
         Topology::for_config(&config),
         background.clone(),
     );

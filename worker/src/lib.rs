@@ -49,7 +49,7 @@ pub enum WorkerError {
         /// The cause.
         source: std::io::Error,
     },
-    /// `redis.url` is not usable.
+    /// `redis.url` / `redis.urls` is not usable.
     #[error("bad redis url")]
     Redis(#[source] StoreError),
     /// The WeChat client could not be built.
@@ -110,15 +110,11 @@ pub async fn start(
     // Redis and RabbitMQ outlive `shutdown`: in-progress events still need them to settle.
     let connections = CancellationToken::new();
     let store: Arc<dyn Store> = Arc::new(
-        RedisStore::connect(
-            &config.redis.url,
-            REDIS_COMMAND_TIMEOUT,
-            connections.clone(),
-        )
-        .map_err(WorkerError::Redis)?,
+        RedisStore::connect_config(&config.redis, REDIS_COMMAND_TIMEOUT, connections.clone())
+            .map_err(WorkerError::Redis)?,
     );
-    let rabbit = RabbitBus::connect(
-        &config.rabbitmq.url,
+    let rabbit = RabbitBus::connect_any(
+        &config.rabbitmq.urls,
         Topology::for_config(&config),
         connections.clone(),
     );
@@ -364,7 +360,7 @@ mod tests {
         let mut config =
             Config::from_toml("[worker]\nhttp_listen = \"127.0.0.1:0\"\n", |_| None).unwrap();
         // Config loading refuses such a URL; a config built in code can still carry one.
-        config.redis.url = "redis://127.0.0.1:notaport/0".to_owned();
+        config.redis = wxgate_core::config::RedisConfig::standalone("redis://127.0.0.1:notaport/0");
         let error = start(Arc::new(config), CancellationToken::new())
             .await
             .unwrap_err();
