@@ -153,6 +153,8 @@ pub struct RabbitBus {
 struct Shared {
     live: RwLock<Option<Arc<Live>>>,
     ready: AtomicBool,
+    /// Index (into the URLs) of the node of the live connection; `usize::MAX` when none.
+    node: AtomicUsize,
     /// Set by [`RabbitBus::close`]: the supervisor stops instead of reconnecting.
     closing: AtomicBool,
     /// Woken when a publish sees a broken channel, so the supervisor reconnects at once.
@@ -216,6 +218,7 @@ impl RabbitBus {
         let shared = Arc::new(Shared {
             live: RwLock::new(None),
             ready: AtomicBool::new(false),
+            node: AtomicUsize::new(usize::MAX),
             closing: AtomicBool::new(false),
             broken: Notify::new(),
             connected: Notify::new(),
@@ -252,6 +255,15 @@ impl RabbitBus {
         }
     }
 
+    /// Which of the URLs given to [`RabbitBus::connect_any`] the live connection goes to
+    /// (0-based); `None` while not connected.
+    pub fn node(&self) -> Option<usize> {
+        match self.shared.node.load(Ordering::Relaxed) {
+            usize::MAX => None,
+            node => Some(node),
+        }
+    }
+
     /// The mismatch the bus gave up on, if it did.
     pub fn mismatch(&self) -> Option<TopologyMismatch> {
         self.shared
@@ -270,6 +282,7 @@ impl RabbitBus {
     pub async fn close(&self) {
         self.shared.closing.store(true, Ordering::Relaxed);
         self.shared.ready.store(false, Ordering::Relaxed);
+        self.shared.node.store(usize::MAX, Ordering::Relaxed);
         let live = self.shared.live.write().ok().and_then(|mut l| l.take());
         if let Some(live) = live {
             if let Some(publisher) = &live.publisher {
@@ -328,6 +341,7 @@ async fn supervise(urls: Vec<String>, topology: Topology, shared: Arc<Shared>) {
                 if let Ok(mut slot) = shared.live.write() {
                     *slot = Some(Arc::clone(&live));
                 }
+                shared.node.store(this_node, Ordering::Relaxed);
                 shared.ready.store(true, Ordering::Relaxed);
                 shared.connected.notify_waiters();
                 tracing::info!(
@@ -351,6 +365,7 @@ async fn supervise(urls: Vec<String>, topology: Topology, shared: Arc<Shared>) {
                     }
                 }
                 shared.ready.store(false, Ordering::Relaxed);
+                shared.node.store(usize::MAX, Ordering::Relaxed);
                 if let Ok(mut slot) = shared.live.write() {
                     *slot = None;
                 }

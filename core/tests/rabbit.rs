@@ -9,6 +9,8 @@ use std::time::Duration;
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use wxgate_core::Config;
+use bytes::Bytes;
+use wxgate_core::bus::{Bus, Message, Properties};
 use wxgate_core::rabbit::{DeclareError, RabbitBus, declare};
 use wxgate_core::topology::Topology;
 use wxgate_tests::{Namespace, rabbitmq_url as url};
@@ -91,4 +93,99 @@ async fn a_queue_with_other_arguments_makes_the_bus_give_up_naming_it() {
     );
     assert!(!wxgate_core::Bus::is_ready(&bus));
     stop.cancel();
+}
+
+/// Publishes `id` to the events exchange; the broker's answer.
+async fn publish(bus: &RabbitBus, exchange: &str, id: &str) -> Result<(), String> {
+    let message = Message {
+        body: Bytes::from(format!("body of {id}")),
+        properties: Properties {
+            message_id: Some(id.to_owned()),
+            ..Properties::default()
+        },
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        Bus::publish(bus, exchange, "demo.msg.text", &message),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no confirm within 10 s".to_owned()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_moves_to_another_node_and_keeps_every_confirmed_event() {
+    let cluster = wxgate_tests::testbed::RabbitCluster::up()
+        .await
+        .expect("a RabbitMQ cluster of the test's own");
+    let ns = format!("t{:016x}", rand::random::<u64>());
+    let config = Config::from_toml(
+        &format!(
+            "namespace = \"{ns}\"\n[rabbitmq]\nurls = {:?}\n",
+            cluster.amqp_urls()
+        ),
+        |_| None,
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let topology = Topology::for_config(&config);
+    let exchange = topology.exchange.clone();
+    let bus = RabbitBus::connect_any(&config.rabbitmq.urls, topology, stop.clone());
+    assert!(
+        Bus::wait_ready(&bus, Duration::from_secs(60)).await,
+        "the bus connects to one of the three nodes"
+    );
+    let first = bus.node().expect("connected to a node");
+
+    let mut confirmed = Vec::new();
+    for i in 0..50 {
+        let id = format!("before-{i}");
+        publish(&bus, &exchange, &id).await.unwrap();
+        confirmed.push(id);
+    }
+    // The node the bus is connected to goes away; the bus moves to another one.
+    cluster.stop_node(first).await.expect("the node stopped");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut i = 0;
+    while confirmed.len() < 100 {
+        let id = format!("after-{i}");
+        i += 1;
+        match publish(&bus, &exchange, &id).await {
+            Ok(()) => confirmed.push(id),
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no publish confirmed within 90 s of the node's stop: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let now = bus.node().expect("connected again");
+    assert_ne!(now, first, "the bus moved to another node");
+
+    // Every confirmed event is in the worker queue, through a consumer on the new node.
+    let mut stream = Bus::consume(&bus, &format!("{ns}.worker"), 50)
+        .await
+        .expect("consuming the worker queue");
+    let mut seen = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while confirmed.iter().any(|id| !seen.contains(id)) {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let delivery = tokio::time::timeout(remaining, stream.recv())
+            .await
+            .unwrap_or_else(|_| {
+                let missing: Vec<_> = confirmed.iter().filter(|id| !seen.contains(*id)).collect();
+                panic!("confirmed events missing after 60 s: {missing:?}")
+            })
+            .expect("the stream ended");
+        seen.insert(delivery.message.properties.message_id.clone().unwrap_or_default());
+        delivery.ack().await.unwrap();
+    }
+    stream.stop();
+    stop.cancel();
+    cluster.down().await.expect("the cluster stopped");
 }

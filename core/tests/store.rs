@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use wxgate_core::config::Config;
 use wxgate_core::store::{MemoryStore, RedisStore, SetNx, Store};
 use wxgate_tests::{RedisKeys, redis_url};
 
@@ -196,4 +197,143 @@ async fn redis_store_behaves_like_redis() {
     behaves_like_redis(&store, &ns).await;
     keys.remove().await;
     shutdown.cancel();
+}
+
+/// Polls `store` until it reports ready, or panics after `within`.
+async fn wait_ready(store: &RedisStore, within: Duration, what: &str) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !store.is_ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the store is not ready after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Claims `count` keys of `ns` in one batch (spread over every slot range) and checks each
+/// answer is in order: the even ones were taken before, so they return their value.
+async fn batches_cross_slots(store: &dyn Store, ns: &str, count: usize) {
+    let keys: Vec<String> = (0..count).map(|i| format!("{ns}:batch:{i}")).collect();
+    for key in keys.iter().step_by(2) {
+        store
+            .set(key, key.as_bytes(), Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+    }
+    let answers = store
+        .set_nx_get_many(&keys, b"P", Duration::from_secs(60))
+        .await
+        .unwrap();
+    for (i, (key, answer)) in keys.iter().zip(&answers).enumerate() {
+        let expected = if i % 2 == 0 {
+            SetNx::Exists(key.as_bytes().to_vec())
+        } else {
+            SetNx::Set
+        };
+        assert_eq!(answer, &expected, "{key}");
+    }
+    let entries: Vec<(String, Vec<u8>)> =
+        keys.iter().map(|k| (k.clone(), b"X".to_vec())).collect();
+    assert_eq!(
+        store
+            .set_xx_many(&entries, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        count
+    );
+}
+
+/// Writes `key` until a write succeeds, or panics after `within`: how long the store takes
+/// to serve again after a failover.
+async fn writes_again(store: &dyn Store, key: &str, within: Duration) -> Duration {
+    let started = tokio::time::Instant::now();
+    loop {
+        match store.set(key, b"after", Some(Duration::from_secs(60))).await {
+            Ok(()) => return started.elapsed(),
+            Err(e) => assert!(
+                started.elapsed() < within,
+                "no write succeeded within {within:?} of the failover: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_store_behaves_like_redis_and_survives_a_master_failover() {
+    let cluster = wxgate_tests::testbed::RedisCluster::up()
+        .await
+        .expect("a Redis Cluster of the test's own");
+    let config = Config::from_toml(
+        &format!(
+            "[redis]\nmode = \"cluster\"\nurls = {:?}\n",
+            &cluster.urls()[..2]
+        ),
+        |_| None,
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let store = RedisStore::connect_config(&config.redis, Duration::from_secs(2), shutdown.clone())
+        .unwrap();
+    wait_ready(&store, Duration::from_secs(30), "cluster").await;
+    let ns = namespace();
+    behaves_like_redis(&store, &ns).await;
+    batches_cross_slots(&store, &ns, 200).await;
+
+    // A master dies: its replica takes over; the store serves every slot again.
+    let marker = format!("{ns}:marker");
+    store.set(&marker, b"before", None).await.unwrap();
+    cluster.kill_master(None).await.expect("a master killed");
+    let served_again = writes_again(&store, &marker, Duration::from_secs(60)).await;
+    println!("cluster: writes served again {served_again:?} after the kill");
+    batches_cross_slots(&store, &format!("{ns}:after"), 200).await;
+    wait_ready(&store, Duration::from_secs(30), "cluster after the failover").await;
+    shutdown.cancel();
+    cluster.down().await.expect("the cluster stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_store_behaves_like_redis_and_follows_the_new_master() {
+    let set = wxgate_tests::testbed::SentinelSet::up()
+        .await
+        .expect("a Sentinel set of the test's own");
+    let config = Config::from_toml(
+        &format!(
+            "[redis]\nmode = \"sentinel\"\nurls = {:?}\nsentinel_master = {:?}\n",
+            set.sentinel_urls(),
+            set.master_name()
+        ),
+        |_| None,
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let store = RedisStore::connect_config(&config.redis, Duration::from_secs(2), shutdown.clone())
+        .unwrap();
+    wait_ready(&store, Duration::from_secs(30), "sentinel").await;
+    let ns = namespace();
+    behaves_like_redis(&store, &ns).await;
+    batches_cross_slots(&store, &ns, 50).await;
+
+    let marker = format!("{ns}:marker");
+    store.set(&marker, b"before", None).await.unwrap();
+    let old = set.kill_master().await.expect("the master killed");
+    let new = set.wait_failover().await.expect("the sentinels promote the replica");
+    assert_ne!(old, new);
+    let served_again = writes_again(&store, &marker, Duration::from_secs(60)).await;
+    println!("sentinel: writes served again {served_again:?} after the sentinels named {new}");
+    // The write went to the new master, not to a stale connection.
+    let mut direct = redis::Client::open(format!("redis://127.0.0.1:{new}/0"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let value: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(&marker)
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some(&b"after"[..]));
+    shutdown.cancel();
+    set.down().await.expect("the sentinel set stopped");
 }
