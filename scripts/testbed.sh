@@ -8,8 +8,10 @@
 #   scripts/testbed.sh down          KIND DIR        # stop everything it started, remove DIR
 #   scripts/testbed.sh stop-node     KIND DIR NODE   # graceful stop of one node
 #   scripts/testbed.sh start-node    KIND DIR NODE   # start it again, same data
+#   scripts/testbed.sh kill-node     KIND DIR NODE   # SIGKILL one node
 #   scripts/testbed.sh kill-master   KIND DIR [PORT] # SIGKILL a Redis master
 #   scripts/testbed.sh wait-failover KIND DIR        # until a replica has taken over
+#   scripts/testbed.sh queue-leader  rabbit DIR QUEUE [VHOST]  # a quorum queue's leader
 #
 # KIND is `rabbit`, `redis-cluster` or `sentinel`. DIR holds the nodes' data, logs, pid files
 # and the bed's state; it must not exist yet (or be empty) for `up`, and `down` removes it.
@@ -28,7 +30,8 @@
 # `status` adds RUNNING=… (node indexes or ports running now), PIDS=… (the processes of the
 # bed that are alive) and, on Redis, MASTER_PORTS=… (the masters now: those holding slots,
 # or the sentinels' master). `kill-master` prints KILLED_PORT=P; `wait-failover` prints
-# MASTER_PORTS=… after the takeover.
+# MASTER_PORTS=… after the takeover; `queue-leader` prints LEADER=I (the node's index) and
+# LEADER_NODE=name, as the first running node's `list_queues` sees them (VHOST: `/`).
 #
 # Ports are picked at random in 20000-31999 among those nobody listens on, and reserved in
 # ${TMPDIR:-/tmp}/wxgate-testbed-ports (one directory per port naming its DIR), so several
@@ -577,12 +580,21 @@ rabbit_up() {
     wait_for "$BOOT_S" "RabbitMQ node $i (${nodes[$i]}) boots" rabbit_booted "$i"
   done
   log "three RabbitMQ nodes booted after $(( $(now_ms) - STARTED_MS )) ms"
+  # Joins one at a time (each changes the cluster's membership), then both apps start
+  # together, as after a restart of two members: that saves one boot.
   for (( i = 1; i < 3; i++ )); do
     log "joining ${nodes[$i]} to ${nodes[0]}"
     rctl "${nodes[$i]}" stop_app >&2 || die "stop_app on ${nodes[$i]} failed"
     rctl "${nodes[$i]}" join_cluster "${nodes[0]}" >&2 \
       || die "join_cluster ${nodes[0]} on ${nodes[$i]} failed"
-    rctl "${nodes[$i]}" start_app >&2 || die "start_app on ${nodes[$i]} failed"
+  done
+  local starts=()
+  for (( i = 1; i < 3; i++ )); do
+    timeout "$BOOT_S" rabbitmqctl -q -n "${nodes[$i]}" start_app </dev/null >&2 &
+    starts+=($!)
+  done
+  for (( i = 1; i < 3; i++ )); do
+    wait "${starts[$i - 1]}" || die "start_app on ${nodes[$i]} failed"
   done
   wait_for "$JOIN_S" "the RabbitMQ cluster_status shows 3 running nodes" rabbit_cluster_of 0 3
   for (( i = 1; i < 3; i++ )); do
@@ -754,6 +766,41 @@ cmd_start_node() {
   log "$KIND node $node started"
 }
 
+cmd_kill_node() {
+  check_up
+  local node=${1:?kill-node needs a node (a RabbitMQ index or a Redis port)} pid
+  case $KIND in
+    rabbit) check_rabbit_index "$node"; pid=$(rabbit_pid "$node") ;;
+    *) [[ -f $(redis_dir "$node")/redis.conf ]] || die "no Redis node on port $node in this bed"
+       pid=$(redis_pid "$node") ;;
+  esac
+  alive "$pid" || die "$KIND node $node is not running"
+  kill -KILL "$pid"
+  wait_gone "$pid" 10 || die "$KIND node $node (pid $pid) survives SIGKILL"
+  log "$KIND node $node killed"
+}
+
+cmd_queue_leader() {
+  check_up
+  [[ $KIND == rabbit ]] || die "queue-leader is for rabbit"
+  local queue=${1:?queue-leader needs a queue name} vhost=${2:-/} i leader=""
+  for i in 0 1 2; do
+    alive "$(rabbit_pid "$i")" || continue
+    leader=$(rctl "$(rabbit_node "$i")" list_queues -p "$vhost" name leader --no-table-headers \
+      2>/dev/null | awk -F '\t' -v q="$queue" '$1 == q { print $2; exit }') || true
+    break
+  done
+  [[ -n $leader ]] || die "no running node names a leader for queue '$queue' in vhost '$vhost'"
+  for i in 0 1 2; do
+    if [[ $(rabbit_node "$i") == "$leader" ]]; then
+      echo "LEADER=$i"
+      echo "LEADER_NODE=$leader"
+      return 0
+    fi
+  done
+  die "the leader of '$queue' is $leader, not a node of this bed"
+}
+
 cmd_kill_master() {
   check_up
   case $KIND in
@@ -788,7 +835,9 @@ case $COMMAND in
   status) cmd_status ;;
   stop-node) cmd_stop_node "$@" ;;
   start-node) cmd_start_node "$@" ;;
+  kill-node) cmd_kill_node "$@" ;;
   kill-master) cmd_kill_master "$@" ;;
+  queue-leader) cmd_queue_leader "$@" ;;
   wait-failover) cmd_wait_failover "$@" ;;
   *) usage ;;
 esac
