@@ -7,7 +7,7 @@
 #   scripts/testbed.sh status        KIND DIR        # the same lines, plus what runs now
 #   scripts/testbed.sh down          KIND DIR        # stop everything it started, remove DIR
 #   scripts/testbed.sh stop-node     KIND DIR NODE   # graceful stop of one node
-#   scripts/testbed.sh start-node    KIND DIR NODE   # start it again, same data
+#   scripts/testbed.sh start-node    KIND DIR NODE   # start it again, same data, rejoined
 #   scripts/testbed.sh kill-node     KIND DIR NODE   # SIGKILL one node
 #   scripts/testbed.sh kill-master   KIND DIR [PORT] # SIGKILL a Redis master
 #   scripts/testbed.sh wait-failover KIND DIR        # until a replica has taken over
@@ -19,6 +19,9 @@
 # (a Redis Cluster node, or the sentinel set's master or replica). `kill-master` on a Redis
 # Cluster kills the master serving PORT's slots when PORT is a master, else the first master
 # holding slots; on a sentinel set it kills the current master (PORT is then not accepted).
+# `start-node` returns once the node is back: a RabbitMQ node in the cluster, a Redis Cluster
+# node at cluster_state:ok (a former master as a replica, in sync), a former sentinel master
+# as a replica of the new one (the sentinels take about ten seconds to reconfigure it).
 #
 # Output. Only KEY=value lines go to stdout; progress and errors go to stderr. `up` and
 # `status` print what a config needs:
@@ -311,6 +314,14 @@ cluster_settled() {
   for port in $masters; do
     redis_ping "$port" || { echo "master $port (holding slots) does not answer"; return 1; }
   done
+}
+
+# cluster_node_back PORT — the node says cluster_state:ok and, as a replica, is in sync.
+cluster_node_back() {
+  [[ $(redis_field "$1" cluster cluster_state) == ok ]] || { echo "not cluster_state:ok"; return 1; }
+  if [[ $(redis_field "$1" replication role) == slave ]]; then
+    replica_linked "$1"
+  fi
 }
 
 cluster_wait_settled() {
@@ -758,10 +769,29 @@ cmd_start_node() {
       check_rabbit_index "$node"
       start_rabbit "$node"
       wait_for "$BOOT_S" "RabbitMQ node $node boots" rabbit_booted "$node"
-      wait_for "$JOIN_S" "node $node is back in the cluster" rabbit_cluster_of "$node" 3 ;;
+      local i running=0
+      for i in 0 1 2; do alive "$(rabbit_pid "$i")" && running=$(( running + 1 )); done
+      wait_for "$JOIN_S" "node $node is back in the cluster" \
+        rabbit_cluster_of "$node" "$running" ;;
     *)
       start_redis "$node"
-      wait_for "$BOOT_S" "the Redis node on port $node answers PING" redis_ping "$node" ;;
+      wait_for "$BOOT_S" "the Redis node on port $node answers PING" redis_ping "$node"
+      case $KIND in
+        redis-cluster)
+          wait_for "$JOIN_S" "the Redis Cluster node on port $node is back in the cluster" \
+            cluster_node_back "$node" ;;
+        sentinel)
+          if [[ ! -f $(redis_dir "$node")/sentinel ]]; then
+            local master
+            master=$(sentinel_current_master || true)
+            if [[ -n $master && $master != "$node" ]]; then
+              # A former master comes back as a master on its own data until the sentinels
+              # reconfigure it (about ten seconds).
+              wait_for "$FAILOVER_S" "the sentinels make the node on port $node a replica of $master" \
+                replica_linked "$node"
+            fi
+          fi ;;
+      esac ;;
   esac
   log "$KIND node $node started"
 }

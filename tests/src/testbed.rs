@@ -346,7 +346,7 @@ impl RabbitCluster {
     }
 
     /// Starts node `index` again on its data and returns once it has booted and the
-    /// cluster lists it running.
+    /// cluster lists it running along with the other nodes that run.
     pub async fn start_node(&self, index: usize) -> Result<(), TestbedError> {
         self.bed
             .run("start-node", &[index.to_string()], OPERATION_LIMIT)
@@ -439,8 +439,9 @@ impl RedisCluster {
             .map(|_| ())
     }
 
-    /// Starts the node on `port` again on its data and returns once it answers PING; a
-    /// former master rejoins as a replica of the node that took over.
+    /// Starts the node on `port` again on its data and returns once it says
+    /// `cluster_state:ok`; a former master is then a replica, in sync, of the node that took
+    /// over.
     pub async fn start_node(&self, port: u16) -> Result<(), TestbedError> {
         self.bed
             .run("start-node", &[port.to_string()], OPERATION_LIMIT)
@@ -542,9 +543,9 @@ impl SentinelSet {
             .map(|_| ())
     }
 
-    /// Starts the node on `port` again and returns once it answers PING. A former master
-    /// comes back as a master on its own data until the sentinels turn it into a replica
-    /// (about ten seconds later): writes to it in between are lost.
+    /// Starts the node on `port` again and returns once it answers PING; a former master
+    /// only once the sentinels have made it a replica of the new master, in sync (about ten
+    /// seconds: until then it is a master of its own, and writes to it would be lost).
     pub async fn start_node(&self, port: u16) -> Result<(), TestbedError> {
         self.bed
             .run("start-node", &[port.to_string()], OPERATION_LIMIT)

@@ -379,29 +379,32 @@ async fn redis_cluster_serves_a_killed_masters_keys_after_failover() {
 
     let restarting = Instant::now();
     cluster.start_node(killed).await.unwrap();
-    eventually(RECOVERY, "the old master back as a replica", || async {
-        let mut node = plain_redis(killed).await;
-        let role: redis::Value =
-            tokio::time::timeout(CALL, redis::cmd("ROLE").query_async(&mut node))
-                .await
-                .map_err(|_| "no answer".to_owned())?
-                .map_err(|e| e.to_string())?;
-        match role {
-            redis::Value::Array(items)
-                if items.first() == Some(&redis::Value::BulkString(b"slave".to_vec())) =>
-            {
-                Ok(())
-            }
-            other => Err(format!("ROLE {other:?}")),
-        }
-    })
-    .await;
+    assert_eq!(
+        role_of(killed).await,
+        "slave",
+        "the old master is back as a replica"
+    );
     timing("redis-cluster: start-node to a replica again", restarting);
 
     let stopping = Instant::now();
     cluster.down().await.unwrap();
     timing("redis-cluster down", stopping);
     footprint.assert_gone().await;
+}
+
+/// What the Redis node on `port` says it is: `master`, `slave` or `sentinel`.
+async fn role_of(port: u16) -> String {
+    let mut node = plain_redis(port).await;
+    let role: redis::Value = bounded(CALL, "ROLE", redis::cmd("ROLE").query_async(&mut node))
+        .await
+        .unwrap();
+    match role {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::BulkString(name)) => String::from_utf8_lossy(name).into_owned(),
+            other => panic!("ROLE on {port} answered {other:?} first"),
+        },
+        other => panic!("ROLE on {port} answered {other:?}"),
+    }
 }
 
 /// The master `sentinel_url` names for `name`.
@@ -489,6 +492,26 @@ async fn sentinel_set_promotes_the_replica_which_accepts_writes() {
         .unwrap();
     assert_eq!(read.as_deref(), Some("after"));
     assert_eq!(set.status().await.unwrap().master_ports, [promoted]);
+
+    let restarting = Instant::now();
+    set.start_node(first_master).await.unwrap();
+    timing(
+        "sentinel: start-node of the old master to a replica",
+        restarting,
+    );
+    assert_eq!(role_of(first_master).await, "slave");
+    let replicated: Option<String> = bounded(
+        CALL,
+        "GET on the old master",
+        plain_redis(first_master).await.get(&key),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        replicated.as_deref(),
+        Some("after"),
+        "it follows the new master"
+    );
 
     let stopping = Instant::now();
     set.down().await.unwrap();
