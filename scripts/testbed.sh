@@ -39,7 +39,9 @@
 # Ports are picked at random in 20000-31999 among those nobody listens on, and reserved in
 # ${TMPDIR:-/tmp}/wxgate-testbed-ports (one directory per port naming its DIR), so several
 # beds (two CI clones, parallel tests) can run at once. The machine's shared Redis (6379) and
-# RabbitMQ (5672, node rabbit@…, distribution port 25672) are never used or touched.
+# RabbitMQ (5672, node rabbit@…, distribution port 25672) are never used or touched. Erlang's
+# port mapper (epmd, port 4369) is the machine's: the first node starts it when none runs, and
+# `down` leaves it running, as other Erlang nodes may use it.
 #
 # Every wait has a deadline and fails naming what it waited for; a failed `up` shows the tail
 # of the nodes' logs and removes what it started. Needs redis-server and redis-cli (7.0 or
@@ -108,7 +110,15 @@ alive() {
   [[ -n $state && $state != Z ]]
 }
 
-listening() { [[ -n $(ss -Htln "sport = :$1" 2>/dev/null) ]]; }
+# listening PORT — something accepts TCP connections on 127.0.0.1:PORT (or any address, where
+# `ss` is installed).
+listening() {
+  if command -v ss >/dev/null; then
+    [[ -n $(ss -Htln "sport = :$1" 2>/dev/null) ]]
+  else
+    timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+  fi
+}
 
 # reserve_port — prints a free port and reserves it for DIR (released by `down`).
 reserve_port() {
