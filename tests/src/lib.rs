@@ -1,6 +1,8 @@
 //! Helpers for wxgate's integration tests (`tests/it`): a gateway per test in its own random
 //! namespace against the real Redis and RabbitMQ, a consumer of `{ns}.events`, a TCP proxy
-//! that cuts a service off and brings it back, and polling with a deadline. `wxgate-core`'s
+//! that cuts a service off and brings it back, polling with a deadline, and clusters of a
+//! test's own (a RabbitMQ cluster, a Redis Cluster, a Sentinel set) through
+//! `scripts/testbed.sh`. `wxgate-core`'s
 //! own tests use its clean-up ([`RedisKeys`], [`on_own_runtime`]) and service URLs.
 //!
 //! Must not share state between tests, skip a test when a service is down, or sleep to
@@ -18,6 +20,7 @@ mod env;
 mod http;
 mod poll;
 mod proxy;
+mod testbed;
 
 pub use binaries::built_binaries;
 pub use cleanup::{Namespace, RedisKeys, on_own_runtime, ready_redis_store};
@@ -29,6 +32,7 @@ pub use env::{
 pub use http::{RawResponse, query, raw_exchange, read_until_closed, statuses};
 pub use poll::{bounded, eventually};
 pub use proxy::TcpProxy;
+pub use testbed::{RabbitCluster, RedisCluster, SentinelSet, Status, TestbedError};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
