@@ -149,7 +149,7 @@ release_ports() {
   [[ -f $DIR/ports ]] || return 0
   while read -r port; do
     owner=$(cat "$PORT_REGISTRY/$port/owner" 2>/dev/null || true)
-    [[ $owner == "$DIR" ]] && rm -rf "${PORT_REGISTRY:?}/$port"
+    if [[ $owner == "$DIR" ]]; then rm -rf "${PORT_REGISTRY:?}/$port"; fi
   done <"$DIR/ports"
 }
 
@@ -195,7 +195,7 @@ redis_pid() { cat "$(redis_dir "$1")/redis.pid" 2>/dev/null || true; }
 
 redis_ping() { [[ $(rcli "$1" ping 2>&1) == PONG ]]; }
 
-# redis_info PORT SECTION FIELD — one field of INFO (or CLUSTER INFO when SECTION is cluster).
+# redis_field PORT SECTION FIELD — one field of INFO (or CLUSTER INFO when SECTION is cluster).
 redis_field() {
   local port=$1 section=$2 field=$3
   if [[ $section == cluster ]]; then
@@ -719,9 +719,10 @@ cmd_status() {
   esac
 }
 
-# down_any — stops whatever DIR's pid files name, releases the ports, removes DIR.
+# down_any — stops whatever DIR's pid files name, releases the ports, removes DIR; fails
+# (after all that) when a node would not stop.
 down_any() {
-  local name pid
+  local name pid failed=0
   if [[ -f $DIR/state ]]; then
     KIND=$(state KIND)
     # In parallel: a RabbitMQ node takes seconds to stop.
@@ -734,7 +735,7 @@ down_any() {
       esac
       stops+=($!)
     done 3< <(bed_pids)
-    local stop failed=0
+    local stop
     for stop in "${stops[@]}"; do wait "$stop" || failed=1; done
     if [[ $KIND == rabbit ]]; then
       # A node killed with its `up` before it wrote its pid file is found by name.
@@ -746,17 +747,17 @@ down_any() {
         fi
       done
     fi
-    (( failed == 0 )) || log "some nodes did not stop; their processes may be left (see above)"
   fi
   release_ports
   rm -rf "${DIR:?}"
+  (( failed == 0 ))
 }
 
 cmd_down() {
   [[ -e $DIR ]] || { log "$DIR does not exist: nothing to stop"; return 0; }
   DIR=$(cd "$DIR" && pwd)
   if [[ -f $DIR/state ]]; then check_up; fi
-  down_any
+  down_any || die "some nodes of $DIR did not stop; their processes may be left (see above)"
   log "$KIND in $DIR is down"
 }
 
