@@ -118,7 +118,7 @@ async fn publish(bus: &RabbitBus, exchange: &str, id: &str) -> Result<(), String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bus_moves_to_another_node_and_keeps_every_confirmed_event() {
-    let cluster = wxgate_tests::testbed::RabbitCluster::up()
+    let cluster = wxgate_tests::RabbitCluster::up()
         .await
         .expect("a RabbitMQ cluster of the test's own");
     let ns = format!("t{:016x}", rand::random::<u64>());

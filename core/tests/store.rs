@@ -262,7 +262,7 @@ async fn writes_again(store: &dyn Store, key: &str, within: Duration) -> Duratio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_store_behaves_like_redis_and_survives_a_master_failover() {
-    let cluster = wxgate_tests::testbed::RedisCluster::up()
+    let cluster = wxgate_tests::RedisCluster::up()
         .await
         .expect("a Redis Cluster of the test's own");
     let config = Config::from_toml(
@@ -295,7 +295,7 @@ async fn cluster_store_behaves_like_redis_and_survives_a_master_failover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_store_behaves_like_redis_and_follows_the_new_master() {
-    let set = wxgate_tests::testbed::SentinelSet::up()
+    let set = wxgate_tests::SentinelSet::up()
         .await
         .expect("a Sentinel set of the test's own");
     let config = Config::from_toml(
