@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 use wxgate_core::Config;
-use bytes::Bytes;
 use wxgate_core::bus::{Bus, Message, Properties};
 use wxgate_core::rabbit::{DeclareError, RabbitBus, declare};
 use wxgate_core::topology::Topology;
@@ -182,7 +182,14 @@ async fn the_bus_moves_to_another_node_and_keeps_every_confirmed_event() {
                 panic!("confirmed events missing after 60 s: {missing:?}")
             })
             .expect("the stream ended");
-        seen.insert(delivery.message.properties.message_id.clone().unwrap_or_default());
+        seen.insert(
+            delivery
+                .message
+                .properties
+                .message_id
+                .clone()
+                .unwrap_or_default(),
+        );
         delivery.ack().await.unwrap();
     }
     stream.stop();

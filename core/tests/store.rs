@@ -233,8 +233,7 @@ async fn batches_cross_slots(store: &dyn Store, ns: &str, count: usize) {
         };
         assert_eq!(answer, &expected, "{key}");
     }
-    let entries: Vec<(String, Vec<u8>)> =
-        keys.iter().map(|k| (k.clone(), b"X".to_vec())).collect();
+    let entries: Vec<(String, Vec<u8>)> = keys.iter().map(|k| (k.clone(), b"X".to_vec())).collect();
     assert_eq!(
         store
             .set_xx_many(&entries, Duration::from_secs(60))
@@ -249,7 +248,10 @@ async fn batches_cross_slots(store: &dyn Store, ns: &str, count: usize) {
 async fn writes_again(store: &dyn Store, key: &str, within: Duration) -> Duration {
     let started = tokio::time::Instant::now();
     loop {
-        match store.set(key, b"after", Some(Duration::from_secs(60))).await {
+        match store
+            .set(key, b"after", Some(Duration::from_secs(60)))
+            .await
+        {
             Ok(()) => return started.elapsed(),
             Err(e) => assert!(
                 started.elapsed() < within,
@@ -288,7 +290,12 @@ async fn cluster_store_behaves_like_redis_and_survives_a_master_failover() {
     let served_again = writes_again(&store, &marker, Duration::from_secs(60)).await;
     println!("cluster: writes served again {served_again:?} after the kill");
     batches_cross_slots(&store, &format!("{ns}:after"), 200).await;
-    wait_ready(&store, Duration::from_secs(30), "cluster after the failover").await;
+    wait_ready(
+        &store,
+        Duration::from_secs(30),
+        "cluster after the failover",
+    )
+    .await;
     shutdown.cancel();
     cluster.down().await.expect("the cluster stopped");
 }
@@ -318,7 +325,10 @@ async fn sentinel_store_behaves_like_redis_and_follows_the_new_master() {
     let marker = format!("{ns}:marker");
     store.set(&marker, b"before", None).await.unwrap();
     let old = set.kill_master().await.expect("the master killed");
-    let new = set.wait_failover().await.expect("the sentinels promote the replica");
+    let new = set
+        .wait_failover()
+        .await
+        .expect("the sentinels promote the replica");
     assert_ne!(old, new);
     let served_again = writes_again(&store, &marker, Duration::from_secs(60)).await;
     println!("sentinel: writes served again {served_again:?} after the sentinels named {new}");

@@ -1,0 +1,576 @@
+//! wxgate on clusters, the short forms CI runs: gateways and workers (in this process) against
+//! a three-node RabbitMQ cluster and a Redis Cluster or Sentinel set of the test's own
+//! (`scripts/testbed.sh`), with WeChat simulated.
+//!
+//! - 2 gateways + 3 workers give exactly what 1 + 1 give for the same pushes: the same
+//!   replies, one send per event, one token call per AppID; an account added through one
+//!   worker's gRPC API is served by every gateway.
+//! - A RabbitMQ node (the worker queue's leader) killed and a Redis master killed under load:
+//!   no callback answered 200 is lost; every reply is sent.
+//! - The Sentinel master killed under load: the same.
+
+// Test code: a step that cannot be done should fail the test at once, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wxgate_core::Config;
+use wxgate_sim::{Inbound, MsgIdGen, PushAccount, PushClient, PushMode, Quotas, Sim, SimConfig};
+use wxgate_tests::{RabbitCluster, RedisCluster, SentinelSet};
+
+/// The customer-service send path at the simulator.
+const SEND: &str = "/cgi-bin/message/custom/send";
+/// The stable-token path at the simulator.
+const TOKEN: &str = "/cgi-bin/stable_token";
+/// The admin key the fleet's config accepts, and its SHA-256.
+const API_KEY: &str = "wxgate-dev-key";
+const API_KEY_SHA256: &str = "6966b461027f516f83830190c8d72f3e349c35f3d4a275796712dc6b02e6d830";
+/// `worker.retry_delays_ms` of every fleet, and so its retry queues.
+const RETRY_DELAYS_MS: &str = "200, 500, 1000, 2000, 4000";
+const RETRY_QUEUES: usize = 5;
+/// How long anything may take to become ready or to settle.
+const WAIT: Duration = Duration::from_secs(90);
+
+/// How the fleet reaches Redis.
+enum RedisBed<'a> {
+    Cluster(&'a RedisCluster),
+    Sentinel(&'a SentinelSet),
+}
+
+impl RedisBed<'_> {
+    fn toml(&self) -> String {
+        match self {
+            Self::Cluster(cluster) => format!(
+                "[redis]\nmode = \"cluster\"\nurls = {:?}\n",
+                &cluster.urls()[..2]
+            ),
+            Self::Sentinel(set) => format!(
+                "[redis]\nmode = \"sentinel\"\nurls = {:?}\nsentinel_master = {:?}\n",
+                set.sentinel_urls(),
+                set.master_name()
+            ),
+        }
+    }
+}
+
+/// A plain account with the echo rule, `appid` of the fleet's own.
+fn account_toml(id: &str, appid: &str) -> String {
+    format!(
+        "[[accounts]]\nid = \"{id}\"\nappid = \"{appid}\"\nsecret = \"secret-{appid}\"\n\
+         token = \"token-{id}\"\nmode = \"plain\"\n\
+         [[accounts.custom]]\nmatch = {{ msg_type = \"text\" }}\nreply = {{ echo = true }}\n"
+    )
+}
+
+fn push_account(id: &str, appid: &str) -> PushAccount {
+    PushAccount {
+        id: id.to_owned(),
+        appid: appid.to_owned(),
+        token: format!("token-{id}"),
+        encoding_aes_key: None,
+        mode: PushMode::Plain,
+        original_id: "gh_c1u5ter00000".to_owned(),
+    }
+}
+
+/// Gateways and workers of one namespace, in this process.
+struct Fleet {
+    gateways: Vec<SocketAddr>,
+    workers: Vec<wx_worker::Worker>,
+    shutdown: CancellationToken,
+}
+
+impl Fleet {
+    async fn start(config: &Arc<Config>, gateways: usize, workers: usize) -> Fleet {
+        let shutdown = CancellationToken::new();
+        let mut fleet = Fleet {
+            gateways: Vec::new(),
+            workers: Vec::new(),
+            shutdown: shutdown.clone(),
+        };
+        for _ in 0..workers {
+            let worker = wx_worker::start(Arc::clone(config), shutdown.clone())
+                .await
+                .expect("a worker starts");
+            ready(worker.http_addr(), "a worker").await;
+            fleet.workers.push(worker);
+        }
+        for _ in 0..gateways {
+            let listener = wxgate_serve::bind("127.0.0.1:0".parse().unwrap(), 1024)
+                .expect("a port for a gateway");
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(wx_gateway::serve(
+                Arc::clone(config),
+                listener,
+                shutdown.clone(),
+            ));
+            ready(addr, "a gateway").await;
+            fleet.gateways.push(addr);
+        }
+        fleet
+    }
+
+    fn base(&self, i: usize) -> String {
+        format!("http://{}/wx", self.gateways[i % self.gateways.len()])
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for worker in self.workers {
+            let _ = tokio::time::timeout(WAIT, worker.wait()).await;
+        }
+    }
+}
+
+/// Polls `GET /readyz` on `addr` until it answers 200.
+async fn ready(addr: SocketAddr, what: &str) {
+    wxgate_tests::eventually(
+        WAIT,
+        &format!("{what} on {addr} to be ready"),
+        || async move {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::spawn(wxgate_tests::raw_exchange(
+                    addr,
+                    b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                    Duration::from_secs(5),
+                )),
+            )
+            .await;
+            match answer {
+                Ok(Ok(response)) if response.status == 200 => Ok(()),
+                Ok(Ok(response)) => Err(format!(
+                    "{} {}",
+                    response.status,
+                    String::from_utf8_lossy(&response.body)
+                )),
+                _ => Err("no answer".to_owned()),
+            }
+        },
+    )
+    .await;
+}
+
+/// A config of namespace `ns` on the beds, WeChat at `sim`.
+fn config(
+    ns: &str,
+    redis: &RedisBed<'_>,
+    amqp_urls: &[String],
+    sim: &Sim,
+    accounts: &str,
+) -> Arc<Config> {
+    let text = format!(
+        "namespace = \"{ns}\"\n{redis}\n[rabbitmq]\nurls = {amqp_urls:?}\nqueue_type = \"quorum\"\n\
+         [gateway]\nlisten = \"127.0.0.1:0\"\n\
+         [worker]\nhttp_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
+         retry_delays_ms = [{RETRY_DELAYS_MS}]\nmax_attempts = 8\n\
+         [wechat]\napi_base = \"{base}\"\nmp_base = \"{base}\"\nopen_base = \"{base}\"\n\
+         {accounts}\n[[api_keys]]\nname = \"cluster\"\nsha256 = \"{API_KEY_SHA256}\"\naccounts = [\"*\"]\n",
+        redis = redis.toml(),
+        base = sim.base_url(),
+    );
+    Arc::new(Config::from_toml(&text, |_| None).unwrap_or_else(|e| panic!("{e}\n{text}")))
+}
+
+/// What became of one push.
+struct Push {
+    content: String,
+    answered: bool,
+}
+
+/// Pushes `count` distinct texts `{tag}-{i}` over the fleet's gateways in turn, `parallel` at a
+/// time, each retried as WeChat does.
+async fn push_many(fleet: &Fleet, account: &PushAccount, tag: &str, count: usize) -> Vec<Push> {
+    let client = PushClient::new();
+    let ids = MsgIdGen::new();
+    let mut pushes = JoinSet::new();
+    let mut done = Vec::new();
+    for i in 0..count {
+        let content = format!("{tag}-{i:05}");
+        let xml = Inbound::now(&account.original_id, wxgate_sim::random_openid())
+            .text(ids.next_id(), &content);
+        let (client, base, account) = (client.clone(), fleet.base(i), account.clone());
+        pushes.spawn(async move {
+            let answered = client
+                .push(&base, &account, &xml)
+                .await
+                .is_ok_and(|o| o.statuses.last() == Some(&200));
+            Push { content, answered }
+        });
+        if pushes.len() >= 16 {
+            done.push(pushes.join_next().await.unwrap().unwrap());
+        }
+    }
+    while let Some(push) = pushes.join_next().await {
+        done.push(push.unwrap());
+    }
+    done
+}
+
+/// Pushes at `rate` per second over the fleet's gateways until `stop`.
+fn load(
+    gateways: Vec<SocketAddr>,
+    account: PushAccount,
+    tag: String,
+    rate: u32,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Vec<Push>> {
+    tokio::spawn(async move {
+        let client = PushClient::new();
+        let ids = MsgIdGen::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+        let mut pushes = JoinSet::new();
+        let mut i = 0_usize;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let content = format!("{tag}-{i:06}");
+            let xml = Inbound::now(&account.original_id, wxgate_sim::random_openid())
+                .text(ids.next_id(), &content);
+            let base = format!("http://{}/wx", gateways[i % gateways.len()]);
+            i += 1;
+            let (client, account) = (client.clone(), account.clone());
+            pushes.spawn(async move {
+                let answered = client
+                    .push(&base, &account, &xml)
+                    .await
+                    .is_ok_and(|o| o.statuses.last() == Some(&200));
+                Push { content, answered }
+            });
+        }
+        let mut done = Vec::new();
+        while let Some(push) = pushes.join_next().await {
+            done.push(push.unwrap());
+        }
+        done
+    })
+}
+
+/// Successful sends at the simulator with a content of `tag`: content → how many times.
+fn sends(sim: &Sim, tag: &str) -> HashMap<String, usize> {
+    let mut sends = HashMap::new();
+    for call in sim.calls_to(SEND) {
+        if call.errcode == Some(0)
+            && let Some(content) = call.body["text"]["content"].as_str()
+            && content.starts_with(tag)
+        {
+            *sends.entry(content.to_owned()).or_default() += 1;
+        }
+    }
+    sends
+}
+
+/// Waits until every answered push of `pushes` has been sent at least once; the sends.
+async fn every_answer_sent(sim: &Sim, tag: &str, pushes: &[Push]) -> HashMap<String, usize> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let sent = sends(sim, tag);
+        let lost: Vec<&str> = pushes
+            .iter()
+            .filter(|p| p.answered && !sent.contains_key(&p.content))
+            .map(|p| p.content.as_str())
+            .collect();
+        if lost.is_empty() {
+            return sent;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} pushes answered 200 have no reply sent after 180 s: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn token_calls(sim: &Sim, appid: &str) -> usize {
+    sim.calls_to(TOKEN)
+        .iter()
+        .filter(|c| c.appid.as_deref() == Some(appid) && c.errcode == Some(0))
+        .count()
+}
+
+async fn start_sim(appids: &[&str]) -> Sim {
+    let mut config = SimConfig {
+        quotas: Quotas::unlimited(),
+        call_log_capacity: 1_000_000,
+        ..SimConfig::default()
+    };
+    for appid in appids {
+        config = config.with_account(*appid, format!("secret-{appid}"));
+    }
+    wxgate_sim::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("the simulator starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_and_three_workers_do_what_one_and_one_do() {
+    let (rabbit, redis) = tokio::join!(RabbitCluster::up(), RedisCluster::up());
+    let (rabbit, redis) = (
+        rabbit.expect("a RabbitMQ cluster"),
+        redis.expect("a Redis Cluster"),
+    );
+    let bed = RedisBed::Cluster(&redis);
+    let (one_appid, many_appid, late_appid) =
+        ("wxc1u5ter0000001", "wxc1u5ter0000002", "wxc1u5ter0000003");
+    let sim = start_sim(&[one_appid, many_appid, late_appid]).await;
+    let count = 150;
+
+    let mut results = Vec::new();
+    for (gateways, workers, appid) in [(1, 1, one_appid), (2, 3, many_appid)] {
+        let ns = format!("t{:016x}", rand::random::<u64>());
+        let config = config(
+            &ns,
+            &bed,
+            rabbit.amqp_urls(),
+            &sim,
+            &account_toml("shop", appid),
+        );
+        let fleet = Fleet::start(&config, gateways, workers).await;
+        let account = push_account("shop", appid);
+        let tag = format!("g{gateways}w{workers}");
+        let pushes = push_many(&fleet, &account, &tag, count).await;
+        assert!(
+            pushes.iter().all(|p| p.answered),
+            "{gateways}+{workers}: every push answered 200"
+        );
+        let sent = wxgate_tests::eventually(WAIT, "every reply sent", || {
+            let (sim, tag) = (&sim, &tag);
+            async move {
+                let sent = sends(sim, tag);
+                if sent.len() == count {
+                    Ok(sent)
+                } else {
+                    Err(format!("{} of {count} sent", sent.len()))
+                }
+            }
+        })
+        .await;
+        let twice: Vec<_> = sent.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{gateways}+{workers}: sent twice: {twice:?}"
+        );
+        assert_eq!(
+            token_calls(&sim, appid),
+            1,
+            "{gateways}+{workers}: one token call for the AppID"
+        );
+        let mut replies: Vec<String> = sent
+            .into_keys()
+            .map(|content| content[tag.len()..].to_owned())
+            .collect();
+        replies.sort();
+        results.push(replies);
+
+        if gateways == 2 {
+            // An account added through the first worker's API is served by every gateway.
+            add_account(&fleet.workers[0], "late", late_appid).await;
+            let late = push_account("late", late_appid);
+            for (i, gateway) in fleet.gateways.iter().enumerate() {
+                let base = format!("http://{gateway}/wx");
+                let late = &late;
+                wxgate_tests::eventually(
+                    Duration::from_secs(30),
+                    &format!("gateway {i} to serve the new account"),
+                    || {
+                        let base = base.clone();
+                        async move {
+                            let xml = Inbound::now(&late.original_id, wxgate_sim::random_openid())
+                                .text(MsgIdGen::new().next_id(), &format!("late-{i}"));
+                            let outcome = PushClient::new()
+                                .attempts(1)
+                                .push(&base, late, &xml)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            match outcome.statuses.last() {
+                                Some(200) => Ok(()),
+                                other => Err(format!("answered {other:?}")),
+                            }
+                        }
+                    },
+                )
+                .await;
+            }
+            every_answer_sent(
+                &sim,
+                "late-",
+                &[
+                    Push {
+                        content: "late-0".into(),
+                        answered: true,
+                    },
+                    Push {
+                        content: "late-1".into(),
+                        answered: true,
+                    },
+                ],
+            )
+            .await;
+        }
+        fleet.stop().await;
+    }
+    assert_eq!(results[0], results[1], "1+1 and 2+3 sent the same replies");
+    redis.down().await.expect("the Redis Cluster stopped");
+    rabbit.down().await.expect("the RabbitMQ cluster stopped");
+}
+
+/// `Accounts.Upsert` of a plain echo account through `worker`'s gRPC API.
+async fn add_account(worker: &wx_worker::Worker, id: &str, appid: &str) {
+    use wxgate_proto::v1 as pb;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", worker.grpc_addr()))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("the worker's gRPC API");
+    let mut client = pb::accounts_client::AccountsClient::new(channel);
+    let spec: wxgate_core::config::AccountSpec = toml::from_str(
+        &account_toml(id, appid)
+            .replacen("[[accounts]]\n", "", 1)
+            .replace("[[accounts.custom]]", "[[custom]]"),
+    )
+    .expect("the account spec");
+    let mut request = tonic::Request::new(pb::UpsertAccountRequest {
+        account: Some(wx_worker::grpc::accounts::settings_of(&spec, true)),
+        clear_previous: false,
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {API_KEY}").parse().unwrap(),
+    );
+    client.upsert(request).await.expect("Accounts.Upsert");
+}
+
+/// Under load (50 pushes/s over 2 gateways and 2 workers, namespace `ns` or a fresh one),
+/// `fault` happens; then every push answered 200 must have its reply sent. Prints the tally.
+async fn under_load<F, Fut>(
+    bed: &RedisBed<'_>,
+    amqp_urls: &[String],
+    ns: Option<&str>,
+    name: &str,
+    fault: F,
+) where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let appid = "wxc1u5ter0000009";
+    let sim = start_sim(&[appid]).await;
+    let ns = ns.map_or_else(|| format!("t{:016x}", rand::random::<u64>()), str::to_owned);
+    let config = config(&ns, bed, amqp_urls, &sim, &account_toml("shop", appid));
+    let fleet = Fleet::start(&config, 2, 2).await;
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let load = load(
+        fleet.gateways.clone(),
+        push_account("shop", appid),
+        "load".to_owned(),
+        50,
+        stop.clone(),
+    );
+    // Some load before the fault, and some after it.
+    wxgate_tests::eventually(WAIT, "the first replies", || {
+        let sim = &sim;
+        async move {
+            if sends(sim, "load").len() >= 50 {
+                Ok(())
+            } else {
+                Err("fewer than 50 sent")
+            }
+        }
+    })
+    .await;
+    fault(ns.clone()).await;
+    let recovered = started.elapsed();
+    let sent_at_recovery = sends(&sim, "load").len();
+    wxgate_tests::eventually(WAIT, "replies after the fault", || {
+        let sim = &sim;
+        async move {
+            if sends(sim, "load").len() >= sent_at_recovery + 100 {
+                Ok(())
+            } else {
+                Err("fewer than 100 more sent")
+            }
+        }
+    })
+    .await;
+    stop.cancel();
+    let pushes = load.await.unwrap();
+    let sent = every_answer_sent(&sim, "load", &pushes).await;
+    let answered = pushes.iter().filter(|p| p.answered).count();
+    let duplicates = sent.values().filter(|n| **n > 1).count();
+    println!(
+        "| {name} | {} pushes | {answered} answered 200 | {} sent | {duplicates} sent more than once | 0 lost | fault over after {recovered:?} |",
+        pushes.len(),
+        sent.len()
+    );
+    assert!(answered > 0);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rabbitmq_node_and_a_redis_master_lost_under_load_lose_nothing() {
+    let (rabbit, redis) = tokio::join!(RabbitCluster::up(), RedisCluster::up());
+    let (rabbit, redis) = (
+        rabbit.expect("a RabbitMQ cluster"),
+        redis.expect("a Redis Cluster"),
+    );
+    let (rabbit_ref, redis_ref) = (&rabbit, &redis);
+    under_load(
+        &RedisBed::Cluster(&redis),
+        rabbit.amqp_urls(),
+        None,
+        "RabbitMQ leader SIGKILL, then a Redis Cluster master SIGKILL",
+        |ns| async move {
+            let leader = rabbit_ref
+                .queue_leader(&format!("{ns}.worker"))
+                .await
+                .expect("the worker queue's leader");
+            rabbit_ref
+                .kill_node(leader)
+                .await
+                .expect("the leader killed");
+            redis_ref.kill_master(None).await.expect("a master killed");
+            redis_ref
+                .wait_failover()
+                .await
+                .expect("a replica took over");
+        },
+    )
+    .await;
+    redis.down().await.expect("the Redis Cluster stopped");
+    rabbit.down().await.expect("the RabbitMQ cluster stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sentinel_failover_under_load_loses_nothing() {
+    let set = SentinelSet::up().await.expect("a Sentinel set");
+    // RabbitMQ is not what fails here: the machine's broker, in a namespace removed at the end.
+    let namespace = wxgate_tests::Namespace::random(RETRY_QUEUES);
+    let set_ref = &set;
+    under_load(
+        &RedisBed::Sentinel(&set),
+        &[wxgate_tests::rabbitmq_url()],
+        Some(&namespace.ns),
+        "Sentinel master SIGKILL",
+        |_| async move {
+            set_ref.kill_master().await.expect("the master killed");
+            set_ref
+                .wait_failover()
+                .await
+                .expect("the sentinels promoted the replica");
+        },
+    )
+    .await;
+    set.down().await.expect("the Sentinel set stopped");
+}
