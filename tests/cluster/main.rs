@@ -26,11 +26,14 @@ use wxgate_tests::{RabbitCluster, RedisCluster, SentinelSet};
 
 /// The customer-service send path at the simulator.
 const SEND: &str = "/cgi-bin/message/custom/send";
-/// The stable-token path at the simulator.
-const TOKEN: &str = "/cgi-bin/stable_token";
+/// The token endpoints at the simulator (`wechat.token_mode` stable and classic).
+const STABLE_TOKEN: &str = "/cgi-bin/stable_token";
+const CLASSIC_TOKEN: &str = "/cgi-bin/token";
 /// The admin key the fleet's config accepts, and its SHA-256.
 const API_KEY: &str = "wxgate-dev-key";
 const API_KEY_SHA256: &str = "6966b461027f516f83830190c8d72f3e349c35f3d4a275796712dc6b02e6d830";
+/// The AppID of the fleets under load.
+const LOAD_APPID: &str = "wxc1u5ter0000009";
 /// `worker.retry_delays_ms` of every fleet, and so its retry queues.
 const RETRY_DELAYS_MS: &str = "200, 500, 1000, 2000, 4000";
 const RETRY_QUEUES: usize = 5;
@@ -164,13 +167,14 @@ fn config(
     amqp_urls: &[String],
     sim: &Sim,
     accounts: &str,
+    token_mode: &str,
 ) -> Arc<Config> {
     let text = format!(
         "namespace = \"{ns}\"\n{redis}\n[rabbitmq]\nurls = {amqp_urls:?}\nqueue_type = \"quorum\"\n\
          [gateway]\nlisten = \"127.0.0.1:0\"\n\
          [worker]\nhttp_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
          retry_delays_ms = [{RETRY_DELAYS_MS}]\nmax_attempts = 8\n\
-         [wechat]\napi_base = \"{base}\"\nmp_base = \"{base}\"\nopen_base = \"{base}\"\n\
+         [wechat]\ntoken_mode = \"{token_mode}\"\napi_base = \"{base}\"\nmp_base = \"{base}\"\nopen_base = \"{base}\"\n\
          {accounts}\n[[api_keys]]\nname = \"cluster\"\nsha256 = \"{API_KEY_SHA256}\"\naccounts = [\"*\"]\n",
         redis = redis.toml(),
         base = sim.base_url(),
@@ -291,9 +295,11 @@ async fn every_answer_sent(sim: &Sim, tag: &str, pushes: &[Push]) -> HashMap<Str
     }
 }
 
+/// Successful token calls for `appid`, at either endpoint (stable and classic).
 fn token_calls(sim: &Sim, appid: &str) -> usize {
-    sim.calls_to(TOKEN)
+    [STABLE_TOKEN, CLASSIC_TOKEN]
         .iter()
+        .flat_map(|path| sim.calls_to(path))
         .filter(|c| c.appid.as_deref() == Some(appid) && c.errcode == Some(0))
         .count()
 }
@@ -334,6 +340,7 @@ async fn two_gateways_and_three_workers_do_what_one_and_one_do() {
             rabbit.amqp_urls(),
             &sim,
             &account_toml("shop", appid),
+            "stable",
         );
         let fleet = Fleet::start(&config, gateways, workers).await;
         let account = push_account("shop", appid);
@@ -453,24 +460,33 @@ async fn add_account(worker: &wx_worker::Worker, id: &str, appid: &str) {
 }
 
 /// Under load (50 pushes/s over 2 gateways and 2 workers, namespace `ns` or a fresh one),
-/// `fault` happens; then every push answered 200 must have its reply sent. Prints the tally.
+/// `fault` happens; then every push answered 200 must have its reply sent, and no send may be
+/// refused for its token. Prints the tally; returns the token calls made.
 async fn under_load<F, Fut>(
     bed: &RedisBed<'_>,
     amqp_urls: &[String],
     ns: Option<&str>,
+    token_mode: &str,
     name: &str,
     fault: F,
-) where
+) -> usize
+where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let appid = "wxc1u5ter0000009";
+    let appid = LOAD_APPID;
     let sim = start_sim(&[appid]).await;
     let ns = ns.map_or_else(|| format!("t{:016x}", rand::random::<u64>()), str::to_owned);
-    let config = config(&ns, bed, amqp_urls, &sim, &account_toml("shop", appid));
+    let config = config(
+        &ns,
+        bed,
+        amqp_urls,
+        &sim,
+        &account_toml("shop", appid),
+        token_mode,
+    );
     let fleet = Fleet::start(&config, 2, 2).await;
     let stop = CancellationToken::new();
-    let started = Instant::now();
     let load = load(
         fleet.gateways.clone(),
         push_account("shop", appid),
@@ -490,8 +506,9 @@ async fn under_load<F, Fut>(
         }
     })
     .await;
+    let fault_started = Instant::now();
     fault(ns.clone()).await;
-    let recovered = started.elapsed();
+    let fault_took = fault_started.elapsed();
     let sent_at_recovery = sends(&sim, "load").len();
     wxgate_tests::eventually(WAIT, "replies after the fault", || {
         let sim = &sim;
@@ -509,13 +526,23 @@ async fn under_load<F, Fut>(
     let sent = every_answer_sent(&sim, "load", &pushes).await;
     let answered = pushes.iter().filter(|p| p.answered).count();
     let duplicates = sent.values().filter(|n| **n > 1).count();
+    // A token another refresher replaced keeps working (stable mode: the same token comes
+    // back; classic mode: the old one has a grace period), so no send is refused for it.
+    let refused_token = sim
+        .calls_to(SEND)
+        .iter()
+        .filter(|c| matches!(c.errcode, Some(40001 | 40014 | 42001)))
+        .count();
     println!(
-        "| {name} | {} pushes | {answered} answered 200 | {} sent | {duplicates} sent more than once | 0 lost | fault over after {recovered:?} |",
+        "| {name} | {} pushes | {answered} answered 200 | {} sent | {duplicates} sent more than once | 0 lost | fault done in {fault_took:?} | {} token calls ({token_mode}) | {refused_token} sends refused for the token |",
         pushes.len(),
-        sent.len()
+        sent.len(),
+        token_calls(&sim, appid)
     );
     assert!(answered > 0);
+    assert_eq!(refused_token, 0, "no send refused for its access token");
     fleet.stop().await;
+    token_calls(&sim, appid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -526,10 +553,11 @@ async fn a_rabbitmq_node_and_a_redis_master_lost_under_load_lose_nothing() {
         redis.expect("a Redis Cluster"),
     );
     let (rabbit_ref, redis_ref) = (&rabbit, &redis);
-    under_load(
+    let _ = under_load(
         &RedisBed::Cluster(&redis),
         rabbit.amqp_urls(),
         None,
+        "stable",
         "RabbitMQ leader SIGKILL, then a Redis Cluster master SIGKILL",
         |ns| async move {
             let leader = rabbit_ref
@@ -558,19 +586,42 @@ async fn a_sentinel_failover_under_load_loses_nothing() {
     // RabbitMQ is not what fails here: the machine's broker, in a namespace removed at the end.
     let namespace = wxgate_tests::Namespace::random(RETRY_QUEUES);
     let set_ref = &set;
-    under_load(
+    let token_calls = under_load(
         &RedisBed::Sentinel(&set),
         &[wxgate_tests::rabbitmq_url()],
         Some(&namespace.ns),
-        "Sentinel master SIGKILL",
-        |_| async move {
+        "classic",
+        "Sentinel master SIGKILL; the token and its lock lost",
+        |ns| async move {
             set_ref.kill_master().await.expect("the master killed");
-            set_ref
+            let master = set_ref
                 .wait_failover()
                 .await
                 .expect("the sentinels promoted the replica");
+            // What an unreplicated write lost in a failover looks like: the token and its
+            // lock are gone, so the next caller refreshes while sends with the old token are
+            // still under way.
+            let mut direct = redis::Client::open(format!("redis://127.0.0.1:{master}/0"))
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .expect("the new master");
+            for key in [
+                format!("{ns}:token:{LOAD_APPID}"),
+                format!("{ns}:token-lock:{LOAD_APPID}"),
+            ] {
+                let _: i64 = redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async(&mut direct)
+                    .await
+                    .expect("DEL on the new master");
+            }
         },
     )
     .await;
+    assert_eq!(
+        token_calls, 2,
+        "the lost token was fetched again, once, while the old one kept working"
+    );
     set.down().await.expect("the Sentinel set stopped");
 }
