@@ -98,8 +98,8 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let background = CancellationToken::new();
         let (claims, answers) = if args.work == Work::Redis {
-            let store: Arc<dyn Store> = match RedisStore::connect(
-                &config.redis.url,
+            let store: Arc<dyn Store> = match RedisStore::connect_config(
+                &config.redis,
                 config.gateway.request_budget,
                 background.clone(),
             ) {
@@ -125,8 +125,8 @@ fn main() -> ExitCode {
             (None, None)
         };
         let bus = (args.work == Work::Publish).then(|| {
-            RabbitBus::connect(
-                &config.rabbitmq.url,
+            RabbitBus::connect_any(
+                &config.rabbitmq.urls,
                 Topology::for_config(&config),
                 background.clone(),
             )

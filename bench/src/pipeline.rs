@@ -189,7 +189,7 @@ async fn connect(
 ) -> anyhow::Result<Ctx> {
     let topology = Topology::for_config(config);
     // The bus declares the topology either way, as the gateway does at start.
-    let bus = RabbitBus::connect(&config.rabbitmq.url, topology, shutdown.clone());
+    let bus = RabbitBus::connect_any(&config.rabbitmq.urls, topology, shutdown.clone());
     if !bus.wait_ready(Duration::from_secs(30)).await {
         bail!("RabbitMQ at the configured url not ready within 30 s");
     }
@@ -218,8 +218,8 @@ async fn connect(
     let redis = if args.no_redis {
         None
     } else {
-        let store: Arc<dyn Store> = Arc::new(RedisStore::connect(
-            &config.redis.url,
+        let store: Arc<dyn Store> = Arc::new(RedisStore::connect_config(
+            &config.redis,
             config.gateway.request_budget,
             shutdown.clone(),
         )?);
