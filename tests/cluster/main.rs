@@ -558,7 +558,7 @@ async fn a_rabbitmq_node_and_a_redis_master_lost_under_load_lose_nothing() {
         rabbit.amqp_urls(),
         None,
         "stable",
-        "RabbitMQ leader SIGKILL, then a Redis Cluster master SIGKILL",
+        "RabbitMQ leader SIGKILL, a Redis Cluster master SIGKILL, the node started again",
         |ns| async move {
             let leader = rabbit_ref
                 .queue_leader(&format!("{ns}.worker"))
@@ -573,6 +573,11 @@ async fn a_rabbitmq_node_and_a_redis_master_lost_under_load_lose_nothing() {
                 .wait_failover()
                 .await
                 .expect("a replica took over");
+            // The node comes back and rejoins; the load goes on throughout.
+            rabbit_ref
+                .start_node(leader)
+                .await
+                .expect("the node started again");
         },
     )
     .await;
