@@ -187,6 +187,13 @@ const INCR_WITH_TTL: &str = "local v = redis.call('INCR', KEYS[1]) if v == 1 and
 /// is).
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a health check may take before it counts as failed.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Failed health checks in a row after which a cluster connection is built anew (so that the
+/// slot map is read again).
+const CLUSTER_REBUILD_AFTER: u32 = 2;
+
 impl RedisStore {
     /// A standalone Redis at `url`: [`RedisStore::connect_config`] with
     /// [`RedisConfig::standalone`].
@@ -241,7 +248,7 @@ impl RedisStore {
                     };
                     tracing::info!(mode = "standalone", "redis connected");
                     store.set_link(Link::Single(manager));
-                    store.watch(&shutdown, std::future::pending()).await;
+                    store.watch(&shutdown, std::future::pending(), None).await;
                 });
             }
             RedisMode::Cluster => {
@@ -254,17 +261,34 @@ impl RedisStore {
                     .build()
                     .map_err(|e| StoreError::Url(Arc::new(e)))?;
                 tokio::spawn(async move {
-                    let Some(connection) = retry("redis cluster connect", &shutdown, || {
-                        client.get_async_connection()
-                    })
-                    .await
-                    else {
-                        return;
-                    };
-                    tracing::info!(mode = "cluster", "redis connected");
-                    store.set_link(Link::Cluster(connection));
-                    // The cluster connection follows slot moves and failovers on its own.
-                    store.watch(&shutdown, std::future::pending()).await;
+                    loop {
+                        let Some(connection) = retry("redis cluster connect", &shutdown, || {
+                            client.get_async_connection()
+                        })
+                        .await
+                        else {
+                            return;
+                        };
+                        tracing::info!(mode = "cluster", "redis connected");
+                        store.set_link(Link::Cluster(connection));
+                        // The cluster connection follows `MOVED` on its own, but a master that
+                        // died never answers one: its slots stay routed to it until the slot
+                        // map is read again. So when the masters stop answering, connect anew
+                        // (from the seeds), which learns who holds every slot now.
+                        if !store
+                            .watch(
+                                &shutdown,
+                                std::future::pending(),
+                                Some(CLUSTER_REBUILD_AFTER),
+                            )
+                            .await
+                        {
+                            return;
+                        }
+                        tracing::warn!(
+                            "redis cluster: a master does not answer; reading the slot map again"
+                        );
+                    }
                 });
             }
             RedisMode::Sentinel => {
@@ -335,7 +359,7 @@ impl RedisStore {
                     }
                 }
             };
-            if !self.watch(shutdown, moved).await {
+            if !self.watch(shutdown, moved, None).await {
                 return;
             }
             self.shared.ready.store(false, Ordering::Relaxed);
@@ -351,16 +375,29 @@ impl RedisStore {
         }
     }
 
-    /// Pings every [`HEALTH_INTERVAL`] and keeps `ready` up to date until `shutdown` (false)
-    /// or `until` resolves (true).
-    async fn watch(&self, shutdown: &CancellationToken, until: impl Future<Output = ()>) -> bool {
+    /// Pings every [`HEALTH_INTERVAL`] and keeps `ready` up to date until `shutdown` (false),
+    /// `until` resolves or `give_up_after` pings in a row failed (true).
+    async fn watch(
+        &self,
+        shutdown: &CancellationToken,
+        until: impl Future<Output = ()>,
+        give_up_after: Option<u32>,
+    ) -> bool {
         let mut until = std::pin::pin!(until);
+        let mut failed_in_row = 0_u32;
         loop {
             let ok = match self.link() {
-                Ok(mut link) => redis::cmd("PING")
-                    .query_async::<redis::Value>(&mut link)
-                    .await
-                    .is_ok(),
+                Ok(mut link) => {
+                    let ping = redis::cmd("PING");
+                    matches!(
+                        tokio::time::timeout(
+                            HEALTH_TIMEOUT,
+                            ping.query_async::<redis::Value>(&mut link)
+                        )
+                        .await,
+                        Ok(Ok(_))
+                    )
+                }
                 Err(_) => false,
             };
             if self.shared.ready.swap(ok, Ordering::Relaxed) != ok {
@@ -369,6 +406,10 @@ impl RedisStore {
                 } else {
                     tracing::warn!("redis unreachable");
                 }
+            }
+            failed_in_row = if ok { 0 } else { failed_in_row + 1 };
+            if give_up_after.is_some_and(|limit| failed_in_row >= limit) {
+                return true;
             }
             tokio::select! {
                 () = shutdown.cancelled() => return false,
