@@ -114,7 +114,11 @@ async fn slow_headers_are_cut_at_the_header_deadline_while_others_are_served() {
     let good = async {
         let xml = env.text(&env.plain, "answered meanwhile");
         let request = post(&signed_path(&env), xml.as_bytes(), true);
-        vec![wxgate_tests::raw_exchange(env.addr, &request, WAIT).await.status]
+        vec![
+            wxgate_tests::raw_exchange(env.addr, &request, WAIT)
+                .await
+                .status,
+        ]
     };
     let (seen, good) = tokio::join!(
         async {
