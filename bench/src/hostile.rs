@@ -1,27 +1,52 @@
-//! wxgate-hostile: runs hostile-input attacks against a running wx-gateway and prints a
-//! markdown table: attack, what the gateway answered, whether a good callback right after was
-//! answered 200, and the gateway's RSS before and after. `bench/hostile.sh` starts a release
-//! gateway with a small connection cap and header timeout and runs this against it.
+//! wxgate-hostile: runs hostile-input attacks against a running wx-gateway or wx-worker and
+//! prints a markdown table: attack, what the process answered, whether a good request right
+//! after was served, and the process's RSS before, at its peak during, and after the attack,
+//! with the CPU time it spent. `bench/hostile.sh` starts a release gateway or worker with a
+//! small connection cap and header timeout and runs this against it.
+//!
+//! Against the gateway the good request is a signed callback (200). Against the worker it is
+//! `GET /readyz` (200) and, on the gRPC listener, `Accounts.List` on a new connection (OK);
+//! the worker also gets the HTTP/2 attacks of [`grpc`].
+
+#[path = "hostile/grpc.rs"]
+mod grpc;
+#[path = "hostile/h2raw.rs"]
+mod h2raw;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
+/// What is attacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    /// wx-gateway: `--addr` is its callback listener.
+    Gateway,
+    /// wx-worker: `--addr` is `worker.http_listen`, `--grpc-addr` its gRPC listener.
+    Worker,
+}
+
 #[derive(Parser, Debug)]
-#[command(about = "Hostile-input attacks against a running wx-gateway, with its RSS")]
+#[command(about = "Hostile-input attacks against a running wx-gateway or wx-worker, with its RSS")]
 struct Args {
-    /// Address of the gateway.
+    /// What `--addr` and `--pid` are.
+    #[arg(long, value_enum, default_value_t = Kind::Gateway)]
+    target: Kind,
+    /// Address of the gateway, or of the worker's HTTP listener.
     #[arg(long, default_value = "127.0.0.1:18080")]
     addr: SocketAddr,
-    /// Pid of the gateway, for its RSS (/proc/PID/status).
+    /// Pid of the process attacked, for its RSS and CPU time (/proc/PID).
     #[arg(long)]
     pid: u32,
-    /// A plain-mode account id of the gateway.
+    /// A plain-mode account id of the gateway (the worker: the account whose events the slow
+    /// subscribers receive).
     #[arg(long, default_value = "bench")]
     account: String,
     /// Its token.
@@ -30,7 +55,11 @@ struct Args {
     /// Its original id (ToUserName).
     #[arg(long, default_value = "gh_bench")]
     to_user: String,
-    /// The gateway's `gateway.max_connections`.
+    /// Its appid (worker: put in the events published).
+    #[arg(long, default_value = "wx0000000000bench")]
+    appid: String,
+    /// The connection cap of `--addr` (`gateway.max_connections`,
+    /// `worker.http_max_connections`).
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
     /// Connections opened beyond the cap in the flood.
@@ -39,6 +68,37 @@ struct Args {
     /// Parallel copies of each attack.
     #[arg(long, default_value_t = 50)]
     copies: usize,
+    /// Worker: its gRPC address.
+    #[arg(long, default_value = "127.0.0.1:18051")]
+    grpc_addr: SocketAddr,
+    /// Worker: an API key allowed Accounts.List (and Events.Subscribe on `--account`).
+    #[arg(long, env = "WXGATE_API_KEY", default_value = "")]
+    api_key: String,
+    /// Worker: streams opened on each connection of the stream flood.
+    #[arg(long, default_value_t = 1000)]
+    streams: u32,
+    /// Worker: HEADERS + RST_STREAM pairs sent on each connection of the rapid reset.
+    #[arg(long, default_value_t = 10_000)]
+    resets: u32,
+    /// Worker: idle gRPC connections opened (each kind).
+    #[arg(long, default_value_t = 5000)]
+    idle: usize,
+    /// Worker: how long the idle connections are held.
+    #[arg(long, default_value = "15s", value_parser = wxgate_bench::parse_duration)]
+    hold: Duration,
+    /// Worker: the AMQP URL and namespace of the worker, for the slow subscribers' events;
+    /// the slow-subscriber attack is skipped without them.
+    #[arg(long)]
+    amqp_url: Option<String>,
+    /// Worker: its namespace.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Worker: slow subscribers (Events.Subscribe streams that never read).
+    #[arg(long, default_value_t = 20)]
+    subscribers: usize,
+    /// Worker: events published to them.
+    #[arg(long, default_value_t = 30_000)]
+    events: u64,
 }
 
 /// Resident set of `pid` in KiB.
@@ -59,6 +119,7 @@ fn now_s() -> u64 {
 }
 
 struct Target {
+    kind: Kind,
     addr: SocketAddr,
     account: String,
     token: String,
@@ -73,27 +134,55 @@ impl Target {
         format!("signature={signature}&timestamp={timestamp}&nonce={nonce}")
     }
 
+    /// The method of the attacks' requests: a callback POST, or the worker's GET.
+    fn method(&self) -> &'static str {
+        match self.kind {
+            Kind::Gateway => "POST",
+            Kind::Worker => "GET",
+        }
+    }
+
+    /// The path of the attacks' requests: a signed callback, or the worker's `/readyz`.
     fn path(&self) -> String {
-        format!("/wx/{}?{}", self.account, self.signed_query())
+        match self.kind {
+            Kind::Gateway => format!("/wx/{}?{}", self.account, self.signed_query()),
+            Kind::Worker => "/readyz".to_owned(),
+        }
     }
 
+    /// A body with `content`: a text message for the gateway; the worker reads no body.
     fn message(&self, content: &str) -> String {
-        format!(
-            "<xml><ToUserName><![CDATA[{}]]></ToUserName><FromUserName><![CDATA[oHostile00000000000000000000]]></FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content>{content}</Content><MsgId>{}</MsgId></xml>",
-            self.to_user,
-            now_s(),
-            rand::random::<u32>()
-        )
+        match self.kind {
+            Kind::Gateway => format!(
+                "<xml><ToUserName><![CDATA[{}]]></ToUserName><FromUserName><![CDATA[oHostile00000000000000000000]]></FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content>{content}</Content><MsgId>{}</MsgId></xml>",
+                self.to_user,
+                now_s(),
+                rand::random::<u32>()
+            ),
+            Kind::Worker => content.to_owned(),
+        }
     }
 
+    /// A complete request of `body` to `path`, `Connection: close`.
     fn post(&self, path: &str, body: &[u8]) -> Vec<u8> {
         let mut request = format!(
-            "POST {path} HTTP/1.1\r\nHost: wxgate\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{} {path} HTTP/1.1\r\nHost: wxgate\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.method(),
             body.len()
         )
         .into_bytes();
         request.extend_from_slice(body);
         request
+    }
+
+    /// The good request: a signed callback, or `GET /readyz`.
+    fn good_request(&self) -> Vec<u8> {
+        match self.kind {
+            Kind::Gateway => self.post(&self.path(), self.message("good").as_bytes()),
+            Kind::Worker => {
+                b"GET /readyz HTTP/1.1\r\nHost: wxgate\r\nConnection: close\r\n\r\n".to_vec()
+            }
+        }
     }
 }
 
@@ -128,6 +217,11 @@ where
     for _ in 0..copies {
         set.spawn(attack());
     }
+    count(&mut set).await
+}
+
+/// Waits for every task of `set`; the distinct answers, with counts.
+async fn count(set: &mut JoinSet<String>) -> String {
     let mut answers = std::collections::BTreeMap::<String, usize>::new();
     while let Some(answer) = set.join_next().await {
         *answers
@@ -139,6 +233,52 @@ where
         .map(|(a, n)| format!("{a} ×{n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Samples the RSS of `pid` every 20 ms while an attack runs; [`Peak::stop`] returns the
+/// largest value seen.
+struct Peak {
+    peak: Arc<AtomicU64>,
+    running: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Peak {
+    fn start(pid: u32) -> Peak {
+        let peak = Arc::new(AtomicU64::new(rss_kib(pid).unwrap_or(0)));
+        let running = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn({
+            let (peak, running) = (Arc::clone(&peak), Arc::clone(&running));
+            async move {
+                while running.load(Ordering::Relaxed) {
+                    if let Ok(rss) = rss_kib(pid) {
+                        peak.fetch_max(rss, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        Peak {
+            peak,
+            running,
+            task,
+        }
+    }
+
+    async fn stop(self, pid: u32) -> u64 {
+        self.running.store(false, Ordering::Relaxed);
+        let _ = self.task.await;
+        if let Ok(rss) = rss_kib(pid) {
+            self.peak.fetch_max(rss, Ordering::Relaxed);
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// CPU time (user + system) of `pid` in ms.
+fn cpu_ms(pid: u32) -> u64 {
+    wxgate_bench::process_cpu_us(&pid.to_string(), wxgate_bench::ticks_per_second())
+        .map_or(0, |us| us / 1000)
 }
 
 /// A slow writer: one byte every 100 ms until the gateway cuts it; "cut after N s".
@@ -164,38 +304,66 @@ async fn slowloris(addr: SocketAddr, request: Vec<u8>) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let target = std::sync::Arc::new(Target {
+    let target = Arc::new(Target {
+        kind: args.target,
         addr: args.addr,
         account: args.account.clone(),
         token: args.token.clone(),
         to_user: args.to_user.clone(),
     });
+    let grpc = (args.target == Kind::Worker).then(|| grpc::Grpc {
+        addr: args.grpc_addr,
+        api_key: args.api_key.clone(),
+    });
     let addr = args.addr;
     let copies = args.copies;
-    let good = |target: &Target| {
-        let request = target.post(&target.path(), target.message("good").as_bytes());
-        exchange(target.addr, request, false)
+    let pid = args.pid;
+    let good = || async {
+        let http = exchange(target.addr, target.good_request(), false).await;
+        match &grpc {
+            Some(grpc) => format!("{http}, {}", grpc.good_call().await),
+            None => http,
+        }
     };
-    if good(&target).await != "200" {
-        bail!("the gateway does not answer a good callback 200: check --account and --token");
+    let first = good().await;
+    match args.target {
+        Kind::Gateway if first != "200" => bail!(
+            "the gateway does not answer a good callback 200 ({first}): check --account and --token"
+        ),
+        Kind::Worker if first != "200, OK" => bail!(
+            "the worker does not answer /readyz 200 and Accounts.List OK ({first}): check --addr, --grpc-addr and --api-key"
+        ),
+        _ => {}
     }
-    println!("| attack | answer | good callback after | RSS before MiB | RSS after MiB |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| attack | answer | {} | RSS before MiB | RSS peak MiB | RSS after MiB | CPU ms |",
+        match args.target {
+            Kind::Gateway => "good callback after",
+            Kind::Worker => "/readyz, Accounts.List after",
+        }
+    );
+    println!("|---|---|---|---|---|---|---|");
     let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
 
     macro_rules! attack {
         ($name:expr, $run:expr) => {{
-            let before = rss_kib(args.pid)?;
+            let before = rss_kib(pid)?;
+            let cpu_before = cpu_ms(pid);
+            let peak = Peak::start(pid);
             let answer: String = $run;
-            let after = rss_kib(args.pid)?;
-            let good = good(&target).await;
+            let peak = peak.stop(pid).await;
+            let after = rss_kib(pid)?;
+            let cpu = cpu_ms(pid).saturating_sub(cpu_before);
+            let good = good().await;
             println!(
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 $name,
                 answer,
                 good,
                 mib(before),
-                mib(after)
+                mib(peak),
+                mib(after),
+                cpu
             );
         }};
     }
@@ -242,8 +410,12 @@ async fn main() -> Result<()> {
         let t = std::sync::Arc::clone(&target);
         many(copies, move || {
             let flood: String = (0..1000).map(|i| format!("X-F{i}: {i}\r\n")).collect();
-            let request =
-                format!("POST {} HTTP/1.1\r\nHost: w\r\n{flood}\r\n", t.path()).into_bytes();
+            let request = format!(
+                "{} {} HTTP/1.1\r\nHost: w\r\n{flood}\r\n",
+                t.method(),
+                t.path()
+            )
+            .into_bytes();
             exchange(addr, request, false)
         })
         .await
@@ -252,7 +424,8 @@ async fn main() -> Result<()> {
         let t = std::sync::Arc::clone(&target);
         many(copies, move || {
             let request = format!(
-                "POST {} HTTP/1.1\r\nHost: w\r\nX-Huge: {}\r\n\r\n",
+                "{} {} HTTP/1.1\r\nHost: w\r\nX-Huge: {}\r\n\r\n",
+                t.method(),
                 t.path(),
                 "a".repeat(1 << 20)
             )
@@ -265,7 +438,8 @@ async fn main() -> Result<()> {
         let t = std::sync::Arc::clone(&target);
         many(copies, move || {
             let mut request = format!(
-                "POST {} HTTP/1.1\r\nHost: w\r\nTransfer-Encoding: chunked\r\n\r\n1000000\r\n",
+                "{} {} HTTP/1.1\r\nHost: w\r\nTransfer-Encoding: chunked\r\n\r\n1000000\r\n",
+                t.method(),
                 t.path()
             )
             .into_bytes();
@@ -278,7 +452,8 @@ async fn main() -> Result<()> {
         let t = std::sync::Arc::clone(&target);
         many(copies, move || {
             let request = format!(
-                "POST {} HTTP/1.1\r\nHost: w\r\nContent-Length: 16777216\r\n\r\n",
+                "{} {} HTTP/1.1\r\nHost: w\r\nContent-Length: 16777216\r\n\r\n",
+                t.method(),
                 t.path()
             )
             .into_bytes();
@@ -290,7 +465,8 @@ async fn main() -> Result<()> {
         let t = std::sync::Arc::clone(&target);
         many(copies, move || {
             let mut request = format!(
-                "POST {} HTTP/1.1\r\nHost: w\r\nContent-Length: 10\r\n\r\n",
+                "{} {} HTTP/1.1\r\nHost: w\r\nContent-Length: 10\r\n\r\n",
+                t.method(),
                 t.path()
             )
             .into_bytes();
@@ -306,7 +482,8 @@ async fn main() -> Result<()> {
             many(copies, move || {
                 let body = t.message("long");
                 let mut request = format!(
-                    "POST {} HTTP/1.1\r\nHost: w\r\nContent-Length: {}\r\n\r\n",
+                    "{} {} HTTP/1.1\r\nHost: w\r\nContent-Length: {}\r\n\r\n",
+                    t.method(),
                     t.path(),
                     body.len() + 100
                 )
@@ -320,8 +497,12 @@ async fn main() -> Result<()> {
     attack!(format!("broken request with 2 pipelined ×{copies}"), {
         let t = std::sync::Arc::clone(&target);
         many(copies, move || {
-            let mut request =
-                format!("POST {} HTTP/1.1\r\nHost: w\r\nbroken\r\n\r\n", t.path()).into_bytes();
+            let mut request = format!(
+                "{} {} HTTP/1.1\r\nHost: w\r\nbroken\r\n\r\n",
+                t.method(),
+                t.path()
+            )
+            .into_bytes();
             for _ in 0..2 {
                 request.extend_from_slice(&t.post(&t.path(), t.message("behind").as_bytes()));
             }
@@ -329,6 +510,82 @@ async fn main() -> Result<()> {
         })
         .await
     });
+    if let Some(grpc) = &grpc {
+        let grpc_addr = grpc.addr;
+        attack!(
+            format!(
+                "gRPC: {} streams on one connection ({} allowed) ×{copies}",
+                args.streams,
+                wx_worker::grpc::MAX_CONCURRENT_STREAMS
+            ),
+            grpc::stream_flood(grpc_addr, copies, args.streams).await
+        );
+        attack!(
+            format!("gRPC: a 1 MiB metadata value (HEADERS + 64 CONTINUATION) ×{copies}"),
+            grpc::header_block(grpc_addr, copies, 1 << 20, 1).await
+        );
+        attack!(
+            format!("gRPC: 16,384 metadata entries of 64 bytes ×{copies}"),
+            grpc::header_block(grpc_addr, copies, 16_384 * 64, 16_384).await
+        );
+        attack!(
+            format!("gRPC: a 5 MiB message (4 MiB allowed) ×{copies}"),
+            grpc::oversized_message(grpc, copies, 5 << 20).await
+        );
+        attack!(
+            format!("gRPC: a length prefix of 4 GiB, 100 bytes, then silence ×{copies}"),
+            grpc::lying_prefix(grpc_addr, copies).await
+        );
+        attack!(
+            format!("gRPC: bytes that are not HTTP/2, 3 kinds ×{copies}"),
+            grpc::not_http2(grpc_addr, copies).await
+        );
+        attack!(
+            format!(
+                "gRPC: rapid reset, HEADERS + RST_STREAM ×{} per connection ×{copies}",
+                args.resets
+            ),
+            grpc::rapid_reset(grpc_addr, copies, args.resets).await
+        );
+        for (handshake, kind) in [
+            (false, "TCP connections that never send the preface"),
+            (
+                true,
+                "idle HTTP/2 connections (handshake done, pings answered)",
+            ),
+        ] {
+            attack!(
+                format!("gRPC: {} {kind}, held {:?}", args.idle, args.hold),
+                {
+                    let idle = grpc::idle(grpc, pid, args.idle, handshake, args.hold).await?;
+                    format!(
+                        "{} open ({} MiB); Accounts.List meanwhile: {}; closed by the worker: {}",
+                        idle.opened,
+                        mib(idle.rss_open_kib),
+                        idle.call_meanwhile,
+                        idle.closed_by_server
+                    )
+                }
+            );
+        }
+        if let (Some(url), Some(namespace)) = (&args.amqp_url, &args.namespace) {
+            let broker = grpc::Broker {
+                url: url.clone(),
+                namespace: namespace.clone(),
+                account: args.account.clone(),
+                appid: args.appid.clone(),
+            };
+            attack!(
+                format!(
+                    "gRPC: {} Events.Subscribe streams that never read (window 0), {} events",
+                    args.subscribers, args.events
+                ),
+                grpc::slow_consumers(grpc, &broker, args.subscribers, args.events).await?
+            );
+        }
+        return Ok(());
+    }
+    // The callback-only attacks: repeated signatures and XML.
     attack!(format!("two signatures ×{copies}"), {
         let t = std::sync::Arc::clone(&target);
         many(copies, move || {

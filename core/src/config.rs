@@ -292,6 +292,12 @@ pub struct WorkerConfig {
     /// Time a connection to `http_listen` has to send complete request headers, and how
     /// long an idle one is kept (`worker.http_header_timeout_ms`, default 10,000).
     pub http_header_timeout: Duration,
+    /// Connections open at most on `grpc_listen` (`worker.grpc_max_connections`, default
+    /// 16,384); further ones wait in the listen backlog.
+    pub grpc_max_connections: usize,
+    /// Time a new connection to `grpc_listen` has to send its first bytes, the HTTP/2
+    /// preface or a TLS ClientHello (`worker.grpc_preface_timeout_ms`, default 10,000).
+    pub grpc_preface_timeout: Duration,
     /// Length of the listen queue of `http_listen` and `grpc_listen` asked of the kernel
     /// (`worker.listen_backlog`, default 1024); the kernel caps it at `net.core.somaxconn`.
     pub listen_backlog: u32,
@@ -446,6 +452,8 @@ struct RawWorker {
     grpc_listen: Option<String>,
     http_max_connections: Option<u64>,
     http_header_timeout_ms: Option<u64>,
+    grpc_max_connections: Option<u64>,
+    grpc_preface_timeout_ms: Option<u64>,
     listen_backlog: Option<u64>,
     prefetch: Option<u64>,
     concurrency: Option<u64>,
@@ -580,6 +588,8 @@ const ENV_KEYS: &[(&str, &str, EnvKind)] = &[
     ("worker", "grpc_listen", EnvKind::Str),
     ("worker", "http_max_connections", EnvKind::Int),
     ("worker", "http_header_timeout_ms", EnvKind::Int),
+    ("worker", "grpc_max_connections", EnvKind::Int),
+    ("worker", "grpc_preface_timeout_ms", EnvKind::Int),
     ("worker", "listen_backlog", EnvKind::Int),
     ("worker", "prefetch", EnvKind::Int),
     ("worker", "concurrency", EnvKind::Int),
@@ -1039,6 +1049,16 @@ fn worker(raw: RawWorker) -> Result<WorkerConfig, ConfigError> {
         http_header_timeout: millis_in(
             "worker.http_header_timeout_ms",
             raw.http_header_timeout_ms.unwrap_or(10_000),
+            100..=60_000,
+        )?,
+        grpc_max_connections: in_range(
+            "worker.grpc_max_connections",
+            raw.grpc_max_connections.unwrap_or(16_384),
+            1..=1_048_576,
+        )?,
+        grpc_preface_timeout: millis_in(
+            "worker.grpc_preface_timeout_ms",
+            raw.grpc_preface_timeout_ms.unwrap_or(10_000),
             100..=60_000,
         )?,
         listen_backlog: in_range(
@@ -1636,6 +1656,8 @@ mod tests {
             ("worker", "concurrency", 1, 65536),
             ("worker", "max_attempts", 1, 1000),
             ("worker", "sent_ttl_s", 60, 2_592_000),
+            ("worker", "grpc_max_connections", 1, 1_048_576),
+            ("worker", "grpc_preface_timeout_ms", 100, 60_000),
             ("wechat", "refresh_ahead_s", 0, 3600),
             ("wechat", "http_timeout_ms", 10, 120_000),
         ] {

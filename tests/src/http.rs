@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// An HTTP response read off a raw connection.
@@ -118,9 +118,12 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
         .finish()
 }
 
-/// Reads from `stream` until the peer closes (or resets) the connection; panics after
-/// `within`. For attacks whose answer is a close.
-pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+/// Reads from `stream` (a connection or its read half) until the peer closes (or resets) the
+/// connection; panics after `within`. For attacks whose answer is a close.
+pub async fn read_until_closed<R>(stream: &mut R, within: Duration) -> Vec<u8>
+where
+    R: AsyncRead + Unpin,
+{
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     tokio::time::timeout(within, async {

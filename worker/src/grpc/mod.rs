@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod auth;
 pub mod dead_letters;
 pub mod events;
+pub mod incoming;
 pub mod media;
 pub mod menus;
 pub mod messages;
@@ -25,7 +26,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use wechat::errcode::{Class, classify};
 use wxgate_core::accounts::Registry;
@@ -161,7 +161,9 @@ pub fn server(tls: Option<ServerTlsConfig>) -> Result<Server, GrpcError> {
 }
 
 /// Serves the API on `listener` with `server` (see [`server`]) until `shutdown` is
-/// cancelled, then lets calls in progress finish. Streams (`Events.Subscribe`) end when
+/// cancelled, then lets calls in progress finish. At most `worker.grpc_max_connections`
+/// connections are open, and each must send its first bytes within
+/// `worker.grpc_preface_timeout_ms` ([`incoming`]). Streams (`Events.Subscribe`) end when
 /// `shutdown` is cancelled.
 pub async fn serve(
     mut server: Server,
@@ -193,7 +195,11 @@ pub async fn serve(
         Err(error) => tracing::error!(%error, "cannot build the reflection service"),
     }
     let router = add_services(router, &api, &auth);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let limits = incoming::GrpcLimits {
+        max_connections: api.config.worker.grpc_max_connections,
+        preface_timeout: api.config.worker.grpc_preface_timeout,
+    };
+    let incoming = incoming::incoming(listener, limits);
     let result = router
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
