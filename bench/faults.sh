@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Faults under load, the long form: the scenarios of tests/faults (RabbitMQ and Redis stopped
-# and started, gateway, worker and `wxgate tail` killed with SIGKILL, WeChat slow and failing)
-# with minutes-long load and fault windows, one scenario at a time, printing the fault table
-# (pushes, 200s, published, sent, dead, queued, duplicates, lost) for bench/README.md.
+# and started, Redis, gateway, worker and `wxgate tail` killed with SIGKILL, WeChat slow,
+# failing, and answering after the worker's timeout) with minutes-long load and fault windows,
+# one scenario at a time, printing the fault table (pushes, 200s, published, sent, dead,
+# queued, duplicates, lost) for bench/README.md.
 #
 # The scenarios start wx-gateway, wx-worker and wxgate as child processes, and their own Redis
 # and RabbitMQ node on other ports where one is stopped (the shared 6379/5672 are never

@@ -35,6 +35,11 @@ pub struct Call {
     pub http_status: u16,
     /// Simulated Unix time of the call, in milliseconds.
     pub at_ms: i64,
+    /// How long the answer was held back after the call was carried out
+    /// (an injected [`crate::FaultKind::LateAnswer`]), in milliseconds; 0
+    /// normally. A client with a shorter timeout never saw the answer,
+    /// although the call took effect.
+    pub answer_delay_ms: u64,
 }
 
 impl Call {
@@ -145,6 +150,7 @@ mod tests {
             errcode: Some(0),
             http_status: 200,
             at_ms: 0,
+            answer_delay_ms: 0,
         }
     }
 

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /_sim/calls[?path=P][&limit=N]` | the last N (default 1000) logged calls, oldest first |
 //! | `GET /_sim/stats` | calls per path since start, and the simulated time |
-//! | `POST /_sim/faults` | inject: `{"path": P, "errcode": N \| "status": S \| "latency_ms": D \| "drop": true, "times": K, "probability": F}` |
+//! | `POST /_sim/faults` | inject: `{"path": P, "errcode": N \| "status": S \| "latency_ms": D \| "late_answer_ms": D \| "drop": true, "times": K, "probability": F}` |
 //! | `DELETE /_sim/faults` | remove every fault |
 //! | `POST /_sim/invalidate/{appid}` | current tokens → `40001` |
 //! | `POST /_sim/expire/{appid}` | current tokens → `42001` |

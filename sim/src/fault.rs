@@ -1,5 +1,5 @@
-//! Injected faults: errcodes, HTTP statuses, latency and dropped
-//! connections, per endpoint path.
+//! Injected faults: errcodes, HTTP statuses, latency, late answers and
+//! dropped connections, per endpoint path.
 
 use std::time::Duration;
 
@@ -9,7 +9,9 @@ use serde::Deserialize;
 pub const ANY_PATH: &str = "*";
 
 /// A fault the simulator applies to calls of one path, before doing
-/// anything else (the call changes no state and is logged with the fault).
+/// anything else (the call changes no state and is logged with the fault),
+/// except [`FaultKind::LateAnswer`], which lets the call take effect and
+/// holds back its answer.
 ///
 /// Built with one of the constructors, then optionally limited:
 /// `Fault::errcode(-1).times(2)`, `Fault::status(502).with_probability(0.1)`.
@@ -40,7 +42,19 @@ pub enum FaultKind {
     Status(u16),
     /// Wait this long, then handle the call normally (or apply the next
     /// matching fault). Latencies of several matching faults add up.
+    ///
+    /// A client that gives up during the wait closes its connection, and
+    /// the call is then neither carried out nor logged: WeChat slow to
+    /// *receive* a call. For WeChat slow to *answer* one it has carried out,
+    /// use [`FaultKind::LateAnswer`].
     Latency(Duration),
+    /// Handle the call normally (or apply the next matching fault) and log
+    /// it, then hold the answer back this long: the call takes effect (a
+    /// message is delivered, a token issued) whether or not the client is
+    /// still waiting, as with real WeChat when its answer outlasts the
+    /// caller's timeout. Logged in [`crate::Call::answer_delay_ms`]; delays
+    /// of several matching faults add up.
+    LateAnswer(Duration),
     /// Close the connection without answering.
     Drop,
 }
@@ -72,6 +86,11 @@ impl Fault {
         Fault::new(FaultKind::Latency(delay))
     }
 
+    /// Carry the call out, then answer `delay` later ([`FaultKind::LateAnswer`]).
+    pub fn late_answer(delay: Duration) -> Fault {
+        Fault::new(FaultKind::LateAnswer(delay))
+    }
+
     /// Drop the connection without an answer.
     pub fn drop_connection() -> Fault {
         Fault::new(FaultKind::Drop)
@@ -99,7 +118,8 @@ impl Fault {
 }
 
 /// The JSON accepted by `POST /_sim/faults`: `path` plus exactly one of
-/// `errcode` (with optional `errmsg`), `status`, `latency_ms`, `drop`.
+/// `errcode` (with optional `errmsg`), `status`, `latency_ms`,
+/// `late_answer_ms`, `drop`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FaultSpec {
@@ -108,6 +128,7 @@ pub(crate) struct FaultSpec {
     errmsg: Option<String>,
     status: Option<u16>,
     latency_ms: Option<u64>,
+    late_answer_ms: Option<u64>,
     #[serde(default)]
     drop: bool,
     times: Option<u32>,
@@ -132,12 +153,20 @@ impl FaultSpec {
         if let Some(ms) = self.latency_ms {
             kinds.push(FaultKind::Latency(Duration::from_millis(ms)));
         }
+        if let Some(ms) = self.late_answer_ms {
+            kinds.push(FaultKind::LateAnswer(Duration::from_millis(ms)));
+        }
         if self.drop {
             kinds.push(FaultKind::Drop);
         }
         let kind = match kinds.len() {
             1 => kinds.pop().ok_or_else(|| "no fault kind".to_owned())?,
-            _ => return Err("give exactly one of errcode, status, latency_ms, drop".to_owned()),
+            _ => {
+                return Err(
+                    "give exactly one of errcode, status, latency_ms, late_answer_ms, drop"
+                        .to_owned(),
+                );
+            }
         };
         let mut fault = Fault::new(kind);
         fault.times = self.times;
@@ -152,6 +181,8 @@ impl FaultSpec {
 #[derive(Debug, Default)]
 pub(crate) struct Verdict {
     pub(crate) latency: Duration,
+    /// How long to hold the answer back once the call is carried out.
+    pub(crate) late_answer: Duration,
     pub(crate) terminal: Option<FaultKind>,
 }
 
@@ -174,7 +205,8 @@ impl FaultSet {
     }
 
     /// Applies the matching faults in the order they were injected: all
-    /// latencies add up, the first errcode/status/drop ends the search.
+    /// latencies add up, so do all late answers, and the first
+    /// errcode/status/drop ends the search.
     pub(crate) fn evaluate(&mut self, path: &str) -> Verdict {
         let mut verdict = Verdict::default();
         let mut rng = rand::rng();
@@ -194,6 +226,9 @@ impl FaultSet {
             match &fault.kind {
                 FaultKind::Latency(delay) => {
                     verdict.latency = verdict.latency.saturating_add(*delay)
+                }
+                FaultKind::LateAnswer(delay) => {
+                    verdict.late_answer = verdict.late_answer.saturating_add(*delay)
                 }
                 other => {
                     verdict.terminal = Some(other.clone());

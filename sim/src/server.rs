@@ -489,6 +489,23 @@ async fn handle(
     inner: Arc<Inner>,
     request: Request<Incoming>,
 ) -> Result<HttpResponse, DroppedByFault> {
+    let mut late_answer = Duration::ZERO;
+    let answer = carry_out(inner, request, &mut late_answer).await;
+    // The call has taken effect and is logged: a client giving up now (hyper then drops this
+    // future) changes nothing, as with WeChat answering after the caller's timeout.
+    if !late_answer.is_zero() {
+        tokio::time::sleep(late_answer).await;
+    }
+    answer
+}
+
+/// Handles one request up to its answer; sets `late_answer` to how long the answer is to be
+/// held back afterwards.
+async fn carry_out(
+    inner: Arc<Inner>,
+    request: Request<Incoming>,
+    late_answer: &mut Duration,
+) -> Result<HttpResponse, DroppedByFault> {
     let received_at = Instant::now();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
@@ -533,6 +550,7 @@ async fn handle(
     if !verdict.latency.is_zero() {
         tokio::time::sleep(verdict.latency).await;
     }
+    *late_answer = verdict.late_answer;
 
     let now_ms = inner.clock.now_ms();
     let mut record = Record {
@@ -542,6 +560,7 @@ async fn handle(
         query,
         appid: None,
         at_ms: now_ms,
+        answer_delay_ms: u64::try_from(verdict.late_answer.as_millis()).unwrap_or(u64::MAX),
     };
     match verdict.terminal {
         Some(FaultKind::Errcode { errcode, errmsg }) => {
@@ -566,7 +585,7 @@ async fn handle(
             inner.log(record.finish(body, None, 0), received_at);
             return Err(DroppedByFault);
         }
-        Some(FaultKind::Latency(_)) | None => {}
+        Some(FaultKind::Latency(_) | FaultKind::LateAnswer(_)) | None => {}
     }
 
     let Some(endpoint) = endpoint else {
@@ -614,6 +633,7 @@ struct Record<'a> {
     query: Vec<(String, String)>,
     appid: Option<String>,
     at_ms: i64,
+    answer_delay_ms: u64,
 }
 
 impl Record<'_> {
@@ -663,6 +683,7 @@ impl Record<'_> {
             errcode,
             http_status,
             at_ms: self.at_ms,
+            answer_delay_ms: self.answer_delay_ms,
         }
     }
 }

@@ -107,7 +107,8 @@ pub async fn reap(child: &mut Child, what: &str) {
     }
 }
 
-/// A `redis-server` child with an append-only file in a directory of its own.
+/// A `redis-server` child with an append-only file in a directory of its own, fsynced once a
+/// second (`appendfsync everysec`, Redis's default and the usual production setting).
 pub struct OwnRedis {
     /// Its port.
     pub port: u16,
@@ -139,7 +140,14 @@ impl OwnRedis {
     pub async fn resume(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--appendonly", "yes", "--save", ""])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .args(["--daemonize", "no"])
@@ -156,6 +164,15 @@ impl OwnRedis {
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             terminate(&child);
+            reap(&mut child, "the test's Redis").await;
+        }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would: what it had not yet written to its
+    /// append-only file is gone; what it had written survives (the kernel still holds it).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().expect("SIGKILL to the test's Redis");
             reap(&mut child, "the test's Redis").await;
         }
     }

@@ -31,6 +31,9 @@ const ACCOUNT: &str = "plain";
 pub const CONCURRENCY: usize = 16;
 /// `worker.retry_delays_ms`: long enough together to outlast a short WeChat fault window.
 const RETRY_DELAYS_MS: &str = "500,1000,2000,4000";
+/// `worker.max_attempts` of every worker: the most times one event is tried, so the most
+/// times one reply can reach WeChat when every attempt is delivered but not answered in time.
+pub const MAX_ATTEMPTS: u32 = 6;
 /// How long the system may take to settle after the load stopped.
 const SETTLE: Duration = Duration::from_secs(120);
 /// How long a child process may take to become ready.
@@ -98,6 +101,10 @@ pub struct World {
     pub sim: Sim,
     /// Where Redis and RabbitMQ are.
     pub services: Services,
+    /// The worker's `wechat.http_timeout_ms`: a send WeChat answers later than this timed out
+    /// at the worker, although WeChat carried it out.
+    pub http_timeout: Duration,
+    http_timeout_overridden: bool,
     account: PushAccount,
     config_path: PathBuf,
     redis_url: String,
@@ -131,8 +138,9 @@ fn write_config(ns: &str) -> PathBuf {
 }
 
 impl World {
-    /// Starts the simulator, then a gateway and a worker (ready when returned).
-    pub async fn start(services: Services) -> World {
+    /// Starts the simulator, then a gateway and a worker (ready when returned); with
+    /// `http_timeout`, the worker's `wechat.http_timeout_ms` is that instead of the config's.
+    pub async fn start(services: Services, http_timeout: Option<Duration>) -> World {
         let config = Config::load(&tutorial_path(), |_| None).expect("config/tutorial.toml loads");
         let account = config
             .accounts
@@ -169,6 +177,8 @@ impl World {
             ns,
             sim,
             services,
+            http_timeout: http_timeout.unwrap_or(config.wechat.http_timeout),
+            http_timeout_overridden: http_timeout.is_some(),
             account: push_account,
             redis_url,
             rabbit_url,
@@ -209,6 +219,7 @@ impl World {
             )
             .env("WXGATE__WORKER__CONCURRENCY", CONCURRENCY.to_string())
             .env("WXGATE__WORKER__RETRY_DELAYS_MS", RETRY_DELAYS_MS)
+            .env("WXGATE__WORKER__MAX_ATTEMPTS", MAX_ATTEMPTS.to_string())
             .env(
                 "RUST_LOG",
                 std::env::var("FAULTS_LOG").unwrap_or("error".into()),
@@ -216,6 +227,12 @@ impl World {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        if self.http_timeout_overridden {
+            command.env(
+                "WXGATE__WECHAT__HTTP_TIMEOUT_MS",
+                self.http_timeout.as_millis().to_string(),
+            );
+        }
         command
     }
 
@@ -342,9 +359,11 @@ impl World {
         })
     }
 
-    /// Successful sends at the simulator, by content (only this scenario's tag).
-    fn sends(&self, tag: &str) -> HashMap<String, usize> {
-        let mut sends: HashMap<String, usize> = HashMap::new();
+    /// Sends WeChat carried out (errcode 0, answered in time or not), by content (only this
+    /// scenario's tag).
+    fn sends(&self, tag: &str) -> HashMap<String, Sends> {
+        let timeout_ms = u64::try_from(self.http_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut sends: HashMap<String, Sends> = HashMap::new();
         for call in self.sim.calls_to(SEND) {
             if call.errcode != Some(0) {
                 continue;
@@ -352,7 +371,17 @@ impl World {
             if let Some(content) = call.body["text"]["content"].as_str()
                 && content.starts_with(tag)
             {
-                *sends.entry(content.to_owned()).or_default() += 1;
+                let entry = sends.entry(content.to_owned()).or_insert(Sends {
+                    count: 0,
+                    first_ms: call.at_ms,
+                    timed_out: 0,
+                });
+                entry.count += 1;
+                entry.first_ms = entry.first_ms.min(call.at_ms);
+                // The answer left the simulator after the worker had given up on it.
+                if call.answer_delay_ms >= timeout_ms {
+                    entry.timed_out += 1;
+                }
             }
         }
         sends
@@ -411,15 +440,21 @@ impl World {
             .map(|p| (p.content.as_str(), p.event_id.as_str()))
             .collect();
         let with_id = |c: &str| (c.to_owned(), ids.get(c).copied().unwrap_or("?").to_owned());
-        let mut duplicates: Vec<(String, String, usize)> = sends
+        let mut duplicates: Vec<Duplicate> = sends
             .iter()
-            .filter(|&(_, &n)| n > 1)
-            .map(|(c, &n)| {
-                let (c, id) = with_id(c);
-                (c, id, n)
+            .filter(|(_, s)| s.count > 1)
+            .map(|(c, s)| {
+                let (content, event_id) = with_id(c);
+                Duplicate {
+                    content,
+                    event_id,
+                    sends: s.count,
+                    timed_out: s.timed_out,
+                    first_sent_ms: s.first_ms,
+                }
             })
             .collect();
-        duplicates.sort();
+        duplicates.sort_by(|a, b| a.content.cmp(&b.content));
         let mut lost: Vec<(String, String)> = answered
             .iter()
             .filter(|c| !sends.contains_key(**c) && !dead.contains(**c) && !queued.contains(**c))
@@ -427,6 +462,8 @@ impl World {
             .collect();
         lost.sort();
         let published: HashSet<&String> = sends.keys().chain(&dead).chain(&queued).collect();
+        let timed_out = sends.values().map(|s| s.timed_out).sum();
+        let first_sent_ms = sends.iter().map(|(c, s)| (c.clone(), s.first_ms)).collect();
         Tally {
             scenario: name.to_owned(),
             pushes: pushes.len(),
@@ -436,6 +473,8 @@ impl World {
             dead: dead.len(),
             queued: queued.len(),
             dead_reasons: reasons,
+            timed_out,
+            first_sent_ms,
             duplicates,
             lost,
         }
@@ -516,8 +555,13 @@ pub struct Tally {
     pub queued: usize,
     /// Dead letters by reason.
     pub dead_reasons: BTreeMap<String, usize>,
-    /// Contents sent more than once: (content, event id, sends).
-    pub duplicates: Vec<(String, String, usize)>,
+    /// Sends WeChat carried out but answered after the worker's `wechat.http_timeout_ms`, so
+    /// the worker counted them as failed.
+    pub timed_out: usize,
+    /// When each content was first sent, simulated Unix ms.
+    pub first_sent_ms: HashMap<String, i64>,
+    /// Contents sent more than once.
+    pub duplicates: Vec<Duplicate>,
     /// Answered 200 but neither sent, dead nor queued: (content, event id).
     pub lost: Vec<(String, String)>,
 }
@@ -542,19 +586,71 @@ impl Tally {
         )
     }
 
+    /// Distinct contents first sent within `from_ms..=to_ms` (simulated Unix ms).
+    pub fn first_sent_between(&self, from_ms: i64, to_ms: i64) -> usize {
+        self.first_sent_ms
+            .values()
+            .filter(|&&at| (from_ms..=to_ms).contains(&at))
+            .count()
+    }
+
     /// Prints the row and the details (dead reasons, duplicates, losses).
     pub fn print(&self) {
         println!("{}\n{}", Tally::HEADER, self.row());
         if !self.dead_reasons.is_empty() {
             println!("  dead by reason: {:?}", self.dead_reasons);
         }
-        for (content, id, n) in &self.duplicates {
-            println!("  duplicate: {content} (event {id}) sent {n} times");
+        if self.timed_out > 0 {
+            println!(
+                "  sends carried out by WeChat but answered after the worker's timeout: {}",
+                self.timed_out
+            );
+        }
+        for d in self.duplicates.iter().take(SHOWN) {
+            println!(
+                "  duplicate: {} (event {}) sent {} times, {} of them timed out, first at {} ms",
+                d.content, d.event_id, d.sends, d.timed_out, d.first_sent_ms
+            );
+        }
+        if self.duplicates.len() > SHOWN {
+            let mut by_sends: BTreeMap<usize, usize> = BTreeMap::new();
+            for d in &self.duplicates {
+                *by_sends.entry(d.sends).or_default() += 1;
+            }
+            println!(
+                "  … {} more duplicates; replies by times sent: {by_sends:?}",
+                self.duplicates.len() - SHOWN
+            );
         }
         for (content, id) in &self.lost {
             println!("  LOST: {content} (event {id})");
         }
     }
+}
+
+/// How many duplicates [`Tally::print`] lists one by one.
+const SHOWN: usize = 10;
+
+/// The sends of one content at the simulator.
+struct Sends {
+    count: usize,
+    first_ms: i64,
+    timed_out: usize,
+}
+
+/// A reply sent more than once.
+#[derive(Debug)]
+pub struct Duplicate {
+    /// The pushed text.
+    pub content: String,
+    /// Its event id.
+    pub event_id: String,
+    /// How many times WeChat carried the send out.
+    pub sends: usize,
+    /// How many of those it answered after the worker's timeout.
+    pub timed_out: usize,
+    /// When it was first sent, simulated Unix ms.
+    pub first_sent_ms: i64,
 }
 
 /// Ready messages in `queue` (0 when it cannot be read).

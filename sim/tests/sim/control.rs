@@ -46,6 +46,14 @@ async fn faults_calls_and_stats_over_http() {
         stats["calls"].get("/_sim/stats").is_none(),
         "control calls are not logged"
     );
+
+    let late = json!({"path": "/cgi-bin/message/custom/send", "late_answer_ms": 1, "times": 1});
+    assert_eq!(post_json(&sim, "/_sim/faults", &late).await.status, 200);
+    assert_eq!(send_text(&sim, &token, &openid(1)).await, 0);
+    let last = get(&sim, "/_sim/calls?limit=1").await.json();
+    assert_eq!(last[0]["answer_delay_ms"], 1);
+    let both = json!({"path": "*", "late_answer_ms": 1, "latency_ms": 1});
+    assert_eq!(post_json(&sim, "/_sim/faults", &both).await.status, 400);
 }
 
 #[tokio::test]

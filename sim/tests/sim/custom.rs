@@ -303,6 +303,37 @@ async fn injected_http_status_latency_and_drop() {
 }
 
 #[tokio::test]
+async fn a_late_answer_takes_effect_although_the_caller_gave_up() {
+    let sim = start(config()).await;
+    let token = classic_token(&sim, APP, SECRET).await;
+    let url = format!("{SEND}?access_token={token}");
+    let body = json!({"touser": openid(1), "msgtype": "text", "text": {"content": "late"}});
+
+    sim.inject(SEND, Fault::late_answer(Duration::from_secs(60)).times(1));
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), post_json(&sim, &url, &body));
+    assert!(gave_up.await.is_err(), "the answer is held back for 60 s");
+    // The message was delivered all the same, as WeChat does when its answer comes late.
+    let calls = sim
+        .wait_for_calls(SEND, 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].errcode, Some(0));
+    assert_eq!(calls[0].http_status, 200);
+    assert_eq!(calls[0].answer_delay_ms, 60_000);
+    assert_eq!(calls[0].body["text"]["content"], "late");
+
+    // Used up: the next call is answered without delay.
+    assert_eq!(post_json(&sim, &url, &body).await.errcode(), 0);
+    let delays: Vec<u64> = sim
+        .calls_to(SEND)
+        .iter()
+        .map(|c| c.answer_delay_ms)
+        .collect();
+    assert_eq!(delays, vec![60_000, 0]);
+}
+
+#[tokio::test]
 async fn call_log_records_each_call() {
     let sim = start(config()).await;
     let token = classic_token(&sim, APP, SECRET).await;
