@@ -15,7 +15,7 @@ use tracing::Instrument;
 use wechat::Decision;
 use wechat::errcode::{Class, classify};
 use wxgate_core::ErrorChain;
-use wxgate_core::accounts::Registry;
+use wxgate_core::accounts::{Registry, RuntimeAccounts};
 use wxgate_core::bus::{
     Bus, BusError, Delivery, DeliveryStream, HeaderValue, Message, PublishError,
 };
@@ -307,9 +307,27 @@ async fn process(ctx: &Context, message: &Message) -> Outcome {
                 errcode: None,
             };
         }
-        return Outcome::Permanent {
-            reason: "unknown_account",
-            errcode: None,
+        // A gateway may already serve an account added a moment ago that this worker has
+        // not loaded yet (each process looks once a second): Redis decides.
+        return match RuntimeAccounts::new(Arc::clone(&ctx.store), ctx.keys.clone())
+            .get(&event.account_id)
+            .await
+        {
+            Ok(Some(_)) => Outcome::Transient {
+                reason: "account_not_loaded_yet",
+                errcode: None,
+            },
+            Ok(None) => Outcome::Permanent {
+                reason: "unknown_account",
+                errcode: None,
+            },
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "cannot look the account up in redis");
+                Outcome::Transient {
+                    reason: "store_unavailable",
+                    errcode: None,
+                }
+            }
         };
     };
     let msg = match wechat::parse(event.raw_xml.as_bytes(), &ctx.config.message_limits()) {
