@@ -42,7 +42,8 @@
 #   E2E_THREADS          tokio threads of wxgate-e2e              (default 1)
 #   RUST_LOG             gateway and worker log filter            (default warn)
 #   SKIP_BUILD=1         use the binaries already in $CARGO_TARGET_DIR/release
-#   KEEP_JSON=DIR        also copy every wxgate-e2e JSON summary and timeline to DIR
+#   KEEP_JSON=DIR        also copy every wxgate-e2e JSON summary and timeline, the fault
+#                        times and the gateway and worker logs (fleet.log) to DIR
 #   TESTBED_BOOT_S, TESTBED_JOIN_S  testbed.sh deadlines               (default 240, 120)
 set -euo pipefail
 
@@ -236,7 +237,10 @@ stop_fleet() {
             log "$(basename "$log_file" .log) logged errors; last lines:"
             grep -E ' ERROR |panicked' "$log_file" | tail -n 3 >&2
         fi
-        cat "$log_file" >>"$WORK/fleet-history.log"
+        if [[ -n "${KEEP_JSON:-}" ]]; then
+            mkdir -p "$KEEP_JSON"
+            { echo "==== $(basename "$log_file" .log) (${FLEET_LABEL:-})"; cat "$log_file"; } >>"$KEEP_JSON/fleet.log"
+        fi
         rm -f "$log_file"
     done
 }
@@ -306,6 +310,7 @@ scaling_run() {
     out=$WORK/scaling-r$round-${gateways}g${workers}w.json
     write_config "$ns" "$(redis_cluster_toml)" "$config"
     log "round $round: $gateways gateway(s) + $workers worker(s), namespace $ns"
+    FLEET_LABEL="round $round, $gateways+$workers, $ns"
     start_fleet "$config" "$gateways" "$workers"
     local args=()
     mapfile -t args < <(fleet_args; fleet_watch; bed_watch)
@@ -432,6 +437,7 @@ fault_run() {
     : >"$events"
     if [[ $scenario == sentinel ]]; then redis=$(sentinel_toml); else redis=$(redis_cluster_toml); fi
     write_config "$ns" "$redis" "$config"
+    FLEET_LABEL="fault $scenario, $ns"
     log "fault $scenario: 2 gateways + 3 workers, $FAULT_RATE/s for $FAULT_LOAD_S s, fault at $FAULT_AT_S s, namespace $ns"
     start_fleet "$config" 2 3
     local args=()
