@@ -16,13 +16,14 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -53,7 +54,7 @@ const KEPT_UP_DRAIN: Duration = Duration::from_secs(1);
 #[command(
     name = "wxgate-e2e",
     version,
-    after_long_help = "Example (gateway and worker already running on e2e.toml):\n  wxgate-e2e --config e2e.toml --gateway-pid $(pidof wx-gateway) --worker-pid $(pidof wx-worker) \\\n    --phase warmup=each:1000 --phase steady=rate:1000:30s --phase max=closed:128:20s"
+    after_long_help = "Example (gateway and worker already running on e2e.toml):\n  wxgate-e2e --config e2e.toml --gateway-pid $(pidof wx-gateway) --worker-pid $(pidof wx-worker) \\\n    --phase warmup=each:1000 --phase steady=rate:1000:30s --phase max=closed:128:20s\n\nTwo gateways, round robin, a per-push timeline:\n  wxgate-e2e --config e2e.toml --gateway http://127.0.0.1:8080/wx --gateway http://127.0.0.1:8081/wx \\\n    --watch gateway-1=PID --timeline pushes.csv --phase load=rate:300:90s"
 )]
 struct Args {
     /// The configuration the gateway and worker run with; WXGATE__SECTION__KEY overrides
@@ -61,10 +62,11 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
 
-    /// Callback base URL (pushes go to {URL}/{account_id}); default: gateway.listen and
-    /// gateway.path_prefix of the config.
-    #[arg(long, value_name = "URL")]
-    gateway: Option<String>,
+    /// Callback base URL (pushes go to {URL}/{account_id}); repeat it to spread the pushes
+    /// over several gateways, round robin (push k goes to the (k mod n)-th URL given).
+    /// Default: gateway.listen and gateway.path_prefix of the config.
+    #[arg(long = "gateway", value_name = "URL")]
+    gateways: Vec<String>,
 
     /// Address the simulated WeChat API listens on; default: the host:port of
     /// wechat.api_base, which must then be http://IP:PORT.
@@ -122,6 +124,13 @@ struct Args {
     /// Print the summary as one line of JSON.
     #[arg(long, default_value_t = false)]
     json: bool,
+
+    /// Also write one CSV line per push to FILE (with a header): phase, seq, gateway (index
+    /// into the --gateway list), due, start, answer and reply times as Unix milliseconds
+    /// (due and reply empty when there is none), and the result (`ok`, `status_N`,
+    /// `no_answer`, `bad_answer`). For timelines around a fault.
+    #[arg(long, value_name = "FILE")]
+    timeline: Option<PathBuf>,
 }
 
 /// How a phase pushes.
@@ -218,7 +227,8 @@ impl FromStr for PhaseSpec {
 /// Everything the pushing tasks share.
 struct Ctx {
     client: PushClient,
-    gateway: String,
+    /// Pushes go round robin over these callback base URLs (never empty).
+    gateways: Vec<String>,
     accounts: Vec<PushAccount>,
     openids: Vec<String>,
     msg_ids: MsgIdGen,
@@ -253,6 +263,8 @@ impl PushResult {
 /// One push as the pusher saw it.
 struct Sent {
     seq: u64,
+    /// Index into [`Ctx::gateways`] of the gateway pushed to.
+    gateway: usize,
     /// When it fell due (open loop only).
     scheduled: Option<Instant>,
     /// Just before the push was signed, encrypted and sent.
@@ -389,12 +401,15 @@ async fn push_one(ctx: &Ctx, phase: usize, scheduled: Option<Instant>) -> anyhow
         .ok()
         .and_then(|index| ctx.openids.get(index))
         .context("no openid to push from")?;
+    let gateways = u64::try_from(ctx.gateways.len()).unwrap_or(u64::MAX).max(1);
+    let gateway = usize::try_from(seq % gateways).unwrap_or(0);
+    let base = ctx.gateways.get(gateway).context("no gateway to push to")?;
     let xml = Inbound::now(&account.original_id, openid)
         .text(ctx.msg_ids.next_id(), &content(phase, seq));
     let started = Instant::now();
     let outcome = ctx
         .client
-        .push(&ctx.gateway, account, &xml)
+        .push(base, account, &xml)
         .await
         .with_context(|| format!("pushing to account {}", account.id))?;
     let answered = Instant::now();
@@ -407,6 +422,7 @@ async fn push_one(ctx: &Ctx, phase: usize, scheduled: Option<Instant>) -> anyhow
     };
     Ok(Sent {
         seq,
+        gateway,
         scheduled,
         started,
         answered,
@@ -478,6 +494,71 @@ async fn push_closed_loop(
         sent.extend(done.context("push task panicked")??);
     }
     Ok(sent)
+}
+
+/// The per-push CSV of `--timeline`.
+struct Timeline {
+    /// One moment read on both clocks, to turn an `Instant` into Unix time.
+    anchor: Instant,
+    anchor_unix_ms: f64,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl Timeline {
+    const HEADER: &'static str = "phase,seq,gateway,due_ms,start_ms,answer_ms,reply_ms,result";
+
+    fn create(path: &std::path::Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("creating the timeline {}", path.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        writeln!(out, "{}", Self::HEADER)?;
+        let anchor = Instant::now();
+        let anchor_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1000.0;
+        Ok(Self {
+            anchor,
+            anchor_unix_ms,
+            out,
+        })
+    }
+
+    fn unix_ms(&self, at: Instant) -> f64 {
+        if at >= self.anchor {
+            self.anchor_unix_ms + (at - self.anchor).as_secs_f64() * 1000.0
+        } else {
+            self.anchor_unix_ms - (self.anchor - at).as_secs_f64() * 1000.0
+        }
+    }
+
+    /// One line per push of phase `phase`; `replies[i]` is the first accepted reply to
+    /// `sent[i]`.
+    fn write(
+        &mut self,
+        phase: &str,
+        sent: &[Sent],
+        replies: &[Option<Instant>],
+    ) -> anyhow::Result<()> {
+        let optional = |this: &Self, at: Option<Instant>| {
+            at.map_or_else(String::new, |at| format!("{:.3}", this.unix_ms(at)))
+        };
+        for (push, reply) in sent.iter().zip(replies) {
+            let line = format!(
+                "{phase},{},{},{},{:.3},{:.3},{},{}",
+                push.seq,
+                push.gateway,
+                optional(self, push.scheduled),
+                self.unix_ms(push.started),
+                self.unix_ms(push.answered),
+                optional(self, *reply),
+                push.result.label(),
+            );
+            writeln!(self.out, "{line}")?;
+        }
+        self.out.flush().context("writing the timeline")
+    }
 }
 
 /// Waits until every push in `seqs` has an accepted reply, or `deadline`.
@@ -740,6 +821,7 @@ async fn run_phase(
     index: usize,
     spec: &PhaseSpec,
     args: &Args,
+    timeline: Option<&mut Timeline>,
 ) -> anyhow::Result<PhaseReport> {
     let cpu_before = watched.cpu()?;
     let start = Instant::now();
@@ -786,10 +868,12 @@ async fn run_phase(
     let mut missing = 0;
     let mut replies_to_failed = 0;
     let mut last_reply = None::<Instant>;
+    let mut replies = Vec::with_capacity(sent.len());
     {
         let state = lock(&ctx.receipts.state);
         for push in &sent {
             let reply = state.first.get(&push.seq).copied();
+            replies.push(reply);
             if let Some(at) = reply {
                 last_reply = Some(last_reply.map_or(at, |last| last.max(at)));
             }
@@ -808,6 +892,9 @@ async fn run_phase(
                 from_schedule.push(micros(at.saturating_duration_since(scheduled)));
             }
         }
+    }
+    if let Some(timeline) = timeline {
+        timeline.write(&spec.name, &sent, &replies)?;
     }
     let drain_ms = match last_reply {
         Some(at) if at >= last_answer => ms(micros(at - last_answer)),
@@ -938,10 +1025,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if args.accounts > 0 {
         accounts.truncate(args.accounts);
     }
-    let gateway = args
-        .gateway
-        .clone()
-        .unwrap_or_else(|| gateway_base(&config));
+    let gateways = if args.gateways.is_empty() {
+        vec![gateway_base(&config)]
+    } else {
+        args.gateways
+            .iter()
+            .map(|url| url.trim_end_matches('/').to_owned())
+            .collect()
+    };
+    let gateway = gateways.join(" ");
+    let mut timeline = args.timeline.as_deref().map(Timeline::create).transpose()?;
     let listen = match args.sim_listen {
         Some(addr) => addr,
         None => sim_listen(&config)?,
@@ -966,7 +1059,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .with("worker", args.worker_pid)?;
     let ctx = Arc::new(Ctx {
         client: PushClient::new().attempts(1).timeout(args.push_timeout),
-        gateway: gateway.clone(),
+        gateways: gateways.clone(),
         openids: (0..args.openids.max(1))
             .map(|n| format!("oE2Euser{n:020}"))
             .collect(),
@@ -991,7 +1084,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     if !args.json {
         println!(
-            "wxgate-e2e: {} echo account(s) ({mode}) | gateway {gateway} | simulator {}",
+            "wxgate-e2e: {} echo account(s) ({mode}) | gateway(s) {gateway} | simulator {}",
             ctx.accounts.len(),
             sim.base_url()
         );
@@ -999,7 +1092,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     let mut reports = Vec::new();
     for (index, spec) in args.phases.iter().enumerate() {
-        let report = run_phase(&ctx, &watched, index, spec, &args).await?;
+        let report = run_phase(&ctx, &watched, index, spec, &args, timeline.as_mut()).await?;
         if !args.json {
             report.print();
         }
@@ -1020,7 +1113,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let summary = json!({
             "accounts": ctx.accounts.len(),
             "mode": mode,
-            "gateway": gateway,
+            "gateway": gateways.first(),
+            "gateways": gateways,
             "simulator": sim.base_url(),
             "phases": reports.iter().map(PhaseReport::json).collect::<Vec<_>>(),
             "tokens": tokens,
@@ -1101,6 +1195,62 @@ mod tests {
         assert_eq!(parse_content("e2e 3"), None);
         assert_eq!(parse_content("e2e 3 4 5"), None);
         assert_eq!(parse_content("hello 3 4"), None);
+    }
+
+    #[test]
+    fn timeline_has_one_line_per_push_in_unix_ms() {
+        let dir = std::env::temp_dir().join(format!(
+            "wxgate-e2e-timeline-{}-{:x}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.csv");
+        let mut timeline = Timeline::create(&path).unwrap();
+        let anchor = timeline.anchor;
+        let at = |ms: u64| anchor + Duration::from_millis(ms);
+        let sent = vec![
+            Sent {
+                seq: 7,
+                gateway: 1,
+                scheduled: Some(at(10)),
+                started: at(11),
+                answered: at(13),
+                result: PushResult::Ok,
+            },
+            Sent {
+                seq: 8,
+                gateway: 0,
+                scheduled: None,
+                started: at(20),
+                answered: at(25),
+                result: PushResult::Status(503),
+            },
+        ];
+        timeline
+            .write("load", &sent, &[Some(at(40)), None])
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(',').collect()).collect();
+        assert_eq!(lines[0].join(","), Timeline::HEADER);
+        assert_eq!(lines.len(), 3);
+        let ms = |field: &str| field.parse::<f64>().unwrap() - timeline.anchor_unix_ms;
+        let first = &lines[1];
+        assert_eq!(first[..3], ["load", "7", "1"]);
+        assert!((ms(first[3]) - 10.0).abs() < 0.01);
+        assert!((ms(first[5]) - 13.0).abs() < 0.01);
+        assert!((ms(first[6]) - 40.0).abs() < 0.01);
+        assert_eq!(first[7], "ok");
+        let second = &lines[2];
+        assert_eq!((second[3], second[6], second[7]), ("", "", "status_503"));
+    }
+
+    fn rand_suffix() -> u128 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
     }
 
     #[test]
