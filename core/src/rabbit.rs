@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -155,6 +155,11 @@ struct Shared {
     ready: AtomicBool,
     /// Index (into the URLs) of the node of the live connection; `usize::MAX` when none.
     node: AtomicUsize,
+    /// Since when every publish on the live connection has been nacked (none acked since).
+    nacked_since: Mutex<Option<Instant>>,
+    /// Set by a publish that found the connection refusing everything for [`NACK_STREAK`]:
+    /// the supervisor reconnects (to the next node).
+    reconnect: AtomicBool,
     /// Set by [`RabbitBus::close`]: the supervisor stops instead of reconnecting.
     closing: AtomicBool,
     /// Woken when a publish sees a broken channel, so the supervisor reconnects at once.
@@ -219,6 +224,8 @@ impl RabbitBus {
             live: RwLock::new(None),
             ready: AtomicBool::new(false),
             node: AtomicUsize::new(usize::MAX),
+            nacked_since: Mutex::new(None),
+            reconnect: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             broken: Notify::new(),
             connected: Notify::new(),
@@ -273,6 +280,27 @@ impl RabbitBus {
             .clone()
     }
 
+    /// Keeps the nack streak: a connection whose every publish has been nacked for
+    /// [`NACK_STREAK`] is replaced. Seen on RabbitMQ 3.10 with quorum queues: a channel opened
+    /// on a surviving node while the queue's leader is being re-elected (its node killed) gets
+    /// every publish nacked for as long as that node stays down; a new channel opened after
+    /// the election is served. An ack ends the streak.
+    fn track_nacks(&self, result: &Result<(), PublishError>) {
+        let mut since = lock_unpoisoned(&self.shared.nacked_since);
+        match result {
+            Err(PublishError::NotConfirmed) => {
+                let started = *since.get_or_insert_with(Instant::now);
+                if started.elapsed() >= NACK_STREAK {
+                    *since = None;
+                    self.shared.reconnect.store(true, Ordering::Relaxed);
+                    self.shared.broken.notify_one();
+                }
+            }
+            Ok(()) | Err(PublishError::Unroutable) => *since = None,
+            Err(_) => {}
+        }
+    }
+
     fn live(&self) -> Option<Arc<Live>> {
         self.shared.live.read().ok().and_then(|l| l.clone())
     }
@@ -300,6 +328,16 @@ impl RabbitBus {
             .await;
         }
     }
+}
+
+/// How long every publish on a connection may be nacked before it is replaced (see
+/// [`RabbitBus::track_nacks`]).
+const NACK_STREAK: Duration = Duration::from_secs(1);
+
+fn lock_unpoisoned<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Heartbeat asked for when the URL names none. A silent connection (a partition with TCP
@@ -342,6 +380,7 @@ async fn supervise(urls: Vec<String>, topology: Topology, shared: Arc<Shared>) {
                     *slot = Some(Arc::clone(&live));
                 }
                 shared.node.store(this_node, Ordering::Relaxed);
+                *lock_unpoisoned(&shared.nacked_since) = None;
                 shared.ready.store(true, Ordering::Relaxed);
                 shared.connected.notify_waiters();
                 tracing::info!(
@@ -359,6 +398,14 @@ async fn supervise(urls: Vec<String>, topology: Topology, shared: Arc<Shared>) {
                     if shared.closing.load(Ordering::Relaxed) {
                         // `close` owns the connection from here.
                         return;
+                    }
+                    if shared.reconnect.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(
+                            node = this_node + 1,
+                            nodes = urls.len(),
+                            "rabbitmq nacks every publish on this connection; reconnecting"
+                        );
+                        break;
                     }
                     if !live.healthy() {
                         break;
@@ -722,6 +769,7 @@ impl Bus for RabbitBus {
             if matches!(result, Err(PublishError::Connection(_))) {
                 self.shared.broken.notify_one();
             }
+            self.track_nacks(&result);
             return result;
         }
         let i = live.next.fetch_add(1, Ordering::Relaxed) % live.channels.len().max(1);
@@ -745,11 +793,13 @@ impl Bus for RabbitBus {
             .map_err(broken)?
             .await
             .map_err(broken)?;
-        match confirm {
+        let result = match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
             Confirmation::Nack(_) | Confirmation::NotRequested => Err(PublishError::NotConfirmed),
-        }
+        };
+        self.track_nacks(&result);
+        result
     }
 
     async fn consume(&self, queue: &str, prefetch: u16) -> Result<DeliveryStream, BusError> {

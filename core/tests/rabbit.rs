@@ -196,3 +196,79 @@ async fn the_bus_moves_to_another_node_and_keeps_every_confirmed_event() {
     stop.cancel();
     cluster.down().await.expect("the cluster stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_under_load_on_the_killed_leaders_node_publishes_again_while_it_stays_down() {
+    // RabbitMQ 3.10 nacked every publish of a channel opened during the quorum queue's
+    // leader election (the old leader's node killed) for as long as that node stayed down;
+    // the bus replaces such a connection.
+    let cluster = wxgate_tests::RabbitCluster::up()
+        .await
+        .expect("a RabbitMQ cluster of the test's own");
+    let ns = format!("t{:016x}", rand::random::<u64>());
+    let config = Config::from_toml(
+        &format!(
+            "namespace = \"{ns}\"\n[rabbitmq]\nurls = {:?}\n",
+            cluster.amqp_urls()
+        ),
+        |_| None,
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let topology = Topology::for_config(&config);
+    let exchange = topology.exchange.clone();
+    // The queue exists once one bus has declared it; then find a bus on its leader's node.
+    let first = RabbitBus::connect_any(&config.rabbitmq.urls, topology.clone(), stop.clone());
+    assert!(Bus::wait_ready(&first, Duration::from_secs(60)).await);
+    let leader = cluster
+        .queue_leader(&format!("{ns}.worker"))
+        .await
+        .expect("the worker queue's leader");
+    let mut bus = first;
+    for _ in 0..50 {
+        if bus.node() == Some(leader) {
+            break;
+        }
+        bus.close().await;
+        bus = RabbitBus::connect_any(&config.rabbitmq.urls, topology.clone(), stop.clone());
+        assert!(Bus::wait_ready(&bus, Duration::from_secs(60)).await);
+    }
+    assert_eq!(bus.node(), Some(leader), "a bus on the leader's node");
+    let bus = std::sync::Arc::new(bus);
+
+    // Load: 16 publishers, as a gateway under callbacks has.
+    let load = CancellationToken::new();
+    let mut publishers = tokio::task::JoinSet::new();
+    for p in 0..16 {
+        let (bus, exchange, load) = (bus.clone(), exchange.clone(), load.clone());
+        publishers.spawn(async move {
+            let mut i = 0_u64;
+            while !load.is_cancelled() {
+                let _ = publish(&bus, &exchange, &format!("load-{p}-{i}")).await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
+    publish(&bus, &exchange, "before").await.unwrap();
+    cluster
+        .kill_node(leader)
+        .await
+        .expect("the leader's node killed");
+    // The node stays down; publishes must be confirmed again, on another node.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    while let Err(e) = publish(&bus, &exchange, &format!("after-{i}")).await {
+        i += 1;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no publish confirmed within 60 s of the leader's loss: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(bus.node(), Some(leader));
+    load.cancel();
+    while publishers.join_next().await.is_some() {}
+    stop.cancel();
+    cluster.down().await.expect("the cluster stopped");
+}
