@@ -116,8 +116,9 @@ async fn publish(bus: &RabbitBus, exchange: &str, id: &str) -> Result<(), String
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bus_moves_to_another_node_and_keeps_every_confirmed_event() {
+/// A RabbitMQ cluster of the test's own, a fresh namespace, a config on all its nodes and its
+/// topology.
+async fn on_a_cluster() -> (wxgate_tests::RabbitCluster, String, Config, Topology) {
     let cluster = wxgate_tests::RabbitCluster::up()
         .await
         .expect("a RabbitMQ cluster of the test's own");
@@ -130,8 +131,14 @@ async fn the_bus_moves_to_another_node_and_keeps_every_confirmed_event() {
         |_| None,
     )
     .unwrap();
-    let stop = CancellationToken::new();
     let topology = Topology::for_config(&config);
+    (cluster, ns, config, topology)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_moves_to_another_node_and_keeps_every_confirmed_event() {
+    let (cluster, ns, config, topology) = on_a_cluster().await;
+    let stop = CancellationToken::new();
     let exchange = topology.exchange.clone();
     let bus = RabbitBus::connect_any(&config.rabbitmq.urls, topology, stop.clone());
     assert!(
@@ -202,20 +209,8 @@ async fn a_bus_under_load_on_the_killed_leaders_node_publishes_again_while_it_st
     // RabbitMQ 3.10 nacked every publish of a channel opened during the quorum queue's
     // leader election (the old leader's node killed) for as long as that node stayed down;
     // the bus replaces such a connection.
-    let cluster = wxgate_tests::RabbitCluster::up()
-        .await
-        .expect("a RabbitMQ cluster of the test's own");
-    let ns = format!("t{:016x}", rand::random::<u64>());
-    let config = Config::from_toml(
-        &format!(
-            "namespace = \"{ns}\"\n[rabbitmq]\nurls = {:?}\n",
-            cluster.amqp_urls()
-        ),
-        |_| None,
-    )
-    .unwrap();
+    let (cluster, ns, config, topology) = on_a_cluster().await;
     let stop = CancellationToken::new();
-    let topology = Topology::for_config(&config);
     let exchange = topology.exchange.clone();
     // The queue exists once one bus has declared it; then find a bus on its leader's node.
     let first = RabbitBus::connect_any(&config.rabbitmq.urls, topology.clone(), stop.clone());

@@ -196,17 +196,13 @@ async fn push_many(fleet: &Fleet, account: &PushAccount, tag: &str, count: usize
     let mut pushes = JoinSet::new();
     let mut done = Vec::new();
     for i in 0..count {
-        let content = format!("{tag}-{i:05}");
-        let xml = Inbound::now(&account.original_id, wxgate_sim::random_openid())
-            .text(ids.next_id(), &content);
-        let (client, base, account) = (client.clone(), fleet.base(i), account.clone());
-        pushes.spawn(async move {
-            let answered = client
-                .push(&base, &account, &xml)
-                .await
-                .is_ok_and(|o| o.statuses.last() == Some(&200));
-            Push { content, answered }
-        });
+        pushes.spawn(push_text(
+            client.clone(),
+            fleet.base(i),
+            account.clone(),
+            format!("{tag}-{i:05}"),
+            ids.next_id(),
+        ));
         if pushes.len() >= 16 {
             done.push(pushes.join_next().await.unwrap().unwrap());
         }
@@ -215,6 +211,23 @@ async fn push_many(fleet: &Fleet, account: &PushAccount, tag: &str, count: usize
         done.push(push.unwrap());
     }
     done
+}
+
+/// Pushes one text `content` from a new user to `base`, retried as WeChat does.
+async fn push_text(
+    client: PushClient,
+    base: String,
+    account: PushAccount,
+    content: String,
+    msg_id: u64,
+) -> Push {
+    let xml =
+        Inbound::now(&account.original_id, wxgate_sim::random_openid()).text(msg_id, &content);
+    let answered = client
+        .push(&base, &account, &xml)
+        .await
+        .is_ok_and(|o| o.statuses.last() == Some(&200));
+    Push { content, answered }
 }
 
 /// Pushes at `rate` per second over the fleet's gateways until `stop`.
@@ -236,19 +249,14 @@ fn load(
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let content = format!("{tag}-{i:06}");
-            let xml = Inbound::now(&account.original_id, wxgate_sim::random_openid())
-                .text(ids.next_id(), &content);
-            let base = format!("http://{}/wx", gateways[i % gateways.len()]);
+            pushes.spawn(push_text(
+                client.clone(),
+                format!("http://{}/wx", gateways[i % gateways.len()]),
+                account.clone(),
+                format!("{tag}-{i:06}"),
+                ids.next_id(),
+            ));
             i += 1;
-            let (client, account) = (client.clone(), account.clone());
-            pushes.spawn(async move {
-                let answered = client
-                    .push(&base, &account, &xml)
-                    .await
-                    .is_ok_and(|o| o.statuses.last() == Some(&200));
-                Push { content, answered }
-            });
         }
         let mut done = Vec::new();
         while let Some(push) = pushes.join_next().await {
@@ -459,6 +467,84 @@ async fn add_account(worker: &wx_worker::Worker, id: &str, appid: &str) {
     client.upsert(request).await.expect("Accounts.Upsert");
 }
 
+/// A gRPC `Events.Subscribe` client of group `group` on a worker, as `wxgate tail` is: it
+/// records the text of every event delivered and acks it, and subscribes again whenever the
+/// stream ends or fails, until `stop`. `started` is notified once the group exists.
+fn subscriber(
+    grpc: SocketAddr,
+    group: &'static str,
+    seen: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    started: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    use pb::subscribe_request::Kind as RequestKind;
+    use pb::subscribe_response::Kind as ResponseKind;
+    use wxgate_proto::v1 as pb;
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+                .unwrap()
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let (requests, receiver) = tokio::sync::mpsc::channel::<pb::SubscribeRequest>(1024);
+            let start = pb::EventsStart {
+                group: group.to_owned(),
+                max_in_flight: 256,
+                ..pb::EventsStart::default()
+            };
+            requests
+                .send(pb::SubscribeRequest {
+                    kind: Some(RequestKind::Start(start)),
+                })
+                .await
+                .unwrap();
+            let mut request =
+                tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {API_KEY}").parse().unwrap(),
+            );
+            let mut client = pb::events_client::EventsClient::new(channel);
+            let Ok(response) = client.subscribe(request).await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let mut responses = response.into_inner();
+            loop {
+                let message = tokio::select! {
+                    () = stop.cancelled() => return,
+                    message = responses.message() => message,
+                };
+                let Ok(Some(message)) = message else { break };
+                match message.kind {
+                    Some(ResponseKind::Started(_)) => started.notify_one(),
+                    Some(ResponseKind::Delivery(delivery)) => {
+                        if let Some(pb::event::Payload::Text(text)) =
+                            delivery.event.and_then(|e| e.payload)
+                        {
+                            *seen.lock().unwrap().entry(text.content).or_default() += 1;
+                        }
+                        let ack = pb::SubscribeRequest {
+                            kind: Some(RequestKind::Ack(pb::EventsAck {
+                                delivery_id: delivery.delivery_id,
+                            })),
+                        };
+                        if requests.send(ack).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    })
+}
+
 /// Under load (50 pushes/s over 2 gateways and 2 workers, namespace `ns` or a fresh one),
 /// `fault` happens; then every push answered 200 must have its reply sent, and no send may be
 /// refused for its token. Prints the tally; returns the token calls made.
@@ -486,6 +572,23 @@ where
         token_mode,
     );
     let fleet = Fleet::start(&config, 2, 2).await;
+    // A consumer group subscribed through the first worker's API, as other teams' services
+    // are: it must see every event answered 200 too, across the fault.
+    let seen = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let (started, subscribed) = (
+        Arc::new(tokio::sync::Notify::new()),
+        CancellationToken::new(),
+    );
+    let subscription = subscriber(
+        fleet.workers[0].grpc_addr(),
+        "audit",
+        Arc::clone(&seen),
+        Arc::clone(&started),
+        subscribed.clone(),
+    );
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the group subscribed");
     let stop = CancellationToken::new();
     let load = load(
         fleet.gateways.clone(),
@@ -524,6 +627,32 @@ where
     stop.cancel();
     let pushes = load.await.unwrap();
     let sent = every_answer_sent(&sim, "load", &pushes).await;
+    let answered_contents: Vec<&str> = pushes
+        .iter()
+        .filter(|p| p.answered)
+        .map(|p| p.content.as_str())
+        .collect();
+    let (seen_ref, answered_ref) = (&seen, &answered_contents);
+    wxgate_tests::eventually(
+        WAIT,
+        "the group to receive every event answered 200",
+        || async move {
+            let seen = seen_ref.lock().unwrap();
+            let missing = answered_ref
+                .iter()
+                .filter(|c| !seen.contains_key(**c))
+                .count();
+            if missing == 0 {
+                Ok(())
+            } else {
+                Err(format!("{missing} not received"))
+            }
+        },
+    )
+    .await;
+    subscribed.cancel();
+    let _ = subscription.await;
+    let group_twice = seen.lock().unwrap().values().filter(|n| **n > 1).count();
     let answered = pushes.iter().filter(|p| p.answered).count();
     let duplicates = sent.values().filter(|n| **n > 1).count();
     // A token another refresher replaced keeps working (stable mode: the same token comes
@@ -534,7 +663,7 @@ where
         .filter(|c| matches!(c.errcode, Some(40001 | 40014 | 42001)))
         .count();
     println!(
-        "| {name} | {} pushes | {answered} answered 200 | {} sent | {duplicates} sent more than once | 0 lost | fault done in {fault_took:?} | {} token calls ({token_mode}) | {refused_token} sends refused for the token |",
+        "| {name} | {} pushes | {answered} answered 200 | {} sent | {duplicates} sent more than once | 0 lost | fault done in {fault_took:?} | {} token calls ({token_mode}) | {refused_token} sends refused for the token | group: every event, {group_twice} twice |",
         pushes.len(),
         sent.len(),
         token_calls(&sim, appid)
