@@ -432,3 +432,61 @@ async fn a_queue_of_another_type_stops_the_worker_naming_it() {
     }
     harness.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_for_an_account_not_loaded_yet_waits_for_it_instead_of_dying() {
+    // A gateway may serve an account added a moment ago before this worker has looked at
+    // the runtime accounts again (once a second). Here the worker cannot see it at all until
+    // the version moves: the account is in Redis, the version is not bumped yet. Retries
+    // every 300 ms for up to 30 attempts: room for the steps below on a loaded machine.
+    let mut h = Harness::new(&[
+        ("WXGATE__WORKER__RETRY_DELAYS_MS", "300"),
+        ("WXGATE__WORKER__MAX_ATTEMPTS", "30"),
+    ])
+    .await;
+    let addr = h.start_ready_worker().await;
+    let (id, appid, secret) = ("late", "wx1a7e000000000001", "late-secret");
+    h.sim.add_account(appid, secret);
+    let spec = json!({
+        "id": id, "appid": appid, "secret": secret, "token": "late-token", "mode": "plain",
+        "custom": [{ "match": { "msg_type": "text" }, "reply": { "echo": true } }],
+    });
+    let keys = wxgate_core::keys::Keys::new(&h.ns);
+    let mut redis = redis_connection().await;
+    let _: i64 = redis::cmd("HSET")
+        .arg(keys.accounts())
+        .arg(id)
+        .arg(serde_json::to_vec(&spec).unwrap())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    // The event as a gateway that already serves `late` publishes it.
+    let user = random_openid();
+    let (_, demo) = event_message(&inbound(&user).text(41, "are you there"), None);
+    let mut event = <wxgate_proto::v1::Event as prost::Message>::decode(demo.body.clone()).unwrap();
+    event.account_id = id.into();
+    event.appid = appid.into();
+    let message = Message {
+        body: Bytes::from(prost::Message::encode_to_vec(&event)),
+        properties: Properties {
+            headers: vec![("account_id".into(), HeaderValue::Str(id.into()))],
+            ..demo.properties.clone()
+        },
+    };
+    h.publish("late.msg.text", &message).await;
+    wait_metric(addr, "wxgate_worker_events_total{outcome=\"retried\"}", 1.0).await;
+    let dead = samples(addr, "wxgate_worker_events_total{outcome=\"dead\"}").await;
+    assert!(dead.is_empty(), "not parked as unknown_account: {dead:?}");
+
+    // The version moves: the worker loads the account and the retry is sent.
+    let _: i64 = redis::cmd("INCR")
+        .arg(keys.accounts_version())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let calls = h.sim.wait_for_calls(SEND, 1, WAIT).await.unwrap();
+    assert_eq!(calls[0].body, text_body(&user, "are you there"));
+    wait_metric(addr, "wxgate_worker_events_total{outcome=\"sent\"}", 1.0).await;
+    h.finish().await;
+}
