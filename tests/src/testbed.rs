@@ -226,6 +226,14 @@ impl Bed {
         })
     }
 
+    /// `testbed.sh {op} {kind} {dir} {node}`: an operation on one node (an index or a port)
+    /// that prints nothing the caller needs.
+    async fn node_op(&self, op: &str, node: impl ToString) -> Result<(), TestbedError> {
+        self.run(op, &[node.to_string()], OPERATION_LIMIT)
+            .await
+            .map(|_| ())
+    }
+
     async fn status(&self) -> Result<Status, TestbedError> {
         let printed = self.run("status", &[], OPERATION_LIMIT).await?;
         Ok(Status {
@@ -316,19 +324,13 @@ impl RabbitCluster {
     /// Stops node `index` (0, 1 or 2) gracefully and returns once its process is gone. Its
     /// clients' connections are closed by the node.
     pub async fn stop_node(&self, index: usize) -> Result<(), TestbedError> {
-        self.bed
-            .run("stop-node", &[index.to_string()], OPERATION_LIMIT)
-            .await
-            .map(|_| ())
+        self.bed.node_op("stop-node", index).await
     }
 
     /// SIGKILLs node `index` (a crash: no goodbye to clients or peers) and returns once its
     /// process is gone.
     pub async fn kill_node(&self, index: usize) -> Result<(), TestbedError> {
-        self.bed
-            .run("kill-node", &[index.to_string()], OPERATION_LIMIT)
-            .await
-            .map(|_| ())
+        self.bed.node_op("kill-node", index).await
     }
 
     /// The index of the node leading quorum queue `queue` in vhost `/`, as the first
@@ -348,10 +350,7 @@ impl RabbitCluster {
     /// Starts node `index` again on its data and returns once it has booted and the
     /// cluster lists it running along with the other nodes that run.
     pub async fn start_node(&self, index: usize) -> Result<(), TestbedError> {
-        self.bed
-            .run("start-node", &[index.to_string()], OPERATION_LIMIT)
-            .await
-            .map(|_| ())
+        self.bed.node_op("start-node", index).await
     }
 
     /// Which nodes run now (indexes) and their processes.
@@ -425,28 +424,19 @@ impl RedisCluster {
     /// Stops the node on `port` (SIGTERM: it writes its append-only file) and waits until its
     /// process is gone.
     pub async fn stop_node(&self, port: u16) -> Result<(), TestbedError> {
-        self.bed
-            .run("stop-node", &[port.to_string()], OPERATION_LIMIT)
-            .await
-            .map(|_| ())
+        self.bed.node_op("stop-node", port).await
     }
 
     /// SIGKILLs the node on `port`, master or replica, and returns once its process is gone.
     pub async fn kill_node(&self, port: u16) -> Result<(), TestbedError> {
-        self.bed
-            .run("kill-node", &[port.to_string()], OPERATION_LIMIT)
-            .await
-            .map(|_| ())
+        self.bed.node_op("kill-node", port).await
     }
 
     /// Starts the node on `port` again on its data and returns once it says
     /// `cluster_state:ok`; a former master is then a replica, in sync, of the node that took
     /// over.
     pub async fn start_node(&self, port: u16) -> Result<(), TestbedError> {
-        self.bed
-            .run("start-node", &[port.to_string()], OPERATION_LIMIT)
-            .await
-            .map(|_| ())
+        self.bed.node_op("start-node", port).await
     }
 
     /// Which nodes run now (ports), their processes, and the masters holding slots.
@@ -529,28 +519,19 @@ impl SentinelSet {
     /// Stops the data node or sentinel on `port` (SIGTERM) and waits until its process is
     /// gone.
     pub async fn stop_node(&self, port: u16) -> Result<(), TestbedError> {
-        self.bed
-            .run("stop-node", &[port.to_string()], OPERATION_LIMIT)
-            .await
-            .map(|_| ())
+        self.bed.node_op("stop-node", port).await
     }
 
     /// SIGKILLs the data node or sentinel on `port` and returns once its process is gone.
     pub async fn kill_node(&self, port: u16) -> Result<(), TestbedError> {
-        self.bed
-            .run("kill-node", &[port.to_string()], OPERATION_LIMIT)
-            .await
-            .map(|_| ())
+        self.bed.node_op("kill-node", port).await
     }
 
     /// Starts the node on `port` again and returns once it answers PING; a former master
     /// only once the sentinels have made it a replica of the new master, in sync (about ten
     /// seconds: until then it is a master of its own, and writes to it would be lost).
     pub async fn start_node(&self, port: u16) -> Result<(), TestbedError> {
-        self.bed
-            .run("start-node", &[port.to_string()], OPERATION_LIMIT)
-            .await
-            .map(|_| ())
+        self.bed.node_op("start-node", port).await
     }
 
     /// Which nodes run now (ports), their processes, and the sentinels' master.
