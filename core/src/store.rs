@@ -187,6 +187,9 @@ const INCR_WITH_TTL: &str = "local v = redis.call('INCR', KEYS[1]) if v == 1 and
 /// is).
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How soon the supervisor checks again after a failed check.
+const HEALTH_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
 /// How long a health check may take before it counts as failed.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -252,6 +255,7 @@ impl RedisStore {
                 });
             }
             RedisMode::Cluster => {
+                let seeds = Probe::new(&infos, command_timeout);
                 let client = ClusterClientBuilder::new(infos)
                     .connection_timeout(command_timeout)
                     .response_timeout(command_timeout)
@@ -262,6 +266,10 @@ impl RedisStore {
                     .map_err(|e| StoreError::Url(Arc::new(e)))?;
                 tokio::spawn(async move {
                     loop {
+                        // Read before connecting, so that a failover in between shows as a
+                        // change below (and costs one more reconnection) rather than going
+                        // unnoticed.
+                        let known = masters(&seeds).await.ok();
                         let Some(connection) = retry("redis cluster connect", &shutdown, || {
                             client.get_async_connection()
                         })
@@ -273,20 +281,35 @@ impl RedisStore {
                         store.set_link(Link::Cluster(connection));
                         // The cluster connection follows `MOVED` on its own, but a master that
                         // died never answers one: its slots stay routed to it until the slot
-                        // map is read again. So when the masters stop answering, connect anew
-                        // (from the seeds), which learns who holds every slot now.
+                        // map is read again, and the client's own repair can stall for
+                        // seconds on the dead node. So connect anew (from the seeds, which
+                        // learns who holds every slot now) as soon as the seeds name other
+                        // masters — a failover — or when the masters stop answering pings.
+                        let failed_over = async {
+                            let mut known = known;
+                            loop {
+                                tokio::time::sleep(HEALTH_INTERVAL).await;
+                                match masters(&seeds).await {
+                                    Ok(now) => match &known {
+                                        Some(known) if *known != now => return,
+                                        Some(_) => {}
+                                        None => known = Some(now),
+                                    },
+                                    Err(e) => tracing::debug!(
+                                        error = %e,
+                                        "no seed answered CLUSTER SLOTS; keeping the connection"
+                                    ),
+                                }
+                            }
+                        };
                         if !store
-                            .watch(
-                                &shutdown,
-                                std::future::pending(),
-                                Some(CLUSTER_REBUILD_AFTER),
-                            )
+                            .watch(&shutdown, failed_over, Some(CLUSTER_REBUILD_AFTER))
                             .await
                         {
                             return;
                         }
                         tracing::warn!(
-                            "redis cluster: a master does not answer; reading the slot map again"
+                            "redis cluster: the masters changed or do not answer; reading the slot map again"
                         );
                     }
                 });
@@ -297,10 +320,9 @@ impl RedisStore {
                     .clone()
                     .ok_or(StoreError::NoSentinelMaster)?;
                 let sentinels = Sentinels {
+                    probe: Probe::new(&infos, command_timeout),
                     infos,
                     master,
-                    timeout: command_timeout,
-                    connection: tokio::sync::Mutex::new(None),
                 };
                 tokio::spawn(async move {
                     store
@@ -375,8 +397,9 @@ impl RedisStore {
         }
     }
 
-    /// Pings every [`HEALTH_INTERVAL`] and keeps `ready` up to date until `shutdown` (false),
-    /// `until` resolves or `give_up_after` pings in a row failed (true).
+    /// Pings every [`HEALTH_INTERVAL`] ([`HEALTH_RETRY_INTERVAL`] after a failed ping) and
+    /// keeps `ready` up to date until `shutdown` (false), `until` resolves or `give_up_after`
+    /// pings in a row failed (true).
     async fn watch(
         &self,
         shutdown: &CancellationToken,
@@ -386,19 +409,26 @@ impl RedisStore {
         let mut until = std::pin::pin!(until);
         let mut failed_in_row = 0_u32;
         loop {
-            let ok = match self.link() {
-                Ok(mut link) => {
-                    let ping = redis::cmd("PING");
-                    matches!(
-                        tokio::time::timeout(
-                            HEALTH_TIMEOUT,
-                            ping.query_async::<redis::Value>(&mut link)
-                        )
-                        .await,
-                        Ok(Ok(_))
+            let ping = async {
+                let Ok(mut link) = self.link() else {
+                    return false;
+                };
+                let ping = redis::cmd("PING");
+                matches!(
+                    tokio::time::timeout(
+                        HEALTH_TIMEOUT,
+                        ping.query_async::<redis::Value>(&mut link)
                     )
-                }
-                Err(_) => false,
+                    .await,
+                    Ok(Ok(_))
+                )
+            };
+            // `until` is watched during the ping too: a ping may hang for HEALTH_TIMEOUT
+            // exactly when `until` has news (a failover).
+            let ok = tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = &mut until => return true,
+                ok = ping => ok,
             };
             if self.shared.ready.swap(ok, Ordering::Relaxed) != ok {
                 if ok {
@@ -411,10 +441,15 @@ impl RedisStore {
             if give_up_after.is_some_and(|limit| failed_in_row >= limit) {
                 return true;
             }
+            let next = if ok {
+                HEALTH_INTERVAL
+            } else {
+                HEALTH_RETRY_INTERVAL
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return false,
                 () = &mut until => return true,
-                () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+                () = tokio::time::sleep(next) => {}
             }
         }
     }
@@ -544,41 +579,47 @@ where
     }
 }
 
-/// The sentinels of `redis.urls` and the master they watch.
-struct Sentinels {
-    /// As configured: the address of each sentinel, with the username, password and database
-    /// the master connection uses.
+/// A plain connection to whichever of some servers answers first, kept while it keeps
+/// answering: the sentinels, or a cluster's seed nodes.
+struct Probe {
+    /// The servers, with the username and password of their URLs and database 0 (sentinels
+    /// have no databases, a cluster only 0).
     infos: Vec<ConnectionInfo>,
-    master: String,
     timeout: Duration,
-    /// The connection to the sentinel that answered last.
+    /// The connection to the server that answered last.
     connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
 }
 
-fn timed_out(what: &'static str) -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::Io, what))
-}
+impl Probe {
+    fn new(infos: &[ConnectionInfo], timeout: Duration) -> Self {
+        let infos = infos
+            .iter()
+            .map(|info| {
+                info.clone()
+                    .set_redis_settings(info.redis_settings().clone().set_db(0))
+            })
+            .collect();
+        Self {
+            infos,
+            timeout,
+            connection: tokio::sync::Mutex::new(None),
+        }
+    }
 
-impl Sentinels {
-    /// `SENTINEL get-master-addr-by-name`, on the sentinel that answered last, else asking
-    /// each in turn until one answers.
-    async fn master_addr(&self) -> redis::RedisResult<ConnectionAddr> {
+    /// `command`'s answer from the server that answered last, else from the first that
+    /// answers, each within the timeout.
+    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> redis::RedisResult<T> {
         let mut cached = self.connection.lock().await;
         if let Some(connection) = cached.as_mut()
-            && let Ok(addr) = self.ask(connection).await
+            && let Ok(answer) = self.ask(connection, command).await
         {
-            return Ok(addr);
+            return Ok(answer);
         }
         *cached = None;
-        let mut last =
-            redis::RedisError::from((redis::ErrorKind::Client, "no sentinel configured"));
+        let mut last = redis::RedisError::from((redis::ErrorKind::Client, "no server configured"));
         for info in &self.infos {
-            // Sentinels have no databases: connect without SELECT.
-            let sentinel = info
-                .clone()
-                .set_redis_settings(info.redis_settings().clone().set_db(0));
             let connected = async {
-                redis::Client::open(sentinel)?
+                redis::Client::open(info.clone())?
                     .get_multiplexed_async_connection()
                     .await
             };
@@ -589,14 +630,14 @@ impl Sentinels {
                     continue;
                 }
                 Err(_) => {
-                    last = timed_out("a sentinel did not accept a connection in time");
+                    last = timed_out("a server did not accept a connection in time");
                     continue;
                 }
             };
-            match self.ask(&mut connection).await {
-                Ok(addr) => {
+            match self.ask(&mut connection, command).await {
+                Ok(answer) => {
                     *cached = Some(connection);
-                    return Ok(addr);
+                    return Ok(answer);
                 }
                 Err(e) => last = e,
             }
@@ -604,21 +645,69 @@ impl Sentinels {
         Err(last)
     }
 
-    async fn ask(
+    async fn ask<T: redis::FromRedisValue>(
         &self,
         connection: &mut MultiplexedConnection,
-    ) -> redis::RedisResult<ConnectionAddr> {
+        command: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        match tokio::time::timeout(self.timeout, command.query_async(connection)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(timed_out("a server did not answer in time")),
+        }
+    }
+}
+
+/// Who serves which slots, as a cluster node's `CLUSTER SLOTS` says: `(first slot, last
+/// slot, master address)`, sorted. Replicas are left out, so that only a change of masters (a
+/// failover, a resharding) shows as a difference.
+async fn masters(seeds: &Probe) -> redis::RedisResult<Vec<(i64, i64, String)>> {
+    let ranges: Vec<redis::Value> = seeds.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
+    let mut masters = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let redis::Value::Array(fields) = range else {
+            continue;
+        };
+        let (Some(redis::Value::Int(first)), Some(redis::Value::Int(last))) =
+            (fields.first(), fields.get(1))
+        else {
+            continue;
+        };
+        let master = match fields.get(2) {
+            Some(redis::Value::Array(node)) => format!("{:?}", node.get(..2)),
+            _ => String::new(),
+        };
+        masters.push((*first, *last, master));
+    }
+    masters.sort();
+    Ok(masters)
+}
+
+/// The sentinels of `redis.urls` and the master they watch.
+struct Sentinels {
+    /// As configured: the address of each sentinel, with the username, password and database
+    /// the master connection uses.
+    infos: Vec<ConnectionInfo>,
+    master: String,
+    /// The sentinels, asked in turn.
+    probe: Probe,
+}
+
+fn timed_out(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, what))
+}
+
+impl Sentinels {
+    /// `SENTINEL get-master-addr-by-name`, on the sentinel that answered last, else asking
+    /// each in turn until one answers.
+    async fn master_addr(&self) -> redis::RedisResult<ConnectionAddr> {
         let mut command = redis::cmd("SENTINEL");
         command.arg("get-master-addr-by-name").arg(&self.master);
-        let asked = command.query_async::<Option<(String, u16)>>(connection);
-        match tokio::time::timeout(self.timeout, asked).await {
-            Ok(Ok(Some((host, port)))) => Ok(ConnectionAddr::Tcp(host, port)),
-            Ok(Ok(None)) => Err(redis::RedisError::from((
+        match self.probe.query::<Option<(String, u16)>>(&command).await? {
+            Some((host, port)) => Ok(ConnectionAddr::Tcp(host, port)),
+            None => Err(redis::RedisError::from((
                 redis::ErrorKind::Client,
                 "a sentinel does not know the master named by redis.sentinel_master",
             ))),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(timed_out("a sentinel did not answer in time")),
         }
     }
 
