@@ -182,7 +182,7 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RedisMode {
-    /// One server (`redis.url`), default.
+    /// One server (`redis.url`, or a `redis.urls` of one), default.
     Standalone,
     /// A Redis Cluster: `redis.urls` (or `redis.url`) are seed nodes; the client learns the
     /// rest and follows slot moves and failovers.
@@ -846,10 +846,12 @@ fn redis(raw: RawRedis) -> Result<RedisConfig, ConfigError> {
                 "give redis.url or redis.urls, not both",
             ));
         }
-        (RedisMode::Standalone, _, Some(_)) => {
+        // One URL in the list form is a standalone server too, so that a deployment can set
+        // `WXGATE__REDIS__URLS` whatever the mode (the compose file does).
+        (RedisMode::Standalone, _, Some(urls)) if urls.len() > 1 => {
             return Err(ConfigError::invalid(
                 "redis.urls",
-                "is for redis.mode = \"cluster\" or \"sentinel\"; a standalone Redis takes redis.url",
+                "lists several servers but redis.mode is \"standalone\", which takes one: set redis.mode = \"cluster\" or \"sentinel\"",
             ));
         }
         (RedisMode::Sentinel, _, None) => {
@@ -1693,6 +1695,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.redis.urls, ["redis://10.0.0.1:7000"]);
+        // A list of one is a standalone server too.
+        let c = load("", &[("WXGATE__REDIS__URLS", "redis://10.0.0.9:6379/2")]).unwrap();
+        assert_eq!(c.redis.mode, RedisMode::Standalone);
+        assert_eq!(c.redis.url, "redis://10.0.0.9:6379/2");
 
         let c = load(
             "[redis]\nmode = \"sentinel\"\nurls = [\"redis://10.0.0.1:26379\"]\nsentinel_master = \"wxgate\"\n",
@@ -1732,8 +1738,11 @@ mod tests {
                 "[redis]\nmode = \"cluster\"\nurl = \"redis://a:1\"\nurls = [\"redis://b:1\"]\n",
                 "redis.urls",
             ),
-            // A list for a standalone server.
-            ("[redis]\nurls = [\"redis://a:1\"]\n", "redis.urls"),
+            // Several servers for a standalone Redis.
+            (
+                "[redis]\nurls = [\"redis://a:1\", \"redis://b:1\"]\n",
+                "redis.urls",
+            ),
             // Sentinels missing, or the master's name.
             (
                 "[redis]\nmode = \"sentinel\"\nsentinel_master = \"m\"\n",

@@ -45,8 +45,15 @@ pub struct Listener {
 }
 
 impl Deployment {
-    /// Reads every file; panics naming the file that cannot be read or parsed.
+    /// Reads every file, as on a fresh checkout (no `.env`); panics naming the file that
+    /// cannot be read or parsed.
     pub fn load() -> Deployment {
+        Self::load_with(&BTreeMap::new())
+    }
+
+    /// [`Deployment::load`] with the compose variables of `vars` set, as a `.env` file beside
+    /// docker-compose.yml would set them.
+    pub fn load_with(vars: &BTreeMap<String, String>) -> Deployment {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("tests/ sits in the repository")
@@ -55,7 +62,7 @@ impl Deployment {
             std::fs::read_to_string(root.join(name))
                 .unwrap_or_else(|e| panic!("cannot read {name}: {e}"))
         };
-        let compose = model::parse(&read("docker-compose.yml"))
+        let compose = model::parse(&read("docker-compose.yml"), vars)
             .unwrap_or_else(|e| panic!("docker-compose.yml: {e}"));
         let image = dockerfile::parse(&read("Dockerfile"));
         let nginx = nginx::parse(&read("deploy/nginx.conf"))

@@ -878,6 +878,122 @@ async fn production_services_start_and_become_ready() {
     stack.stop().await;
 }
 
+/// `deploy/clusters.env.example`: its variables, as compose reads a `.env` file.
+fn clusters_env() -> BTreeMap<String, String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/clusters.env.example"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (name, value) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{path}: {line:?} is not NAME=value"));
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn variables_interpolate_as_compose_does() {
+    let vars: BTreeMap<String, String> = [("SET", "s"), ("EMPTY", "")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let compose = |value: &str| {
+        model::parse(
+            &format!("services:\n  a:\n    image: x\n    environment:\n      V: \"{value}\"\n"),
+            &vars,
+        )
+        .map(|c| c.services["a"].environment["V"].clone())
+    };
+    for (value, expected) in [
+        ("${SET:-d}", "s"),
+        ("${UNSET:-d}", "d"),
+        ("${EMPTY:-d}", "d"),
+        ("${EMPTY-d}", ""),
+        ("a${UNSET:-b${SET:-c}d}e", "absde"),
+        ("${UNSET:-x${UNSET2:-y}}/z", "xy/z"),
+        ("$$NOT", "$NOT"),
+    ] {
+        assert_eq!(compose(value).as_deref(), Ok(expected), "{value}");
+    }
+    for bad in ["${SET}", "$SET", "${UNSET:-open"] {
+        assert!(compose(bad).is_err(), "{bad} should be refused");
+    }
+}
+
+#[test]
+fn the_clusters_example_configures_every_gateway_and_worker_for_clusters() {
+    let vars = clusters_env();
+    for name in [
+        "WXGATE_RABBITMQ_URLS",
+        "WXGATE_REDIS_MODE",
+        "WXGATE_REDIS_URLS",
+    ] {
+        assert!(
+            vars.contains_key(name),
+            "deploy/clusters.env.example does not set {name}"
+        );
+    }
+    let d = Deployment::load_with(&vars);
+    let mut problems = Vec::new();
+    for service in d.built_here() {
+        if !matches!(d.role(service), Role::Gateway | Role::Worker) {
+            continue;
+        }
+        let config = d.config(service);
+        let name = &service.name;
+        if config.rabbitmq.urls.len() < 2 {
+            problems.push(format!(
+                "services.{name}: rabbitmq.urls has {} node(s) with the clusters example",
+                config.rabbitmq.urls.len()
+            ));
+        }
+        if config.redis.mode != wxgate_core::config::RedisMode::Cluster
+            || config.redis.urls.len() < 2
+        {
+            problems.push(format!(
+                "services.{name}: redis is {} with {} URL(s) with the clusters example",
+                config.redis.mode.as_str(),
+                config.redis.urls.len()
+            ));
+        }
+    }
+    report(
+        "docker-compose.yml with deploy/clusters.env.example",
+        problems,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_tier_starts_against_clusters_named_in_env() {
+    // The example's variables, pointed at a Redis Cluster started here and at two RabbitMQ
+    // "nodes", the first of which is down: the processes must skip it.
+    let redis = wxgate_tests::RedisCluster::up()
+        .await
+        .expect("start a Redis Cluster (scripts/testbed.sh)");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut vars = clusters_env();
+    vars.insert(
+        "WXGATE_RABBITMQ_URLS".into(),
+        format!(
+            "amqp://guest:guest@{dead}/%2f,{}",
+            wxgate_tests::rabbitmq_url()
+        ),
+    );
+    vars.insert("WXGATE_REDIS_URLS".into(), redis.urls().join(","));
+    let d = Deployment::load_with(&vars);
+    let stack = stack::Stack::start(&d, &["gateway", "worker"]).await;
+    stack.stop().await;
+    redis.down().await.expect("stop the Redis Cluster");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_profile_starts_and_answers_like_the_tutorial() {
     let d = Deployment::load();

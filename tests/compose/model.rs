@@ -1,7 +1,7 @@
 //! `docker-compose.yml` read the way `docker compose` reads it, as far as these tests need: YAML
-//! with anchors and `<<` merge keys, `${VAR:-default}` interpolation (with an empty environment,
-//! as on a fresh checkout without `.env`), and each service's fields in their short and long
-//! syntaxes.
+//! with anchors and `<<` merge keys, `${VAR:-default}` interpolation (nested defaults too; with
+//! an empty environment, as on a fresh checkout without `.env`, or the variables a test sets),
+//! and each service's fields in their short and long syntaxes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -156,14 +156,15 @@ impl Service {
     }
 }
 
-/// Parses `text` as a compose file; `Err` names the field that is wrong.
-pub fn parse(text: &str) -> Result<Compose, String> {
+/// Parses `text` as a compose file, with the variables of `vars` set (as a `.env` file
+/// would); `Err` names the field that is wrong.
+pub fn parse(text: &str, vars: &BTreeMap<String, String>) -> Result<Compose, String> {
     let mut docs = YamlLoader::load_from_str(text).map_err(|e| format!("not YAML: {e}"))?;
     if docs.len() != 1 {
         return Err(format!("expected one YAML document, found {}", docs.len()));
     }
     let root = docs.remove(0);
-    let root = interpolate(merge_keys(root))?;
+    let root = interpolate(merge_keys(root), vars)?;
     let Yaml::Hash(top) = &root else {
         return Err("the top level is not a mapping".into());
     };
@@ -450,22 +451,23 @@ fn merge_keys(y: Yaml) -> Yaml {
     }
 }
 
-/// Replaces `${NAME:-default}`, `${NAME-default}` and `$$` in every string value with what
-/// compose would use when `NAME` is not set. `${NAME}` or `$NAME` without a default is an
-/// error: a plain `docker compose up` must work without any variable set.
-fn interpolate(y: Yaml) -> Result<Yaml, String> {
+/// Replaces `${NAME:-default}`, `${NAME-default}` (defaults may nest: `${A:-x${B:-y}}`) and
+/// `$$` in every string value with what compose would use when the variables are as in `vars`
+/// (a `.env` file), unset otherwise. `${NAME}` or `$NAME` without a default is an error: a
+/// plain `docker compose up` must work without any variable set.
+fn interpolate(y: Yaml, vars: &BTreeMap<String, String>) -> Result<Yaml, String> {
     Ok(match y {
-        Yaml::String(s) => Yaml::String(interpolate_str(&s)?),
+        Yaml::String(s) => Yaml::String(interpolate_str(&s, vars)?),
         Yaml::Array(items) => Yaml::Array(
             items
                 .into_iter()
-                .map(interpolate)
+                .map(|item| interpolate(item, vars))
                 .collect::<Result<_, _>>()?,
         ),
         Yaml::Hash(hash) => {
             let mut out = yaml_rust2::yaml::Hash::new();
             for (k, v) in hash {
-                out.insert(k, interpolate(v)?);
+                out.insert(k, interpolate(v, vars)?);
             }
             Yaml::Hash(out)
         }
@@ -474,43 +476,66 @@ fn interpolate(y: Yaml) -> Result<Yaml, String> {
 }
 
 /// [`interpolate`] for one string.
-pub fn interpolate_str(s: &str) -> Result<String, String> {
+fn interpolate_str(s: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let (out, rest) = expand(s, s, vars, false)?;
+    debug_assert!(rest.is_empty());
+    Ok(out)
+}
+
+/// Expands `text` up to its end, or (`in_default`) up to the `}` closing the expression it is
+/// the default of; returns the expansion and what follows that `}`. `whole` is the string
+/// being expanded, for messages.
+fn expand<'a>(
+    whole: &str,
+    mut text: &'a str,
+    vars: &BTreeMap<String, String>,
+    in_default: bool,
+) -> Result<(String, &'a str), String> {
     let mut out = String::new();
-    let mut rest = s;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
+    loop {
+        let stop = text.find(|c| c == '$' || (in_default && c == '}'));
+        let Some(at) = stop else {
+            if in_default {
+                return Err(format!("unclosed ${{ in {whole:?}"));
+            }
+            out.push_str(text);
+            return Ok((out, ""));
+        };
+        out.push_str(&text[..at]);
+        let after = &text[at + 1..];
+        if text[at..].starts_with('}') {
+            return Ok((out, after));
+        }
         if let Some(after) = after.strip_prefix('$') {
             out.push('$');
-            rest = after;
+            text = after;
         } else if let Some(inner) = after.strip_prefix('{') {
-            let end = inner
-                .find('}')
-                .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
-            let expr = &inner[..end];
-            if expr.contains('$') {
-                return Err(format!("nested variables in {s:?} are not supported here"));
+            let name_len = inner
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .ok_or_else(|| format!("unclosed ${{ in {whole:?}"))?;
+            let (name, op) = inner.split_at(name_len);
+            let value = vars.get(name);
+            let (default, empty_counts, rest) = if let Some(d) = op.strip_prefix(":-") {
+                let (d, rest) = expand(whole, d, vars, true)?;
+                (d, true, rest)
+            } else if let Some(d) = op.strip_prefix('-') {
+                let (d, rest) = expand(whole, d, vars, true)?;
+                (d, false, rest)
+            } else {
+                return Err(format!(
+                    "${{{name}…}} in {whole:?} has no default: give it one \
+                     (${{NAME:-value}}) so `docker compose up` works without .env"
+                ));
+            };
+            match value {
+                Some(v) if !(empty_counts && v.is_empty()) => out.push_str(v),
+                _ => out.push_str(&default),
             }
-            let default = expr
-                .split_once(":-")
-                .or_else(|| expr.split_once('-'))
-                .map(|(_, d)| d);
-            match default {
-                Some(d) => out.push_str(d),
-                None => {
-                    return Err(format!(
-                        "${{{expr}}} in {s:?} has no default: give it one (${{NAME:-value}}) so \
-                         `docker compose up` works without .env"
-                    ));
-                }
-            }
-            rest = &inner[end + 1..];
+            text = rest;
         } else {
             return Err(format!(
-                "a bare $ in {s:?}: write $$ for a dollar sign or ${{NAME:-default}}"
+                "a bare $ in {whole:?}: write $$ for a dollar sign or ${{NAME:-default}}"
             ));
         }
     }
-    out.push_str(rest);
-    Ok(out)
 }

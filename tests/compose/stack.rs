@@ -211,8 +211,38 @@ impl Stack {
                     args[at + 1] = config_path.display().to_string();
                 }
                 env.insert("WXGATE__NAMESPACE".into(), self.ns.clone());
-                env.insert("WXGATE__REDIS__URL".into(), wxgate_tests::redis_url());
-                env.insert("WXGATE__RABBITMQ__URL".into(), wxgate_tests::rabbitmq_url());
+                // The backends: a URL naming a compose service (the bundled RabbitMQ or Redis)
+                // becomes the test's own; others (clusters a test names through compose
+                // variables) are left as they are.
+                let backends = [
+                    ("RABBITMQ", wxgate_tests::rabbitmq_url()),
+                    ("REDIS", wxgate_tests::redis_url()),
+                ];
+                for (backend, test_url) in backends {
+                    let (one, list) = (
+                        format!("WXGATE__{backend}__URL"),
+                        format!("WXGATE__{backend}__URLS"),
+                    );
+                    let Some((var, urls)) = [one.clone(), list]
+                        .into_iter()
+                        .find_map(|var| env.get(&var).cloned().map(|urls| (var, urls)))
+                    else {
+                        env.insert(one, test_url);
+                        continue;
+                    };
+                    let local: Vec<String> = urls
+                        .split(',')
+                        .map(|url| match split_url(url.trim()) {
+                            Some((host, _, _))
+                                if deployment.compose.services.contains_key(&host) =>
+                            {
+                                test_url.clone()
+                            }
+                            _ => url.trim().to_owned(),
+                        })
+                        .collect();
+                    env.insert(var, local.join(","));
+                }
                 if role == Role::Gateway {
                     env.insert(
                         "WXGATE__GATEWAY__LISTEN".into(),
