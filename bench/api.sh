@@ -46,15 +46,10 @@ source "$ROOT/bench/lib.sh"
 start_namespace bench
 
 check_prerequisites
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "building wx-gateway, wx-worker and wxgate-api (release)"
-    (cd "$ROOT" && cargo build --release -p wx-gateway -p wx-worker -p wxgate-bench)
-fi
+raise_fd_limit
+build_release wx-gateway wx-worker wxgate-bench
 for bin in wx-gateway wx-worker wxgate-api; do
-    [[ -x "$CARGO_TARGET_DIR/release/$bin" ]] || die "$CARGO_TARGET_DIR/release/$bin missing"
-    ln -f "$CARGO_TARGET_DIR/release/$bin" "$WORK/$bin" 2>/dev/null || cp "$CARGO_TARGET_DIR/release/$bin" "$WORK/$bin"
+    link_private "$CARGO_TARGET_DIR/release/$bin" "$bin"
 done
 
 stop_processes() {

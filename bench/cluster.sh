@@ -119,16 +119,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "building wx-gateway, wx-worker and wxgate-e2e (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$ROOT" && cargo build --release -p wx-gateway -p wx-worker -p wxgate-bench)
-fi
+raise_fd_limit
+build_release wx-gateway wx-worker wxgate-bench
 for bin in wx-gateway wx-worker wxgate-e2e; do
-    [[ -x "$CARGO_TARGET_DIR/release/$bin" ]] || die "$CARGO_TARGET_DIR/release/$bin missing"
-    # A private link (or copy): a build in the shared target directory cannot swap a binary.
-    ln -f "$CARGO_TARGET_DIR/release/$bin" "$WORK/$bin" 2>/dev/null || cp "$CARGO_TARGET_DIR/release/$bin" "$WORK/$bin"
+    link_private "$CARGO_TARGET_DIR/release/$bin" "$bin"
 done
 
 # --- test beds ------------------------------------------------------------------------------

@@ -68,22 +68,15 @@ case "$MODE" in plain | compat | safe) ;; *) die "MODE must be plain, compat or 
 
 # The worker keeps up to CONCURRENCY connections to the simulator, the pusher some to the
 # gateway: more than the usual 1,024 fds on both ends of one machine.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "building wx-gateway, wx-worker and wxgate-e2e (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$ROOT" && cargo build --release -p wx-gateway -p wx-worker -p wxgate-bench)
-fi
+raise_fd_limit
+build_release wx-gateway wx-worker wxgate-bench
 declare -A SOURCE=(
     [wx-gateway]=${GATEWAY_BIN:-$CARGO_TARGET_DIR/release/wx-gateway}
     [wx-worker]=${WORKER_BIN:-$CARGO_TARGET_DIR/release/wx-worker}
     [wxgate-e2e]=$CARGO_TARGET_DIR/release/wxgate-e2e
 )
 for bin in wx-gateway wx-worker wxgate-e2e; do
-    [[ -x "${SOURCE[$bin]}" ]] || die "${SOURCE[$bin]} missing"
-    # A private link (or copy), so a build in the shared target directory during the run
-    # cannot swap a binary between its build and its start.
-    ln -f "${SOURCE[$bin]}" "$WORK/$bin" 2>/dev/null || cp "${SOURCE[$bin]}" "$WORK/$bin"
+    link_private "${SOURCE[$bin]}" "$bin"
 done
 GATEWAY_BIN=$WORK/wx-gateway
 WORKER_BIN=$WORK/wx-worker

@@ -45,7 +45,7 @@ start_namespace bench
 check_prerequisites
 
 # 1,000 idle connections on both ends of one machine need more than the usual 1,024 fds.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+raise_fd_limit
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     log "building wx-gateway and wxgate-load (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"

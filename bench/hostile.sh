@@ -55,7 +55,7 @@ stop_processes() {
 check_prerequisites
 # Past the idle connections and the flood, the attacker needs a descriptor for each, and so
 # does the process attacked.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+raise_fd_limit
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     log "building $BIN_NAME and wxgate-hostile (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"

@@ -1,4 +1,4 @@
-# Shell helpers shared by the bench scripts (gateway.sh, e2e.sh, profile.sh, budget.sh). Sourcing
+# Shell helpers shared by the bench scripts (gateway.sh, e2e.sh, api.sh, cluster.sh, …). Sourcing
 # it defines log() and die() (prefixed with the script's name) and the defaults every script
 # shares: CARGO_TARGET_DIR, REDIS_URL, AMQP_URL, RUST_LOG (warn: no per-request logging).
 
@@ -10,6 +10,27 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/wxgate-target}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export RUST_LOG=${RUST_LOG:-warn}
+
+# raise_fd_limit: up to 65,536 open files (else the hard limit): the load generator and the
+# servers keep thousands of connections on both ends of one machine.
+raise_fd_limit() { ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true; }
+
+# build_release PACKAGE...: `cargo build --release -p PACKAGE ...` in the workspace, unless
+# SKIP_BUILD=1.
+build_release() {
+    [[ "${SKIP_BUILD:-0}" == 1 ]] && return 0
+    local args=() package
+    for package in "$@"; do args+=(-p "$package"); done
+    log "building $* (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$ROOT" && cargo build --release "${args[@]}")
+}
+
+# link_private SOURCE NAME: links (or copies) the program SOURCE to $WORK/NAME, so that a build
+# in the shared target directory during the run cannot swap it between its build and its start.
+link_private() {
+    [[ -x "$1" ]] || die "$1 missing"
+    ln -f "$1" "$WORK/$2" 2>/dev/null || cp "$1" "$WORK/$2"
+}
 
 # stop_processes: what the script started; each script that starts processes redefines it.
 stop_processes() { :; }

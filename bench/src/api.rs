@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt as _;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -31,7 +31,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
-use wxgate_bench::{gateway_base, nearest_rank, parse_duration, push_account, status_kib};
+use wxgate_bench::{
+    authed, gateway_base, nearest_rank, parse_duration, push_account, queue_depth, status_kib,
+};
 use wxgate_core::config::{Account, Config};
 use wxgate_proto::v1::events_client::EventsClient;
 use wxgate_proto::v1::subscribe_request::Kind as RequestKind;
@@ -160,11 +162,7 @@ impl Api {
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        if let Ok(value) = format!("Bearer {}", self.key).parse() {
-            request.metadata_mut().insert("authorization", value);
-        }
-        request
+        authed(&self.key, message)
     }
 }
 
@@ -328,28 +326,11 @@ async fn fill(
     Ok(())
 }
 
-/// Ready messages and consumers of `queue`.
-async fn depth(amqp: &Connection, queue: &str) -> anyhow::Result<(u32, u32)> {
-    let channel = amqp.create_channel().await?;
-    let declared = channel
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel.close(200, ShortString::from("looked")).await.ok();
-    Ok((declared.message_count(), declared.consumer_count()))
-}
-
 /// Polls until `queue` holds `ready` ready messages and no consumer (60 s at most).
 async fn settle(amqp: &Connection, queue: &str, ready: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (count, consumers) = depth(amqp, queue).await?;
+        let (count, consumers) = queue_depth(amqp, queue).await?;
         if u64::from(count) == ready && consumers == 0 {
             return Ok(());
         }

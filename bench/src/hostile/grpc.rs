@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use prost::Message as _;
 use tokio::io::AsyncWriteExt;
@@ -20,6 +20,8 @@ use wxgate_proto::v1::subscribe_request::Kind as RequestKind;
 use wxgate_proto::v1::{
     Event, EventsFilter, EventsStart, ListAccountsRequest, SubscribeRequest, Text, event,
 };
+
+use wxgate_bench::{authed, queue_depth};
 
 use super::h2raw::{self, Tally};
 
@@ -52,11 +54,7 @@ impl Grpc {
     }
 
     fn authed<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        if let Ok(value) = format!("Bearer {}", self.api_key).parse() {
-            request.metadata_mut().insert("authorization", value);
-        }
-        request
+        authed(&self.api_key, message)
     }
 
     /// One `Accounts.List` on a new connection: `OK`, or what failed.
@@ -372,7 +370,7 @@ pub async fn slow_consumers(
     // The group exists and has every subscriber before anything is published.
     let deadline = Instant::now() + WAIT;
     loop {
-        let (_, consumers) = depth(&amqp, &queue).await.unwrap_or((0, 0));
+        let (_, consumers) = queue_depth(&amqp, &queue).await.unwrap_or((0, 0));
         if consumers as usize >= subscribers {
             break;
         }
@@ -389,7 +387,7 @@ pub async fn slow_consumers(
     let deadline = Instant::now() + WAIT;
     let mut ready = 0;
     while Instant::now() < deadline {
-        ready = u64::from(depth(&amqp, &queue).await?.0);
+        ready = u64::from(queue_depth(&amqp, &queue).await?.0);
         if ready <= expected_ready {
             break;
         }
@@ -401,24 +399,6 @@ pub async fn slow_consumers(
         "{} of {events} events in flight to streams that read nothing",
         events.saturating_sub(ready)
     ))
-}
-
-/// Ready messages and consumers of `queue`.
-async fn depth(amqp: &Connection, queue: &str) -> Result<(u32, u32)> {
-    let channel = amqp.create_channel().await?;
-    let declared = channel
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    channel.close(200, ShortString::from("done")).await.ok();
-    let declared = declared?;
-    Ok((declared.message_count(), declared.consumer_count()))
 }
 
 /// Publishes `count` text events of the broker's account to `{ns}.events`, confirmed.
