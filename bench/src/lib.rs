@@ -227,6 +227,38 @@ pub fn gateway_base(config: &wxgate_core::config::Config) -> String {
     )
 }
 
+/// `message` as a gRPC request carrying `key` as `authorization: Bearer {key}`. A key that is
+/// not valid metadata is left out, so the call fails with `UNAUTHENTICATED`.
+pub fn authed<T>(key: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {key}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// Ready messages and consumers of `queue` (a passive declare on a channel of its own, closed
+/// again).
+pub async fn queue_depth(amqp: &lapin::Connection, queue: &str) -> anyhow::Result<(u32, u32)> {
+    let channel = amqp.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            lapin::types::ShortString::from(queue),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..lapin::options::QueueDeclareOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    channel
+        .close(200, lapin::types::ShortString::from("looked"))
+        .await
+        .ok();
+    let declared = declared.with_context(|| format!("queue {queue}"))?;
+    Ok((declared.message_count(), declared.consumer_count()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,36 +311,4 @@ mod tests {
         assert_eq!(nearest_rank(&samples, 0.0), 1);
         assert_eq!(nearest_rank::<u32>(&[], 0.5), 0);
     }
-}
-
-/// `message` as a gRPC request carrying `key` as `authorization: Bearer {key}`. A key that is
-/// not valid metadata is left out, so the call fails with `UNAUTHENTICATED`.
-pub fn authed<T>(key: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = format!("Bearer {key}").parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
-}
-
-/// Ready messages and consumers of `queue` (a passive declare on a channel of its own, closed
-/// again).
-pub async fn queue_depth(amqp: &lapin::Connection, queue: &str) -> anyhow::Result<(u32, u32)> {
-    let channel = amqp.create_channel().await?;
-    let declared = channel
-        .queue_declare(
-            lapin::types::ShortString::from(queue),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..lapin::options::QueueDeclareOptions::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await;
-    channel
-        .close(200, lapin::types::ShortString::from("looked"))
-        .await
-        .ok();
-    let declared = declared.with_context(|| format!("queue {queue}"))?;
-    Ok((declared.message_count(), declared.consumer_count()))
 }
