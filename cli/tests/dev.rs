@@ -228,6 +228,8 @@ async fn token_jssdk_and_oauth() {
     let token = env.ok(&["token", "demo"]).await;
     assert!(token.trim().len() > 20, "{token}");
     assert_eq!(env.ok(&["token", "demo"]).await, token, "one shared token");
+    // A forced refresh within 30 s of a fetch costs no WeChat call: the same token comes back.
+    assert_eq!(env.ok(&["token", "demo", "--force"]).await, token);
     let json: Value = serde_json::from_str(&env.ok(&["token", "demo", "--json"]).await).unwrap();
     assert!(json["expires_at_ms"].as_i64().unwrap() > 0);
 

@@ -656,6 +656,7 @@ fn apply_env(
     table: &mut toml::Table,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
+    let mut set_by_env: Vec<(&str, &str)> = Vec::new();
     for &(section, key, kind) in ENV_KEYS {
         let var = if section.is_empty() {
             format!("WXGATE__{}", key.to_ascii_uppercase())
@@ -716,6 +717,22 @@ fn apply_env(
                 _ => return Err(ConfigError::invalid(section, "must be a table")),
             }
         };
+        // `url` and `urls` are two spellings of one setting: the one the environment gives
+        // replaces the other from the file (given both ways in the environment, loading says
+        // so).
+        if matches!(section, "redis" | "rabbitmq") {
+            let other = match key {
+                "url" => Some("urls"),
+                "urls" => Some("url"),
+                _ => None,
+            };
+            if let Some(other) = other
+                && !set_by_env.contains(&(section, other))
+            {
+                target.remove(other);
+            }
+        }
+        set_by_env.push((section, key));
         target.insert(key.to_owned(), value);
     }
     Ok(())
@@ -1728,6 +1745,40 @@ mod tests {
                 "redis://10.0.0.3:7000"
             ]
         );
+    }
+
+    #[test]
+    fn url_lists_from_the_environment_replace_the_files_url() {
+        let file =
+            "[redis]\nurl = \"redis://file:6379/0\"\n[rabbitmq]\nurl = \"amqp://file:5672/%2f\"\n";
+        let c = load(
+            file,
+            &[
+                ("WXGATE__REDIS__URLS", "redis://env:6379/0"),
+                (
+                    "WXGATE__RABBITMQ__URLS",
+                    "amqp://a:5672/%2f,amqp://b:5672/%2f",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.redis.urls, ["redis://env:6379/0"]);
+        assert_eq!(c.rabbitmq.urls, ["amqp://a:5672/%2f", "amqp://b:5672/%2f"]);
+        // And the other way round.
+        let file =
+            "[redis]\nmode = \"cluster\"\nurls = [\"redis://f1:7000\", \"redis://f2:7000\"]\n";
+        let c = load(file, &[("WXGATE__REDIS__URL", "redis://env:7000")]).unwrap();
+        assert_eq!(c.redis.urls, ["redis://env:7000"]);
+        // Both spellings in the environment are still a mistake.
+        let e = load(
+            "",
+            &[
+                ("WXGATE__RABBITMQ__URL", "amqp://a:5672/%2f"),
+                ("WXGATE__RABBITMQ__URLS", "amqp://b:5672/%2f"),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("rabbitmq.urls"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::cluster::ClusterClientBuilder;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
@@ -183,8 +183,8 @@ const COMPARE_AND_DELETE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then 
 const COMPARE_AND_EXPIRE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 const INCR_WITH_TTL: &str = "local v = redis.call('INCR', KEYS[1]) if v == 1 and tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return v";
 
-/// How often the supervisor checks the connection (and, with Sentinel, asks who the master
-/// is).
+/// How often the supervisor checks the connection (and asks the sentinels who the master is,
+/// or a cluster's seeds who the masters are).
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How soon the supervisor checks again after a failed check.
@@ -196,6 +196,25 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Failed health checks in a row after which a cluster connection is built anew (so that the
 /// slot map is read again).
 const CLUSTER_REBUILD_AFTER: u32 = 2;
+
+/// The longest wait between cluster connections built anew because pings keep failing (a
+/// master down with no replica to take over): 1 s, doubling up to this.
+const CLUSTER_REBUILD_MAX_WAIT: Duration = Duration::from_secs(8);
+
+/// A cluster connection that stayed up this long before pings failed starts the waits between
+/// rebuilds from the beginning again.
+const CLUSTER_STABLE: Duration = Duration::from_secs(30);
+
+/// Why [`RedisStore::watch`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    /// `shutdown` was cancelled.
+    Shutdown,
+    /// The future it watched resolved.
+    Until,
+    /// Health checks failed the given number of times in a row.
+    Unhealthy,
+}
 
 impl RedisStore {
     /// A standalone Redis at `url`: [`RedisStore::connect_config`] with
@@ -255,7 +274,7 @@ impl RedisStore {
                 });
             }
             RedisMode::Cluster => {
-                let seeds = Probe::new(&infos, command_timeout);
+                let seeds = Probe::new(&infos, command_timeout.min(HEALTH_TIMEOUT));
                 let client = ClusterClientBuilder::new(infos)
                     .connection_timeout(command_timeout)
                     .response_timeout(command_timeout)
@@ -265,53 +284,7 @@ impl RedisStore {
                     .build()
                     .map_err(|e| StoreError::Url(Arc::new(e)))?;
                 tokio::spawn(async move {
-                    loop {
-                        // Read before connecting, so that a failover in between shows as a
-                        // change below (and costs one more reconnection) rather than going
-                        // unnoticed.
-                        let known = masters(&seeds).await.ok();
-                        let Some(connection) = retry("redis cluster connect", &shutdown, || {
-                            client.get_async_connection()
-                        })
-                        .await
-                        else {
-                            return;
-                        };
-                        tracing::info!(mode = "cluster", "redis connected");
-                        store.set_link(Link::Cluster(connection));
-                        // The cluster connection follows `MOVED` on its own, but a master that
-                        // died never answers one: its slots stay routed to it until the slot
-                        // map is read again, and the client's own repair can stall for
-                        // seconds on the dead node. So connect anew (from the seeds, which
-                        // learns who holds every slot now) as soon as the seeds name other
-                        // masters — a failover — or when the masters stop answering pings.
-                        let failed_over = async {
-                            let mut known = known;
-                            loop {
-                                tokio::time::sleep(HEALTH_INTERVAL).await;
-                                match masters(&seeds).await {
-                                    Ok(now) => match &known {
-                                        Some(known) if *known != now => return,
-                                        Some(_) => {}
-                                        None => known = Some(now),
-                                    },
-                                    Err(e) => tracing::debug!(
-                                        error = %e,
-                                        "no seed answered CLUSTER SLOTS; keeping the connection"
-                                    ),
-                                }
-                            }
-                        };
-                        if !store
-                            .watch(&shutdown, failed_over, Some(CLUSTER_REBUILD_AFTER))
-                            .await
-                        {
-                            return;
-                        }
-                        tracing::warn!(
-                            "redis cluster: the masters changed or do not answer; reading the slot map again"
-                        );
-                    }
+                    store.follow_cluster(&client, &seeds, &shutdown).await;
                 });
             }
             RedisMode::Sentinel => {
@@ -332,6 +305,78 @@ impl RedisStore {
             }
         }
         Ok(Self { shared })
+    }
+
+    /// Cluster mode: connects from the seeds, and connects anew — which reads the slot map
+    /// again — when the seeds name other masters (a failover) or the masters stop answering
+    /// pings, until `shutdown`.
+    ///
+    /// The cluster connection follows `MOVED` on its own, but a master that died never answers
+    /// one: its slots stay routed to it until the slot map is read again, and the client's own
+    /// repair can stall for seconds on the dead node.
+    async fn follow_cluster(
+        &self,
+        client: &ClusterClient,
+        seeds: &Probe,
+        shutdown: &CancellationToken,
+    ) {
+        let mut wait = Duration::ZERO;
+        loop {
+            // Read before connecting, so that a failover in between usually shows as a change
+            // below. Not always: the seed asked here and the node the client reads may differ,
+            // and a failover between the two reads is then left to the pings.
+            let known = tokio::select! {
+                () = shutdown.cancelled() => return,
+                read = tokio::time::timeout(HEALTH_TIMEOUT, masters(seeds)) => {
+                    read.ok().and_then(Result::ok)
+                }
+            };
+            let Some(connection) = retry("redis cluster connect", shutdown, || {
+                client.get_async_connection()
+            })
+            .await
+            else {
+                return;
+            };
+            tracing::info!(mode = "cluster", "redis connected");
+            self.set_link(Link::Cluster(connection));
+            let connected = Instant::now();
+            match self
+                .watch(
+                    shutdown,
+                    masters_change(seeds, known.clone()),
+                    Some(CLUSTER_REBUILD_AFTER),
+                )
+                .await
+            {
+                Watched::Shutdown => return,
+                Watched::Until => {
+                    tracing::warn!(
+                        "redis cluster: the seeds name other masters (a failover); reading the slot map again"
+                    );
+                    wait = Duration::ZERO;
+                }
+                Watched::Unhealthy => {
+                    // The masters may stay unreachable (a master down with no replica to take
+                    // over): do not reconnect in a tight loop, but follow a failover at once.
+                    if connected.elapsed() >= CLUSTER_STABLE {
+                        wait = Duration::ZERO;
+                    }
+                    tracing::warn!(
+                        retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        "redis cluster: the masters do not answer pings; reading the slot map again"
+                    );
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                        () = masters_change(seeds, known) => {}
+                    }
+                    wait = (wait * 2)
+                        .max(Duration::from_secs(1))
+                        .min(CLUSTER_REBUILD_MAX_WAIT);
+                }
+            }
+        }
     }
 
     /// Sentinel mode: connects to the master the sentinels name, and moves to the new one
@@ -381,7 +426,7 @@ impl RedisStore {
                     }
                 }
             };
-            if !self.watch(shutdown, moved, None).await {
+            if self.watch(shutdown, moved, None).await == Watched::Shutdown {
                 return;
             }
             self.shared.ready.store(false, Ordering::Relaxed);
@@ -398,14 +443,14 @@ impl RedisStore {
     }
 
     /// Pings every [`HEALTH_INTERVAL`] ([`HEALTH_RETRY_INTERVAL`] after a failed ping) and
-    /// keeps `ready` up to date until `shutdown` (false), `until` resolves or `give_up_after`
-    /// pings in a row failed (true).
+    /// keeps `ready` up to date until `shutdown`, `until` resolves, or `give_up_after` pings in
+    /// a row failed ([`Watched::Unhealthy`]).
     async fn watch(
         &self,
         shutdown: &CancellationToken,
         until: impl Future<Output = ()>,
         give_up_after: Option<u32>,
-    ) -> bool {
+    ) -> Watched {
         let mut until = std::pin::pin!(until);
         let mut failed_in_row = 0_u32;
         loop {
@@ -426,8 +471,8 @@ impl RedisStore {
             // `until` is watched during the ping too: a ping may hang for HEALTH_TIMEOUT
             // exactly when `until` has news (a failover).
             let ok = tokio::select! {
-                () = shutdown.cancelled() => return false,
-                () = &mut until => return true,
+                () = shutdown.cancelled() => return Watched::Shutdown,
+                () = &mut until => return Watched::Until,
                 ok = ping => ok,
             };
             if self.shared.ready.swap(ok, Ordering::Relaxed) != ok {
@@ -439,7 +484,7 @@ impl RedisStore {
             }
             failed_in_row = if ok { 0 } else { failed_in_row + 1 };
             if give_up_after.is_some_and(|limit| failed_in_row >= limit) {
-                return true;
+                return Watched::Unhealthy;
             }
             let next = if ok {
                 HEALTH_INTERVAL
@@ -447,8 +492,8 @@ impl RedisStore {
                 HEALTH_RETRY_INTERVAL
             };
             tokio::select! {
-                () = shutdown.cancelled() => return false,
-                () = &mut until => return true,
+                () = shutdown.cancelled() => return Watched::Shutdown,
+                () = &mut until => return Watched::Until,
                 () = tokio::time::sleep(next) => {}
             }
         }
@@ -607,11 +652,20 @@ impl Probe {
     }
 
     /// `command`'s answer from the server that answered last, else from the first that
-    /// answers, each within the timeout.
-    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> redis::RedisResult<T> {
+    /// answers, each within the timeout. An answer `usable` refuses counts as no answer: the
+    /// next server is asked (a sentinel that does not know the master, a node that has left
+    /// its cluster), and `unusable` is the error when no server had a usable one.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+        usable: impl Fn(&T) -> bool,
+        unusable: &'static str,
+    ) -> redis::RedisResult<T> {
+        let unusable = || redis::RedisError::from((redis::ErrorKind::Client, unusable));
         let mut cached = self.connection.lock().await;
         if let Some(connection) = cached.as_mut()
             && let Ok(answer) = self.ask(connection, command).await
+            && usable(&answer)
         {
             return Ok(answer);
         }
@@ -635,10 +689,11 @@ impl Probe {
                 }
             };
             match self.ask(&mut connection, command).await {
-                Ok(answer) => {
+                Ok(answer) if usable(&answer) => {
                     *cached = Some(connection);
                     return Ok(answer);
                 }
+                Ok(_) => last = unusable(),
                 Err(e) => last = e,
             }
         }
@@ -657,29 +712,66 @@ impl Probe {
     }
 }
 
-/// Who serves which slots, as a cluster node's `CLUSTER SLOTS` says: `(first slot, last
-/// slot, master address)`, sorted. Replicas are left out, so that only a change of masters (a
-/// failover, a resharding) shows as a difference.
-async fn masters(seeds: &Probe) -> redis::RedisResult<Vec<(i64, i64, String)>> {
-    let ranges: Vec<redis::Value> = seeds.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
-    let mut masters = Vec::with_capacity(ranges.len());
-    for range in ranges {
-        let redis::Value::Array(fields) = range else {
-            continue;
-        };
-        let (Some(redis::Value::Int(first)), Some(redis::Value::Int(last))) =
-            (fields.first(), fields.get(1))
-        else {
-            continue;
-        };
-        let master = match fields.get(2) {
-            Some(redis::Value::Array(node)) => format!("{:?}", node.get(..2)),
-            _ => String::new(),
-        };
-        masters.push((*first, *last, master));
-    }
+/// The masters holding slots, as a cluster node's `CLUSTER SLOTS` says: their `host:port`,
+/// sorted, each once. Slot ranges and replicas are left out, so that a failover shows as a
+/// difference but a resharding (which `MOVED` and `ASK` handle) does not.
+async fn masters(seeds: &Probe) -> redis::RedisResult<Vec<String>> {
+    let ranges: Vec<redis::Value> = seeds
+        .query(
+            redis::cmd("CLUSTER").arg("SLOTS"),
+            |ranges: &Vec<redis::Value>| !ranges.is_empty(),
+            "no seed node has slots: not a cluster, or it left its cluster",
+        )
+        .await?;
+    let mut masters: Vec<String> = ranges
+        .iter()
+        .filter_map(|range| match range {
+            redis::Value::Array(fields) => match fields.get(2) {
+                Some(redis::Value::Array(node)) => {
+                    let host = redis::from_redis_value_ref::<String>(node.first()?).ok()?;
+                    let port = redis::from_redis_value_ref::<u16>(node.get(1)?).ok()?;
+                    Some(format!("{host}:{port}"))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
     masters.sort();
+    masters.dedup();
     Ok(masters)
+}
+
+/// Resolves when the seeds name masters other than `known` (`None`: what they name the first
+/// time they answer), asking every [`HEALTH_INTERVAL`]; never while no seed answers, which is
+/// logged once.
+async fn masters_change(seeds: &Probe, mut known: Option<Vec<String>>) {
+    let mut answering = true;
+    loop {
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+        match masters(seeds).await {
+            Ok(now) => {
+                if !answering {
+                    tracing::info!("redis cluster: a seed answers CLUSTER SLOTS again");
+                    answering = true;
+                }
+                match &known {
+                    Some(known) if *known != now => return,
+                    Some(_) => {}
+                    None => known = Some(now),
+                }
+            }
+            Err(e) => {
+                if answering {
+                    tracing::warn!(
+                        error = %e,
+                        "redis cluster: no seed answers CLUSTER SLOTS; failovers are followed by pings only"
+                    );
+                    answering = false;
+                }
+            }
+        }
+    }
 }
 
 /// The sentinels of `redis.urls` and the master they watch.
@@ -702,13 +794,18 @@ impl Sentinels {
     async fn master_addr(&self) -> redis::RedisResult<ConnectionAddr> {
         let mut command = redis::cmd("SENTINEL");
         command.arg("get-master-addr-by-name").arg(&self.master);
-        match self.probe.query::<Option<(String, u16)>>(&command).await? {
-            Some((host, port)) => Ok(ConnectionAddr::Tcp(host, port)),
-            None => Err(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "a sentinel does not know the master named by redis.sentinel_master",
-            ))),
-        }
+        let (host, port) = self
+            .probe
+            .query::<Option<(String, u16)>>(
+                &command,
+                Option::is_some,
+                "no sentinel knows the master named by redis.sentinel_master",
+            )
+            .await?
+            .ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Client, "no master named"))
+            })?;
+        Ok(ConnectionAddr::Tcp(host, port))
     }
 
     /// How to reach the master at `addr`: the credentials and database of the first sentinel

@@ -296,8 +296,9 @@ async fn cluster_store_behaves_like_redis_and_survives_a_master_failover() {
         killed.elapsed()
     );
     // Every slot is served again, once the client has learnt the new owner: a batch over
-    // all the masters succeeds. Each attempt gets 500 ms, as a new request would: one sent
-    // on the connection the store has just replaced waits out its own timeout.
+    // all the masters succeeds. Each attempt gets 500 ms, so that what is measured is when new
+    // commands succeed: one sent on the connection the store has just replaced waits out its
+    // own timeout.
     let keys: Vec<String> = (0..200).map(|i| format!("{ns}:after:{i}")).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -330,6 +331,57 @@ async fn cluster_store_behaves_like_redis_and_survives_a_master_failover() {
     .await;
     shutdown.cancel();
     cluster.down().await.expect("the cluster stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_that_does_not_know_the_master_is_skipped() {
+    let set = wxgate_tests::SentinelSet::up()
+        .await
+        .expect("a Sentinel set of the test's own");
+    // The first sentinel forgets the master (as after `SENTINEL REMOVE`, or a restart without
+    // its config): it answers nil, and the store must ask the next one.
+    let first = format!("redis://127.0.0.1:{}", set.sentinel_ports()[0]);
+    let mut sentinel = redis::Client::open(first.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SENTINEL")
+        .arg("REMOVE")
+        .arg(set.master_name())
+        .query_async(&mut sentinel)
+        .await
+        .unwrap();
+    let config = Config::from_toml(
+        &format!(
+            "[redis]\nmode = \"sentinel\"\nurls = {:?}\nsentinel_master = {:?}\n",
+            set.sentinel_urls(),
+            set.master_name()
+        ),
+        |_| None,
+    )
+    .unwrap();
+    assert_eq!(
+        config.redis.urls[0], first,
+        "the forgetful sentinel is asked first"
+    );
+    let shutdown = CancellationToken::new();
+    let store = RedisStore::connect_config(&config.redis, Duration::from_secs(2), shutdown.clone())
+        .unwrap();
+    wait_ready(
+        &store,
+        Duration::from_secs(30),
+        "sentinel, the first one forgetful",
+    )
+    .await;
+    let key = format!("{}:k", namespace());
+    store
+        .set(&key, b"v", Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(store.get(&key).await.unwrap().as_deref(), Some(&b"v"[..]));
+    shutdown.cancel();
+    set.down().await.expect("the Sentinel set stopped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

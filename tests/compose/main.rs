@@ -921,7 +921,7 @@ fn variables_interpolate_as_compose_does() {
     ] {
         assert_eq!(compose(value).as_deref(), Ok(expected), "{value}");
     }
-    for bad in ["${SET}", "$SET", "${UNSET:-open"] {
+    for bad in ["${SET}", "$SET", "${UNSET:-open", "${:-x}", "${1A:-x}"] {
         assert!(compose(bad).is_err(), "{bad} should be refused");
     }
 }

@@ -514,6 +514,11 @@ fn expand<'a>(
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .ok_or_else(|| format!("unclosed ${{ in {whole:?}"))?;
             let (name, op) = inner.split_at(name_len);
+            if !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                return Err(format!(
+                    "${{{name}…}} in {whole:?}: a variable name is [_A-Za-z][_A-Za-z0-9]*"
+                ));
+            }
             let value = vars.get(name);
             let (default, empty_counts, rest) = if let Some(d) = op.strip_prefix(":-") {
                 let (d, rest) = expand(whole, d, vars, true)?;
