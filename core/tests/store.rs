@@ -333,6 +333,23 @@ async fn cluster_store_behaves_like_redis_and_survives_a_master_failover() {
     cluster.down().await.expect("the cluster stopped");
 }
 
+/// A store in sentinel mode on every sentinel of `set`, in their order, and what stops it.
+fn sentinel_store(set: &wxgate_tests::SentinelSet) -> (RedisStore, CancellationToken) {
+    let config = Config::from_toml(
+        &format!(
+            "[redis]\nmode = \"sentinel\"\nurls = {:?}\nsentinel_master = {:?}\n",
+            set.sentinel_urls(),
+            set.master_name()
+        ),
+        |_| None,
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let store = RedisStore::connect_config(&config.redis, Duration::from_secs(2), shutdown.clone())
+        .unwrap();
+    (store, shutdown)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_that_does_not_know_the_master_is_skipped() {
     let set = wxgate_tests::SentinelSet::up()
@@ -352,22 +369,12 @@ async fn a_sentinel_that_does_not_know_the_master_is_skipped() {
         .query_async(&mut sentinel)
         .await
         .unwrap();
-    let config = Config::from_toml(
-        &format!(
-            "[redis]\nmode = \"sentinel\"\nurls = {:?}\nsentinel_master = {:?}\n",
-            set.sentinel_urls(),
-            set.master_name()
-        ),
-        |_| None,
-    )
-    .unwrap();
     assert_eq!(
-        config.redis.urls[0], first,
+        set.sentinel_urls()[0],
+        first,
         "the forgetful sentinel is asked first"
     );
-    let shutdown = CancellationToken::new();
-    let store = RedisStore::connect_config(&config.redis, Duration::from_secs(2), shutdown.clone())
-        .unwrap();
+    let (store, shutdown) = sentinel_store(&set);
     wait_ready(
         &store,
         Duration::from_secs(30),
@@ -389,18 +396,7 @@ async fn sentinel_store_behaves_like_redis_and_follows_the_new_master() {
     let set = wxgate_tests::SentinelSet::up()
         .await
         .expect("a Sentinel set of the test's own");
-    let config = Config::from_toml(
-        &format!(
-            "[redis]\nmode = \"sentinel\"\nurls = {:?}\nsentinel_master = {:?}\n",
-            set.sentinel_urls(),
-            set.master_name()
-        ),
-        |_| None,
-    )
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let store = RedisStore::connect_config(&config.redis, Duration::from_secs(2), shutdown.clone())
-        .unwrap();
+    let (store, shutdown) = sentinel_store(&set);
     wait_ready(&store, Duration::from_secs(30), "sentinel").await;
     let ns = namespace();
     behaves_like_redis(&store, &ns).await;
