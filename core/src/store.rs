@@ -212,7 +212,7 @@ enum Watched {
     Shutdown,
     /// The future it watched resolved.
     Until,
-    /// Health checks failed the given number of times in a row.
+    /// Health checks failed `give_up_after` times in a row.
     Unhealthy,
 }
 
@@ -652,20 +652,21 @@ impl Probe {
     }
 
     /// `command`'s answer from the server that answered last, else from the first that
-    /// answers, each within the timeout. An answer `usable` refuses counts as no answer: the
-    /// next server is asked (a sentinel that does not know the master, a node that has left
-    /// its cluster), and `unusable` is the error when no server had a usable one.
-    async fn query<T: redis::FromRedisValue>(
+    /// answers, each within the timeout, as `usable` makes of it. An answer it makes `None` of
+    /// counts as no answer: the next server is asked (a sentinel that does not know the
+    /// master, a node that has left its cluster), and `unusable` is the error when no server
+    /// had a usable one.
+    async fn query<T: redis::FromRedisValue, U>(
         &self,
         command: &redis::Cmd,
-        usable: impl Fn(&T) -> bool,
+        usable: impl Fn(T) -> Option<U>,
         unusable: &'static str,
-    ) -> redis::RedisResult<T> {
+    ) -> redis::RedisResult<U> {
         let unusable = || redis::RedisError::from((redis::ErrorKind::Client, unusable));
         let mut cached = self.connection.lock().await;
         if let Some(connection) = cached.as_mut()
             && let Ok(answer) = self.ask(connection, command).await
-            && usable(&answer)
+            && let Some(answer) = usable(answer)
         {
             return Ok(answer);
         }
@@ -688,12 +689,12 @@ impl Probe {
                     continue;
                 }
             };
-            match self.ask(&mut connection, command).await {
-                Ok(answer) if usable(&answer) => {
+            match self.ask(&mut connection, command).await.map(&usable) {
+                Ok(Some(answer)) => {
                     *cached = Some(connection);
                     return Ok(answer);
                 }
-                Ok(_) => last = unusable(),
+                Ok(None) => last = unusable(),
                 Err(e) => last = e,
             }
         }
@@ -719,7 +720,7 @@ async fn masters(seeds: &Probe) -> redis::RedisResult<Vec<String>> {
     let ranges: Vec<redis::Value> = seeds
         .query(
             redis::cmd("CLUSTER").arg("SLOTS"),
-            |ranges: &Vec<redis::Value>| !ranges.is_empty(),
+            |ranges: Vec<redis::Value>| (!ranges.is_empty()).then_some(ranges),
             "no seed node has slots: not a cluster, or it left its cluster",
         )
         .await?;
@@ -796,15 +797,12 @@ impl Sentinels {
         command.arg("get-master-addr-by-name").arg(&self.master);
         let (host, port) = self
             .probe
-            .query::<Option<(String, u16)>>(
+            .query(
                 &command,
-                Option::is_some,
+                |answer: Option<(String, u16)>| answer,
                 "no sentinel knows the master named by redis.sentinel_master",
             )
-            .await?
-            .ok_or_else(|| {
-                redis::RedisError::from((redis::ErrorKind::Client, "no master named"))
-            })?;
+            .await?;
         Ok(ConnectionAddr::Tcp(host, port))
     }
 

@@ -520,18 +520,18 @@ fn expand<'a>(
                 ));
             }
             let value = vars.get(name);
-            let (default, empty_counts, rest) = if let Some(d) = op.strip_prefix(":-") {
-                let (d, rest) = expand(whole, d, vars, true)?;
-                (d, true, rest)
-            } else if let Some(d) = op.strip_prefix('-') {
-                let (d, rest) = expand(whole, d, vars, true)?;
-                (d, false, rest)
-            } else {
-                return Err(format!(
-                    "${{{name}…}} in {whole:?} has no default: give it one \
-                     (${{NAME:-value}}) so `docker compose up` works without .env"
-                ));
+            // `:-` uses the default for an empty value too, `-` only for an unset one.
+            let (empty_counts, default) = match (op.strip_prefix(":-"), op.strip_prefix('-')) {
+                (Some(default), _) => (true, default),
+                (None, Some(default)) => (false, default),
+                (None, None) => {
+                    return Err(format!(
+                        "${{{name}…}} in {whole:?} has no default: give it one \
+                         (${{NAME:-value}}) so `docker compose up` works without .env"
+                    ));
+                }
             };
+            let (default, rest) = expand(whole, default, vars, true)?;
             match value {
                 Some(v) if !(empty_counts && v.is_empty()) => out.push_str(v),
                 _ => out.push_str(&default),
